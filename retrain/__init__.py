@@ -1,0 +1,3 @@
+"""Retrain: continuous training for tabular models on Prefect, MLflow, Optuna and Evidently."""
+
+__version__ = "0.1.0"

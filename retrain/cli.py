@@ -1,0 +1,179 @@
+"""The `retrain` command line.
+
+Every command takes `--json` and then prints exactly one JSON object on stdout; progress and logs go
+to stderr, so `retrain train --json | jq` works. Prefect, MLflow and Optuna are imported inside the
+commands, after `prepare_environment` has pointed them at this project's data folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, is_dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from retrain.config import load_model_config
+from retrain.errors import GateFailed, RetrainError
+from retrain.settings import get_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Continuous training for tabular models.")
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Model config YAML.", exists=False)]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+EXIT_REJECTED = 1
+EXIT_ERROR = 2
+
+
+def prepare_environment() -> None:
+    """Point Prefect at a home under ours and keep it offline, before anything imports Prefect."""
+    home = get_settings().resolved_home
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, paths and datetimes as plain JSON values."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Anything a library prints while a command runs goes to stderr; stdout stays for the result."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def finish(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str], code: int = 0) -> None:
+    """Print the outcome once, as JSON or as text, and exit with `code`."""
+    if as_json:
+        sys.stdout.write(json.dumps(to_jsonable(result), default=str) + "\n")
+    else:
+        typer.echo(render(result))
+    sys.stdout.flush()
+    raise typer.Exit(code)
+
+
+def fail(error: Exception, as_json: bool) -> None:
+    """A user-actionable error: one line saying what was wrong, exit code 2."""
+    if as_json:
+        sys.stdout.write(json.dumps({"error": type(error).__name__, "message": str(error)}) + "\n")
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(EXIT_ERROR)
+
+
+@app.command("load-example")
+def load_example(
+    config: ConfigOption,
+    until: Annotated[
+        datetime | None, typer.Option(help="Only flights scheduled before this UTC time (simulates arrival).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write the NYC flights 2013 example into the warehouse as the model's source table (idempotent)."""
+    prepare_environment()
+    try:
+        with stdout_to_stderr():
+            from tasks.example_data import read_flights_example
+            from tasks.warehouse import get_warehouse, write_frame
+
+            model = load_model_config(config)
+            engine, schema = get_warehouse()
+            frame = read_flights_example(until=until)
+            rows = write_frame(engine, frame, model.source.table, schema=schema, if_exists="replace")
+    except RetrainError as error:
+        fail(error, as_json)
+    result = {
+        "table": model.source.table,
+        "rows": rows,
+        "columns": len(frame.columns),
+        "first": frame[model.source.timestamp].min(),
+        "last": frame[model.source.timestamp].max(),
+    }
+    finish(result, as_json, lambda r: f"wrote {r['rows']:,} rows x {r['columns']} columns to '{r['table']}'")
+
+
+@app.command()
+def train(
+    config: ConfigOption,
+    trials: Annotated[int | None, typer.Option(help="Optuna trials (overrides the config).", min=1)] = None,
+    timeout: Annotated[float | None, typer.Option(help="Tuning budget in seconds.", min=1)] = None,
+    max_metric: Annotated[
+        float | None, typer.Option(help="Absolute gate for a lower-is-better metric (e.g. MAE).")
+    ] = None,
+    min_metric: Annotated[
+        float | None, typer.Option(help="Absolute gate for a higher-is-better metric (e.g. AUC).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Tune, train, gate and register a model; prints version, metric vs threshold vs champion, decision."""
+    prepare_environment()
+    try:
+        model = load_model_config(config)
+        threshold = _threshold_override(model.lower_is_better, model.metric, max_metric, min_metric)
+        with stdout_to_stderr():
+            from flows.training import train_model
+
+            outcome = train_model(
+                config_path=str(config), trials=trials, timeout_seconds=timeout, threshold=threshold
+            )
+        code = 0
+    except GateFailed as rejection:
+        if rejection.outcome is None:
+            fail(rejection, as_json)
+        outcome, code = rejection.outcome, EXIT_REJECTED
+    except RetrainError as error:
+        fail(error, as_json)
+    finish(outcome.summary(), as_json, _render_training, code)
+
+
+def _threshold_override(
+    lower_is_better: bool, metric: str, max_metric: float | None, min_metric: float | None
+) -> float | None:
+    if max_metric is not None and not lower_is_better:
+        raise typer.BadParameter(f"'{metric}' is higher-is-better: use --min-metric", param_hint="--max-metric")
+    if min_metric is not None and lower_is_better:
+        raise typer.BadParameter(f"'{metric}' is lower-is-better: use --max-metric", param_hint="--min-metric")
+    return max_metric if max_metric is not None else min_metric
+
+
+def _render_training(result: dict[str, Any]) -> str:
+    metric = result["metric"]
+    champion = result["champion_metric"]
+    lines = [
+        f"model      {result['model']}  run {result['run_id']}",
+        f"holdout    {metric['name']} = {metric['value']:.4f}  (threshold {result['threshold']},"
+        f" champion {'none' if champion is None else f'{champion:.4f}'},"
+        f" baseline {result['baseline_metric']:.4f})",
+        f"decision   {result['decision']}"
+        + (f" -> version {result['version']}" if result["version"] is not None else " (nothing registered)"),
+        f"reason     {result['reason']}",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""The model config: one YAML file per model naming its data, target, features, metric, budget and gates.
+
+These are the model's knobs; infrastructure (URLs, folders, secrets) lives in `retrain.settings`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from retrain.errors import ConfigError
+
+
+class TaskType(StrEnum):
+    REGRESSION = "regression"
+    BINARY = "binary"
+
+
+# Metric name → whether lower values are better. The registry, gates and tuning all read this.
+LOWER_IS_BETTER: dict[str, bool] = {
+    "mae": True,
+    "rmse": True,
+    "r2": False,
+    "auc": False,
+    "log_loss": True,
+    "f1": False,
+}
+METRICS_BY_TASK: dict[TaskType, tuple[str, ...]] = {
+    TaskType.REGRESSION: ("mae", "rmse", "r2"),
+    TaskType.BINARY: ("auc", "log_loss", "f1"),
+}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SourceConfig(_Frozen):
+    table: str = Field(description="Raw table that new rows land in.")
+    timestamp: str = Field(description="Column that orders rows in time (naive UTC).")
+    key: list[str] = Field(default_factory=list, description="Columns that identify a row.")
+    clean_table: str | None = Field(default=None, description="Validated rows; default `<table>_clean`.")
+    quarantine_table: str | None = Field(default=None, description="Rejected rows; default `<table>_quarantine`.")
+
+    @property
+    def clean(self) -> str:
+        return self.clean_table or f"{self.table}_clean"
+
+    @property
+    def quarantine(self) -> str:
+        return self.quarantine_table or f"{self.table}_quarantine"
+
+
+class TargetConfig(_Frozen):
+    column: str
+    task: TaskType = TaskType.REGRESSION
+    positive_above: float | None = Field(
+        default=None, description="Binary task: the label is `column > positive_above`."
+    )
+
+    @model_validator(mode="after")
+    def _binary_needs_cut(self) -> TargetConfig:
+        if self.task is TaskType.BINARY and self.positive_above is None:
+            raise ValueError("target.positive_above is required when target.task is 'binary'")
+        return self
+
+
+class FeaturesConfig(_Frozen):
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+class WindowConfig(_Frozen):
+    start: datetime
+    end: datetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> WindowConfig:
+        if self.end <= self.start:
+            raise ValueError(f"window end {self.end} must be after its start {self.start}")
+        return self
+
+    def __str__(self) -> str:
+        return f"[{self.start.isoformat()}, {self.end.isoformat()})"
+
+
+class SplitConfig(_Frozen):
+    validation_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    holdout_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    min_rows: int = Field(default=200, ge=3, description="Each part must hold at least this many rows.")
+
+
+class TuningConfig(_Frozen):
+    trials: int = Field(default=20, ge=1)
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    seed: int = 42
+    max_rounds: int = Field(default=500, ge=1)
+    early_stopping_rounds: int = Field(default=30, ge=1)
+    threads: int = Field(default=2, ge=1)
+
+
+class GatesConfig(_Frozen):
+    threshold: float | None = Field(
+        default=None,
+        description="Absolute gate: below it for lower-is-better metrics, above it otherwise.",
+    )
+    margin: float = Field(default=0.0, ge=0, description="How much the challenger must beat the champion by.")
+    bootstrap_resamples: int = Field(default=1000, ge=100)
+    significance: float = Field(default=0.05, gt=0, lt=1)
+
+
+class ModelConfig(_Frozen):
+    """Everything that defines one model; validated when loaded so a typo fails before any work."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    source: SourceConfig
+    target: TargetConfig
+    features: FeaturesConfig
+    metric: str
+    training_window: WindowConfig
+    split: SplitConfig = SplitConfig()
+    tuning: TuningConfig = TuningConfig()
+    gates: GatesConfig = GatesConfig()
+    contract: str | None = Field(default=None, description="Data contract YAML, relative to this file.")
+    config_path: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        allowed = METRICS_BY_TASK[self.target.task]
+        if self.metric not in allowed:
+            raise ValueError(f"metric '{self.metric}' does not fit task '{self.target.task}': use one of {allowed}")
+        if not self.features.all:
+            raise ValueError("features: name at least one numeric or categorical column")
+        overlap = {self.target.column, self.source.timestamp} & set(self.features.all)
+        if overlap:
+            raise ValueError(f"features must not include the target or timestamp: {sorted(overlap)}")
+        return self
+
+    @property
+    def lower_is_better(self) -> bool:
+        return LOWER_IS_BETTER[self.metric]
+
+    @property
+    def contract_path(self) -> Path:
+        """Where the data contract lives: beside the model config unless the config says otherwise."""
+        base = self.config_path.parent if self.config_path else Path.cwd()
+        name = self.contract or f"{self.config_path.stem if self.config_path else self.name}.contract.yaml"
+        return (base / name).resolve()
+
+    def with_overrides(
+        self,
+        trials: int | None = None,
+        timeout_seconds: float | None = None,
+        threshold: float | None = None,
+    ) -> ModelConfig:
+        """A copy with the CLI's or a deployment's overrides applied; None keeps the file's value."""
+        tuning = self.tuning.model_copy(
+            update={k: v for k, v in {"trials": trials, "timeout_seconds": timeout_seconds}.items() if v is not None}
+        )
+        gates = self.gates if threshold is None else self.gates.model_copy(update={"threshold": threshold})
+        return self.model_copy(update={"tuning": tuning, "gates": gates})
+
+
+def load_model_config(path: str | Path) -> ModelConfig:
+    """Read and validate a model config; every problem is reported with the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"model config {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"model config {path} is not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"model config {path} must be a mapping of fields, got {type(raw).__name__}")
+    try:
+        config = ModelConfig.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in error.errors()
+        )
+        raise ConfigError(f"model config {path} is invalid: {problems}") from error
+    return config.model_copy(update={"config_path": path.resolve()})
+

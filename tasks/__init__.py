@@ -1,0 +1,1 @@
+"""Domain steps: pure functions first, thin Prefect task wrappers last in each module."""

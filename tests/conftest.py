@@ -1,0 +1,82 @@
+"""Shared fixtures: a private Prefect test server, a private data folder per test, real flights rows.
+
+Prefect reads its settings at import, so its home and telemetry switches are set here first.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="retrain-prefect-"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ["GIT_PYTHON_REFRESH"] = "quiet"
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_CONFIG = REPO / "examples" / "flights.yaml"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One Prefect test server for the session (~10 s to start); flow tests request it."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60), temporary_settings(
+        {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    ):
+        yield
+
+
+@pytest.fixture
+def retrain_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh data folder (warehouse, MLflow, Optuna) for one test, with the settings cache reset."""
+    from retrain.settings import get_settings
+    from tasks.warehouse import create_warehouse_engine
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("RETRAIN_HOME", str(home))
+    for name in ("RETRAIN_WAREHOUSE_URL", "RETRAIN_WAREHOUSE_SCHEMA", "RETRAIN_MLFLOW_TRACKING_URI",
+                 "RETRAIN_OPTUNA_STORAGE"):
+        monkeypatch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    yield home
+    get_settings.cache_clear()
+    create_warehouse_engine.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def flights_all() -> pd.DataFrame:
+    """The real example data (327k rows), read once per session."""
+    from tasks.example_data import read_flights_example
+
+    return read_flights_example()
+
+
+@pytest.fixture(scope="session")
+def flights_small(flights_all: pd.DataFrame) -> pd.DataFrame:
+    """January 2013 minus its last days: ~20k real rows, enough to tune and gate in seconds."""
+    return flights_all[flights_all["time_hour"] < pd.Timestamp("2013-01-25")].reset_index(drop=True)
+
+
+def write_model_config(folder: Path, **overrides: object) -> Path:
+    """The example config with a small window and budget, written into `folder`; overrides are merged."""
+    raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    raw["training_window"] = {"start": "2013-01-01", "end": "2013-01-25"}
+    raw["tuning"] = {"trials": 4, "seed": 7, "max_rounds": 120, "early_stopping_rounds": 15}
+    raw["contract"] = "flights.contract.yaml"
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}
+        else:
+            raw[key] = value
+    path = folder / "model.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
