@@ -1,0 +1,61 @@
+"""Metrics, baselines and the final fit on real rows."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from retrain.config import TaskType, load_model_config
+from tasks.features import prepare_data
+from tasks.training import baseline_predictions, fit_and_score, is_improvement, score_predictions
+from tests.conftest import EXAMPLE_CONFIG
+
+
+def test_regression_metrics_match_hand_computed_values() -> None:
+    scores = score_predictions(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 5.0]), TaskType.REGRESSION)
+    assert scores["mae"] == pytest.approx(2 / 3)
+    assert scores["rmse"] == pytest.approx(math.sqrt(4 / 3))
+    assert scores["r2"] == pytest.approx(1 - 4 / 2)
+
+
+def test_classification_metrics_on_a_perfect_ranking() -> None:
+    scores = score_predictions(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.6, 0.9]), TaskType.BINARY)
+    assert scores["auc"] == 1.0 and scores["f1"] == 1.0
+    assert scores["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.6, 0.6, 0.9])))
+
+
+def test_auc_on_one_class_is_the_constant_predictor_score() -> None:
+    assert score_predictions(np.zeros(4), np.array([0.1, 0.2, 0.3, 0.4]), TaskType.BINARY)["auc"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("metric", "task", "expected"),
+    [("mae", TaskType.REGRESSION, 2.0), ("rmse", TaskType.REGRESSION, 25.0 / 4), ("auc", TaskType.BINARY, 6.25)],
+)
+def test_baseline_is_the_right_constant(metric: str, task: TaskType, expected: float) -> None:
+    y = np.array([1.0, 2.0, 2.0, 20.0])
+    assert baseline_predictions(y, 3, task, metric).tolist() == [expected] * 3
+
+
+@pytest.mark.parametrize(
+    ("candidate", "reference", "metric", "margin", "better"),
+    [(1.0, 2.0, "mae", 0.0, True), (2.0, 2.0, "mae", 0.0, False), (1.5, 2.0, "mae", 0.5, False),
+     (0.8, 0.7, "auc", 0.0, True), (0.7, 0.7, "auc", 0.0, False), (0.75, 0.7, "auc", 0.1, False)],
+)
+def test_improvement_respects_direction_and_margin(
+    candidate: float, reference: float, metric: str, margin: float, better: bool
+) -> None:
+    assert is_improvement(candidate, reference, metric, margin) is better
+
+
+def test_final_fit_beats_the_baseline_on_real_flights(flights_small) -> None:
+    config = load_model_config(EXAMPLE_CONFIG)
+    data = prepare_data(flights_small, config, where="flights")
+    params = {"objective": "l1", "learning_rate": 0.1, "num_leaves": 31, "verbosity": -1, "seed": 1,
+              "deterministic": True, "force_col_wise": True, "num_threads": 2}
+    fitted = fit_and_score(data, config, params, rounds=60)
+    assert fitted.metrics.value < fitted.metrics.baseline
+    assert len(fitted.holdout_predictions) == len(data.split.holdout)
+    assert list(fitted.input_example.columns) == config.features.all

@@ -1,0 +1,82 @@
+"""Model configs and settings: valid examples load, mistakes are named by file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from retrain.config import TaskType, load_model_config
+from retrain.errors import ConfigError
+from retrain.settings import Settings, get_settings
+from tests.conftest import EXAMPLE_CONFIG, REPO
+
+
+@pytest.mark.parametrize("name", ["flights.yaml", "flights_delayed.yaml"])
+def test_example_configs_load(name: str) -> None:
+    config = load_model_config(REPO / "examples" / name)
+    assert config.contract_path == (REPO / "examples" / "flights.contract.yaml").resolve()
+    assert config.source.clean == "flights_clean"
+
+
+def test_binary_example_is_classification_on_the_same_column() -> None:
+    config = load_model_config(REPO / "examples" / "flights_delayed.yaml")
+    assert config.target.task is TaskType.BINARY and config.target.positive_above == 15
+    assert not config.lower_is_better
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"metric": "auc"}, "metric 'auc' does not fit task 'regression'"),
+        ({"target": {"column": "arr_delay", "task": "binary"}}, "positive_above is required"),
+        ({"training_window": {"start": "2013-02-01", "end": "2013-01-01"}}, "must be after its start"),
+        ({"features": {"numeric": ["arr_delay"]}}, "must not include the target"),
+        ({"tuning": {"trials": 0}}, r"tuning\.trials"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_invalid_config_names_file_and_field(tmp_path: Path, change: dict, message: str) -> None:
+    raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    raw.update(change)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_model_config(path)
+    assert str(path) in str(raised.value)
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_model_config(tmp_path / "nope.yaml")
+
+
+def test_overrides_replace_only_what_is_given() -> None:
+    config = load_model_config(EXAMPLE_CONFIG)
+    changed = config.with_overrides(trials=3, threshold=1.5)
+    assert (changed.tuning.trials, changed.gates.threshold) == (3, 1.5)
+    assert changed.tuning.timeout_seconds == config.tuning.timeout_seconds
+
+
+def test_settings_default_under_home_and_env_wins_over_yaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "retrain.yaml").write_text("home: from-yaml\nwarehouse_schema: yaml_schema\n")
+    monkeypatch.delenv("RETRAIN_HOME", raising=False)
+    monkeypatch.delenv("RETRAIN_WAREHOUSE_SCHEMA", raising=False)
+    assert Settings().resolved_home == tmp_path / "from-yaml"
+    monkeypatch.setenv("RETRAIN_HOME", str(tmp_path / "from-env"))
+    settings = Settings()
+    assert settings.resolved_home == tmp_path / "from-env" and settings.warehouse_schema == "yaml_schema"
+    assert settings.resolved_warehouse_url() == f"sqlite:///{tmp_path / 'from-env' / 'warehouse.db'}"
+    assert settings.resolved_optuna_storage().endswith("from-env/optuna.db")
+    get_settings.cache_clear()
+
+
+def test_passwords_never_reach_the_description(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETRAIN_WAREHOUSE_URL", "postgresql+psycopg://bob:s3cret@db:5432/wh")
+    monkeypatch.setenv("RETRAIN_OPTUNA_STORAGE", "postgresql+psycopg://bob:s3cret@db:5432/optuna")
+    settings = Settings()
+    assert "s3cret" not in str(settings.describe()) and "s3cret" not in repr(settings)
