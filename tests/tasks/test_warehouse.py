@@ -79,24 +79,27 @@ def test_values_are_bound_not_spliced(warehouse) -> None:
     table = f"t_{uuid.uuid4().hex[:6]}"
     write_frame(engine, rows(), table, schema=schema, if_exists="replace")
     hostile = "2013-01-01'; DROP TABLE " + table + "; --"
-    try:
-        frame = read_window(engine, table, "ts", hostile, None, schema=schema)  # type: ignore[arg-type]
+    try:  # SQLite compares the text as text; PostgreSQL refuses it as a timestamp: either way it is a value
+        read_window(engine, table, "ts", hostile, None, schema=schema)  # type: ignore[arg-type]
     except sa.exc.DBAPIError:
-        frame = None  # PostgreSQL refuses the text as a timestamp: also fine
-    assert frame is None or frame.empty
+        pass
     assert len(read_table(engine, table, schema=schema)) == 4
 
 
 @pytest.mark.parametrize(
     ("table", "columns", "message"),
-    [("nowhere", None, "table '.*nowhere' does not exist"), ("EXISTING", ["ghost"], r"has no column\(s\) \['ghost'\]")],
+    [
+        ("nowhere", None, "table '.*nowhere' does not exist"),
+        ("EXISTING", ["ghost"], r"has no column\(s\) \['ghost'\]"),
+    ],
 )
 def test_missing_table_or_column_is_named(warehouse, table: str, columns, message: str) -> None:
     engine, schema = warehouse
     existing = f"t_{uuid.uuid4().hex[:6]}"
     write_frame(engine, rows(), existing, schema=schema, if_exists="replace")
     with pytest.raises(DataError, match=message):
-        read_window(engine, existing if table == "EXISTING" else table, "ts", None, None, columns=columns, schema=schema)
+        name = existing if table == "EXISTING" else table
+        read_window(engine, name, "ts", None, None, columns=columns, schema=schema)
 
 
 def test_ledger_rows_keep_declared_types_even_when_first_value_is_null(warehouse) -> None:
