@@ -71,7 +71,8 @@ def test_read_window_is_half_open_ordered_and_typed(warehouse) -> None:
     frame = read_window(engine, table, "ts", datetime(2013, 1, 1, 11), datetime(2013, 1, 3), schema=schema)
     assert frame["value"].tolist() == [2.0, 3.0]
     assert pd.api.types.is_datetime64_any_dtype(frame["ts"])
-    assert read_window(engine, table, "ts", None, None, columns=["name"], schema=schema)["name"].tolist() == list("abcd")
+    everything = read_window(engine, table, "ts", None, None, columns=["name"], schema=schema)
+    assert everything["name"].tolist() == list("abcd")
 
 
 def test_values_are_bound_not_spliced(warehouse) -> None:
