@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 import yaml
 
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="retrain-prefect-"))
@@ -21,6 +23,38 @@ os.environ["GIT_PYTHON_REFRESH"] = "quiet"
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = REPO / "examples" / "flights.yaml"
+EXAMPLE_CONTRACT = REPO / "examples" / "flights.contract.yaml"
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def postgres_available() -> str | None:
+    """None when the PostgreSQL answers; otherwise why not, for the skip message."""
+    try:
+        engine = sa.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as connection:
+            connection.execute(sa.text("select 1"))
+        engine.dispose()
+    except Exception as error:  # noqa: BLE001 - any failure to connect means: skip with the reason
+        return f"no PostgreSQL at 127.0.0.1:5432 (database 'test'): {type(error).__name__}: {error}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_schema() -> Iterator[tuple[str, str]]:
+    """A schema of our own in the shared `test` database, dropped afterwards."""
+    reason = postgres_available()
+    if reason:
+        pytest.skip(reason)
+    schema = f"retrain_test_{uuid.uuid4().hex[:8]}"
+    engine = sa.create_engine(POSTGRES_URL)
+    with engine.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield POSTGRES_URL, schema
+    finally:
+        with engine.begin() as connection:
+            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -79,4 +113,6 @@ def write_model_config(folder: Path, **overrides: object) -> Path:
             raw[key] = value
     path = folder / "model.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    if EXAMPLE_CONTRACT.exists() and not (folder / "flights.contract.yaml").exists():
+        (folder / "flights.contract.yaml").write_text(EXAMPLE_CONTRACT.read_text())
     return path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import datetime
 
 import pandas as pd
@@ -12,38 +11,6 @@ import sqlalchemy as sa
 
 from retrain.errors import DataError
 from tasks.warehouse import append_rows, create_warehouse_engine, ledger_table, read_table, read_window, write_frame
-
-POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-def postgres_available() -> str | None:
-    """None when the PostgreSQL answers; otherwise why not, for the skip message."""
-    try:
-        engine = sa.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 3})
-        with engine.connect() as connection:
-            connection.execute(sa.text("select 1"))
-        engine.dispose()
-    except Exception as error:  # noqa: BLE001 - any failure to connect means: skip with the reason
-        return f"no PostgreSQL at 127.0.0.1:5432 (database 'test'): {type(error).__name__}: {error}"
-    return None
-
-
-@pytest.fixture(scope="session")
-def postgres_schema() -> Iterator[tuple[str, str]]:
-    """A schema of our own in the shared database, dropped afterwards."""
-    reason = postgres_available()
-    if reason:
-        pytest.skip(reason)
-    schema = f"retrain_test_{uuid.uuid4().hex[:8]}"
-    engine = sa.create_engine(POSTGRES_URL)
-    with engine.begin() as connection:
-        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield POSTGRES_URL, schema
-    finally:
-        with engine.begin() as connection:
-            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
