@@ -1,0 +1,37 @@
+"""Every prefect.yaml deployment points at a real flow and passes parameters that flow accepts."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import yaml
+from prefect import Flow
+from prefect.flows import load_flow_from_entrypoint
+
+from tests.conftest import REPO
+
+DEPLOYMENTS = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: f"{d['entrypoint']}")
+def test_entrypoint_loads_and_parameters_fit_its_signature(deployment: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    flow = load_flow_from_entrypoint(deployment["entrypoint"])
+    assert isinstance(flow, Flow)
+    signature = inspect.signature(flow.fn)
+    given = {**deployment.get("parameters", {})}
+    for trigger in deployment.get("triggers", []):
+        given.update(trigger.get("parameters", {}))
+    unknown = set(given) - set(signature.parameters)
+    assert not unknown, f"{deployment['name']}: parameters {unknown} are not arguments of {flow.name}"
+    required = {name for name, p in signature.parameters.items() if p.default is inspect.Parameter.empty}
+    assert required <= set(deployment.get("parameters", {})), f"missing required parameters {required}"
+    flow.validate_parameters(deployment.get("parameters", {}))
+    assert (REPO / deployment["parameters"]["config_path"]).is_file()
+
+
+def test_every_deployment_has_a_schedule_and_a_work_pool() -> None:
+    for deployment in DEPLOYMENTS:
+        assert deployment["work_pool"]["name"] == "retrain"
+        assert all("cron" in schedule for schedule in deployment["schedules"])
