@@ -171,6 +171,107 @@ def _render_training(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+contract_app = typer.Typer(no_args_is_help=True, help="Write and inspect the data contract of a model.")
+app.add_typer(contract_app, name="contract")
+
+
+@contract_app.command("infer")
+def contract_infer(
+    config: ConfigOption,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing contract (hand edits are lost).")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Write the data contract beside the model config from the source table as it is now."""
+    prepare_environment()
+    try:
+        model = load_model_config(config)
+        path = model.contract_path
+        if path.exists() and not force:
+            result = {"contract": path, "written": False, "columns": None, "rows": None}
+            finish(result, as_json, lambda r: f"kept the existing contract {r['contract']} (use --force to overwrite)")
+        with stdout_to_stderr():
+            from tasks.contract import infer_contract, write_contract
+            from tasks.warehouse import get_warehouse, read_window
+
+            engine, schema = get_warehouse()
+            frame = read_window(engine, model.source.table, model.source.timestamp, None, None, schema=schema)
+            contract = write_contract(infer_contract(frame, model), path)
+    except RetrainError as error:
+        fail(error, as_json)
+    result = {"contract": contract, "written": True, "columns": len(frame.columns), "rows": len(frame)}
+    finish(result, as_json, lambda r: f"wrote {r['contract']} ({r['columns']} columns, from {r['rows']:,} rows)")
+
+
+@app.command()
+def ingest(
+    config: ConfigOption,
+    start: Annotated[
+        datetime | None, typer.Option(help="First UTC timestamp to read (default: the watermark).")
+    ] = None,
+    end: Annotated[datetime | None, typer.Option(help="UTC timestamp to read up to, excluded.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Validate the source rows that arrived since the last batch; append the clean ones, quarantine the rest."""
+    prepare_environment()
+    try:
+        model = load_model_config(config)
+        with stdout_to_stderr():
+            from flows.ingest import ingest_new_rows
+            from tasks.validation import BatchRefused
+
+            try:
+                outcome = ingest_new_rows(config_path=str(config), start=start, end=end)
+                code = 0
+            except BatchRefused as refusal:
+                outcome, code = refusal.outcome, EXIT_REJECTED
+                typer.echo(f"error: {refusal}", err=True)
+            quarantined = [] if as_json else _quarantined_rows(model.source.quarantine, outcome.batch_id)
+    except RetrainError as error:
+        fail(error, as_json)
+    if not as_json and quarantined:
+        _print_quarantine(outcome.batch_id, quarantined)
+    finish(outcome.summary(), as_json, _render_batch, code)
+
+
+def _quarantined_rows(table: str, batch_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    from tasks.warehouse import get_warehouse, read_quarantine
+
+    engine, schema = get_warehouse()
+    frame = read_quarantine(engine, table, batch_id, limit=limit, schema=schema)
+    return frame.to_dict("records")
+
+
+def _print_quarantine(batch_id: str, rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"quarantined rows of batch {batch_id} (first {len(rows)})", show_lines=False)
+    for name in ("row", "reasons", "raw values"):
+        table.add_column(name, overflow="fold")
+    for row in rows:
+        table.add_row(str(row["source_row"]), ", ".join(json.loads(row["reasons"])), row["raw"])
+    Console(file=sys.stdout).print(table)
+
+
+def _render_batch(result: dict[str, Any]) -> str:
+    lines = [
+        f"batch      {result['batch_id']}  [{result['range_start'] or 'start'}, {result['range_end'] or 'open'})",
+        f"rows       read {result['read']:,}  clean {result['clean']:,}  coerced {result['coerced']:,}"
+        f"  quarantined {result['quarantined']:,}",
+    ]
+    lines += [f"  {count:>9,}  {reason}" for reason, count in result["reasons"].items()]
+    if result["unknown_columns"]:
+        lines.append(f"unknown    {', '.join(result['unknown_columns'])} (reported, not ingested)")
+    violation = result["violation"]
+    verdict = f"{result['status']}"
+    if violation:
+        verdict += f" by rule '{violation['rule']}': observed {violation['observed']}, limit {violation['limit']}"
+    lines.append(f"status     {verdict}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     app()
 

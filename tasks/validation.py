@@ -1,0 +1,932 @@
+"""Validate a batch of source rows against the model's data contract: coerce, check, quarantine, judge.
+
+Row rules run vectorized: the contract compiles to a pandera schema whose lazy validation reports
+every failure by row and column. What pandera does not do is written here: coercion that counts what
+it repaired (`"12"`, `" 12 "` and `"12.0"` become 12; `"12,5"` becomes 12.5 only where the contract
+opts in), and duplicate keys against rows that landed in earlier batches. Every row read ends in
+exactly one place, the clean rows or the quarantine with all of its reasons, and a batch that breaks
+a batch rule is refused whole: its good rows are quarantined too, so nothing of it reaches training
+and nothing is lost.
+
+Reasons read `check:column`: `not_integer:dep_time`, `not_number:temp`, `null:carrier`,
+`out_of_range:distance`, `not_allowed:origin`, `too_long:tailnum`, `unparseable:time_hour`,
+`future:time_hour`, and for whole rows `duplicate_key:in_batch`, `duplicate_key:across_batches`,
+`batch_refused:<rule>`.
+
+Coercion is counted per row: `coerced` is the number of rows read in which at least one value had to
+be repaired. Parsing timestamps stored as text is reading, not repairing (SQLite stores every
+timestamp as text), so it is not counted; stripping spaces around one is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from retrain.config import ModelConfig
+from retrain.errors import DataContractError
+from tasks import warehouse
+from tasks.contract import ColumnRule, ColumnType, Contract, UnknownColumns, read_contract
+
+logger = logging.getLogger(__name__)
+
+ARROW_STRING = "string[pyarrow]"
+PASSED = "passed"
+REFUSED = "refused"
+DUPLICATE_IN_BATCH = "duplicate_key:in_batch"
+DUPLICATE_ACROSS_BATCHES = "duplicate_key:across_batches"
+ARTIFACT_SAMPLE_ROWS = 50
+RAW_PREVIEW_CHARS = 400
+
+_PANDAS_DTYPES: dict[ColumnType, str | None] = {
+    ColumnType.INTEGER: "Int64",
+    ColumnType.FLOAT: "float64",
+    ColumnType.STRING: None,  # coercion already made every value a str; an element-wise dtype check only costs
+    ColumnType.DATETIME: "datetime64[ns]",
+}
+
+
+def utc_now() -> datetime:
+    """Now as a naive UTC datetime, the warehouse's convention for timestamps."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def as_naive_utc(moment: datetime) -> datetime:
+    """A datetime in the warehouse's convention: aware ones are converted to UTC, naive ones kept."""
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo is not None else moment
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class BatchViolation:
+    """A broken batch rule: which rule, what was observed, what the contract allows, and what to do."""
+
+    rule: str
+    observed: Any
+    limit: Any
+    detail: str = ""
+
+    def to_error(self) -> DataContractError:
+        return DataContractError(self.rule, self.observed, self.limit, self.detail)
+
+
+@dataclass(frozen=True, eq=False)
+class ValidationResult:
+    """A validated batch. `clean` holds typed rows in contract column order; `quarantined` holds one
+    row per rejected input row with `source_row` (position in the batch), `reasons` (tuple of str) and
+    `raw` (the row as it came, as JSON text). `reasons` in the counts maps reason -> rows."""
+
+    clean: pd.DataFrame
+    quarantined: pd.DataFrame
+    read: int
+    coerced: int
+    reasons: dict[str, int]
+    missing_columns: tuple[str, ...] = ()
+    unknown_columns: tuple[str, ...] = ()
+    newest_read: datetime | None = None
+    newest_clean: datetime | None = None
+    violation: BatchViolation | None = None
+    source: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
+
+    @property
+    def status(self) -> str:
+        return REFUSED if self.violation is not None else PASSED
+
+    @property
+    def clean_count(self) -> int:
+        return len(self.clean)
+
+    @property
+    def quarantined_count(self) -> int:
+        return len(self.quarantined)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What one ingest run will read: the resolved source range, or an earlier outcome to replay."""
+
+    batch_id: str
+    model: str
+    range_start: datetime | None
+    range_end: datetime | None
+    end_requested: bool
+    reference_time: datetime
+    started_at: datetime
+    replay: BatchOutcome | None = None
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What an ingest did with one batch: the counts a user sees and the record in the batch ledger."""
+
+    batch_id: str
+    model: str
+    read: int
+    clean: int
+    coerced: int
+    quarantined: int
+    status: str
+    reasons: dict[str, int]
+    unknown_columns: tuple[str, ...] = ()
+    range_start: datetime | None = None
+    range_end: datetime | None = None
+    violation: BatchViolation | None = None
+    flow_run_id: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The fields `retrain ingest --json` prints."""
+        return {
+            "batch_id": self.batch_id,
+            "model": self.model,
+            "read": self.read,
+            "clean": self.clean,
+            "coerced": self.coerced,
+            "quarantined": self.quarantined,
+            "status": self.status,
+            "reasons": dict(self.reasons),
+            "unknown_columns": list(self.unknown_columns),
+            "range_start": self.range_start,
+            "range_end": self.range_end,
+            "violation": None if self.violation is None else {
+                "rule": self.violation.rule,
+                "observed": self.violation.observed,
+                "limit": self.violation.limit,
+                "detail": self.violation.detail,
+            },
+        }
+
+
+class BatchRefused(DataContractError):
+    """A DataContractError raised by the ingest flow that also carries the recorded outcome of the batch."""
+
+    def __init__(self, violation: BatchViolation, outcome: BatchOutcome) -> None:
+        super().__init__(violation.rule, violation.observed, violation.limit, violation.detail)
+        self.violation = violation
+        self.outcome = outcome
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Prefect may pickle a failed state's exception: keep both fields across that round trip.
+        return (self.__class__, (self.violation, self.outcome))
+
+
+# -------------------------------------------------------------------------------------------- coercion
+
+
+@dataclass(frozen=True, eq=False)
+class CoercedColumn:
+    """One column in its contract type, with which rows were repaired and which could not be."""
+
+    values: pd.Series
+    coerced: np.ndarray
+    failed: np.ndarray
+    failure: str
+
+
+def coerce_column(values: pd.Series, rule: ColumnRule) -> CoercedColumn:
+    """Convert a column to its contract type, safely: anything that is not clearly the same value fails.
+
+    Args:
+        values: The column as read, any dtype, with a RangeIndex.
+        rule: The column's contract rule.
+    """
+    if rule.type is ColumnType.INTEGER:
+        return _coerce_number(values, rule, integer=True)
+    if rule.type is ColumnType.FLOAT:
+        return _coerce_number(values, rule, integer=False)
+    if rule.type is ColumnType.DATETIME:
+        return _coerce_datetime(values)
+    return _coerce_string(values)
+
+
+def _text_mask(values: pd.Series, present: np.ndarray) -> np.ndarray:
+    """Which values are Python strings: cheap for all-text or all-number columns, element-wise otherwise."""
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    if kind == "string":
+        return present.copy()
+    if kind in ("integer", "floating", "mixed-integer-float", "decimal", "boolean", "empty",
+                "datetime64", "datetime", "date"):
+        return np.zeros(len(values), dtype=bool)
+    return np.fromiter((isinstance(v, str) for v in values.to_numpy(dtype=object)), dtype=bool, count=len(values))
+
+
+def _coerce_number(values: pd.Series, rule: ColumnRule, integer: bool) -> CoercedColumn:
+    failure = "not_integer" if integer else "not_number"
+    size = len(values)
+    nothing = np.zeros(size, dtype=bool)
+    if pd.api.types.is_integer_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        if isinstance(values.dtype, np.dtype) and integer:
+            array = pd.arrays.IntegerArray(values.to_numpy(dtype="int64"), nothing.copy())
+            typed = pd.Series(array, index=values.index)
+        else:
+            typed = values.astype("Int64") if integer else values.astype("float64")
+        return CoercedColumn(typed, nothing, nothing, failure)
+    if pd.api.types.is_float_dtype(values):
+        numbers = values.to_numpy(dtype="float64", na_value=np.nan)
+        present = ~np.isnan(numbers)
+        coerced = nothing
+    else:
+        objects = values.astype(object)
+        present = objects.notna().to_numpy()
+        is_text = _text_mask(objects, present)
+        numbers = np.full(size, np.nan)
+        others = present & ~is_text
+        if others.any():
+            numbers[others] = pd.to_numeric(objects[others], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        if is_text.any():
+            text = objects[is_text].astype(str).str.strip()
+            if rule.decimal_comma:
+                text = text.str.replace(",", ".", regex=False)
+            numbers[is_text] = pd.to_numeric(text, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        coerced = is_text & ~np.isnan(numbers)
+    with np.errstate(invalid="ignore"):
+        bad = present & ~np.isfinite(numbers)
+        if integer:
+            bad |= present & np.isfinite(numbers) & (np.mod(numbers, 1) != 0)
+    missing = bad | np.isnan(numbers)
+    if integer:
+        # Built directly: astype("Int64") from floats re-checks every value in Python-speed loops.
+        whole = np.where(missing, 0, numbers).astype("int64")
+        typed = pd.Series(pd.arrays.IntegerArray(whole, missing), index=values.index)
+    else:
+        typed = pd.Series(np.where(bad, np.nan, numbers), index=values.index)
+    return CoercedColumn(typed, coerced & ~bad, bad, failure)
+
+
+def _coerce_string(values: pd.Series) -> CoercedColumn:
+    # Arrow-backed strings: strip, isin and length checks run in C++ rather than once per Python object.
+    if isinstance(values.dtype, pd.StringDtype):
+        text = values.astype(ARROW_STRING)
+        others = np.zeros(len(values), dtype=bool)
+    else:
+        objects = values.astype(object)
+        present = objects.notna().to_numpy()
+        others = present & ~_text_mask(objects, present)
+        if others.any():
+            objects = objects.copy()
+            objects[others] = objects[others].map(str)
+        text = objects.astype(ARROW_STRING)
+    stripped = text.str.strip()
+    changed = (stripped != text).fillna(False).to_numpy(dtype=bool)
+    return CoercedColumn(stripped, others | changed, np.zeros(len(values), dtype=bool), "not_text")
+
+
+def _coerce_datetime(values: pd.Series) -> CoercedColumn:
+    size = len(values)
+    nothing = np.zeros(size, dtype=bool)
+    if pd.api.types.is_datetime64_any_dtype(values):
+        typed = values.dt.tz_convert("UTC").dt.tz_localize(None) if values.dt.tz is not None else values
+        return CoercedColumn(typed.astype("datetime64[ns]"), nothing, nothing, "unparseable")
+    objects = values.astype(object)
+    present = objects.notna().to_numpy()
+    parsed = pd.to_datetime(objects, errors="coerce", utc=True, format="ISO8601")
+    missed = present & parsed.isna().to_numpy()
+    coerced = nothing
+    if missed.any():
+        # Surrounding spaces are the one repair made here; any other format stays unparseable rather than guessed.
+        retry = pd.to_datetime(objects[missed].astype(str).str.strip(), errors="coerce", utc=True, format="ISO8601")
+        parsed[missed] = retry
+        coerced = missed & parsed.notna().to_numpy()
+        missed = missed & ~coerced
+    typed = parsed.dt.tz_localize(None).astype("datetime64[ns]")
+    return CoercedColumn(typed, coerced, missed, "unparseable")
+
+
+# ------------------------------------------------------------------------------------------- the schema
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledSchema:
+    """The pandera schema of a contract and, per column, the reason each of its checks stands for."""
+
+    schema: pa.DataFrameSchema
+    check_reasons: dict[str, list[str]]
+
+
+def compile_schema(
+    rules: dict[str, ColumnRule],
+    key: Sequence[str],
+    timestamp: str | None,
+    latest_allowed: datetime | None,
+) -> CompiledSchema:
+    """Compile column rules to a pandera schema for frames already coerced by `coerce_column`.
+
+    Args:
+        rules: Rules of the columns present in the frame.
+        key: Columns whose combination must be unique within the frame (empty: no key).
+        timestamp: The column that must not lie in the future.
+        latest_allowed: The latest acceptable timestamp (None: no future check).
+    """
+    columns: dict[str, pa.Column] = {}
+    check_reasons: dict[str, list[str]] = {}
+    for name, rule in rules.items():
+        checks: list[pa.Check] = []
+        reasons: list[str] = []
+        if rule.min is not None or rule.max is not None:
+            if rule.min is not None and rule.max is not None:
+                checks.append(pa.Check.in_range(rule.min, rule.max))
+            elif rule.min is not None:
+                checks.append(pa.Check.ge(rule.min))
+            else:
+                checks.append(pa.Check.le(rule.max))
+            reasons.append(f"out_of_range:{name}")
+        if rule.allowed is not None:
+            checks.append(pa.Check.isin(rule.allowed))
+            reasons.append(f"not_allowed:{name}")
+        if rule.max_length is not None:
+            checks.append(pa.Check.str_length(max_value=rule.max_length))
+            reasons.append(f"too_long:{name}")
+        if name == timestamp and latest_allowed is not None:
+            checks.append(pa.Check.le(pd.Timestamp(latest_allowed)))
+            reasons.append(f"future:{name}")
+        columns[name] = pa.Column(_PANDAS_DTYPES[rule.type], checks=checks, nullable=rule.nullable, coerce=False)
+        check_reasons[name] = reasons
+    unique = [name for name in key if name in rules] if key and all(name in rules for name in key) else None
+    schema = pa.DataFrameSchema(columns, unique=unique, report_duplicates="all", strict=False)
+    return CompiledSchema(schema, check_reasons)
+
+
+def _schema_failures(compiled: CompiledSchema, frame: pd.DataFrame) -> pd.DataFrame:
+    """(row, reason, column) for every failed check, from pandera's lazy validation."""
+    try:
+        compiled.schema.validate(frame, lazy=True, inplace=True)
+    except pa.errors.SchemaErrors as errors:
+        cases = errors.failure_cases
+    else:
+        return _pairs([], [], [])
+    rows: list[int] = []
+    reasons: list[str] = []
+    columns: list[str] = []
+    for (context, column, check, number), group in cases.groupby(
+        ["schema_context", "column", "check", "check_number"], dropna=False, sort=False
+    ):
+        if check == "multiple_fields_uniqueness":
+            reason = DUPLICATE_IN_BATCH
+        elif check == "not_nullable":
+            reason = f"null:{column}"
+        elif context == "Column" and pd.notna(number) and column in compiled.check_reasons:
+            reason = compiled.check_reasons[column][int(number)]
+        else:
+            # A dtype or schema-level failure without row indexes would mean coercion let a wrong type through.
+            raise DataContractError(str(check), f"column {column}", "a vectorized row check",
+                                    "unexpected schema-level failure: report this as a bug")
+        indexes = group["index"].dropna().astype(int).tolist()
+        rows.extend(indexes)
+        reasons.extend([reason] * len(indexes))
+        columns.extend([str(column)] * len(indexes))
+    return _pairs(rows, reasons, columns)
+
+
+def _pairs(rows: Sequence[int] | np.ndarray, reasons: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame({"row": np.asarray(rows, dtype="int64"), "reason": list(reasons), "column": list(columns)})
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def validate_batch(
+    frame: pd.DataFrame,
+    contract: Contract,
+    reference_time: datetime | None,
+    existing_keys: pd.DataFrame | None = None,
+) -> ValidationResult:
+    """Coerce, check and split a batch into clean and quarantined rows; batch rules are judged separately.
+
+    Args:
+        frame: Rows as read from the source, values untouched.
+        contract: The model's data contract.
+        reference_time: Now, for the future-timestamp check (None: no future check).
+        existing_keys: Key columns of rows already in the clean table; a batch row with one of these
+            keys is quarantined as a duplicate across batches.
+    """
+    latest = None
+    if reference_time is not None:
+        latest = as_naive_utc(reference_time) + timedelta(minutes=contract.batch.future_tolerance_minutes)
+    return _validate(frame, contract.columns, contract.key, contract.timestamp, latest, existing_keys)
+
+
+def _validate(
+    frame: pd.DataFrame,
+    rules: dict[str, ColumnRule],
+    key: Sequence[str],
+    timestamp: str | None,
+    latest_allowed: datetime | None,
+    existing_keys: pd.DataFrame | None,
+) -> ValidationResult:
+    source = frame if isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1 \
+        else frame.reset_index(drop=True)
+    size = len(source)
+    present = {name: rule for name, rule in rules.items() if name in source.columns}
+    missing = tuple(name for name in rules if name not in source.columns)
+    unknown = tuple(str(name) for name in source.columns if name not in rules)
+
+    typed_columns: dict[str, pd.Series] = {}
+    coerced = np.zeros(size, dtype=bool)
+    failure_rows: list[np.ndarray] = []
+    failure_reasons: list[str] = []
+    failure_columns: list[str] = []
+    for name, rule in present.items():
+        column = coerce_column(source[name], rule)
+        typed_columns[name] = column.values
+        coerced |= column.coerced
+        if column.failed.any():
+            failed_rows = np.flatnonzero(column.failed)
+            failure_rows.append(failed_rows)
+            failure_reasons.extend([f"{column.failure}:{name}"] * len(failed_rows))
+            failure_columns.extend([name] * len(failed_rows))
+    typed = pd.DataFrame(typed_columns, index=source.index)
+    coercion_failures = _pairs(
+        np.concatenate(failure_rows) if failure_rows else np.array([], dtype="int64"),
+        failure_reasons,
+        failure_columns,
+    )
+
+    compiled = compile_schema(present, key, timestamp, latest_allowed)
+    checked = _schema_failures(compiled, typed)
+    if len(coercion_failures) and len(checked):
+        # A value that could not be coerced became null: report it once, as what it is, not also as a null.
+        failed_cells = pd.MultiIndex.from_frame(coercion_failures[["row", "column"]])
+        null_checks = checked["reason"].str.startswith("null:").to_numpy()
+        cells = pd.MultiIndex.from_frame(checked[["row", "column"]])
+        checked = checked[~(null_checks & cells.isin(failed_cells))]
+    across = _duplicates_across_batches(typed, present, key, existing_keys)
+    pairs = pd.concat([coercion_failures, checked, across], ignore_index=True)
+    pairs = pairs.drop_duplicates(["row", "reason"])
+    return _split(source, typed, pairs, coerced, missing, unknown, timestamp)
+
+
+def _duplicates_across_batches(
+    typed: pd.DataFrame,
+    rules: dict[str, ColumnRule],
+    key: Sequence[str],
+    existing_keys: pd.DataFrame | None,
+) -> pd.DataFrame:
+    if not key or existing_keys is None or existing_keys.empty or any(name not in typed.columns for name in key):
+        return _pairs([], [], [])
+    existing = pd.DataFrame(
+        {name: coerce_column(existing_keys[name].reset_index(drop=True), rules[name]).values for name in key}
+    )
+    seen = pd.MultiIndex.from_frame(existing.dropna())
+    mine = pd.MultiIndex.from_frame(typed[list(key)])
+    rows = np.flatnonzero(mine.isin(seen))
+    return _pairs(rows, [DUPLICATE_ACROSS_BATCHES] * len(rows), [""] * len(rows))
+
+
+def _split(
+    source: pd.DataFrame,
+    typed: pd.DataFrame,
+    pairs: pd.DataFrame,
+    coerced: np.ndarray,
+    missing: tuple[str, ...],
+    unknown: tuple[str, ...],
+    timestamp: str | None,
+) -> ValidationResult:
+    size = len(source)
+    bad = np.zeros(size, dtype=bool)
+    bad[pairs["row"].to_numpy()] = True
+    bad_rows = np.flatnonzero(bad)
+    if len(pairs):
+        per_row = pairs.sort_values(["row", "reason"]).groupby("row", sort=True)["reason"].agg(tuple)
+        reasons_of_rows = per_row.reindex(bad_rows).tolist()
+        counts = pairs.groupby("reason")["row"].nunique().sort_values(ascending=False)
+        reason_counts = {str(reason): int(count) for reason, count in counts.items()}
+    else:
+        reasons_of_rows, reason_counts = [], {}
+    quarantined = pd.DataFrame(
+        {"source_row": bad_rows.astype("int64"), "reasons": reasons_of_rows, "raw": raw_json(source, bad_rows)}
+    )
+    clean = typed.loc[~bad].reset_index(drop=True) if len(bad_rows) else typed
+    newest_read = newest_clean = None
+    if timestamp is not None and timestamp in typed.columns:
+        newest_read = _latest(typed[timestamp])
+        newest_clean = _latest(clean[timestamp])
+    return ValidationResult(
+        clean=clean,
+        quarantined=quarantined,
+        read=size,
+        coerced=int(coerced.sum()),
+        reasons=reason_counts,
+        missing_columns=missing,
+        unknown_columns=unknown,
+        newest_read=newest_read,
+        newest_clean=newest_clean,
+        source=source,
+    )
+
+
+def _latest(values: pd.Series) -> datetime | None:
+    latest = values.max()
+    return None if pd.isna(latest) else pd.Timestamp(latest).to_pydatetime()
+
+
+def raw_json(source: pd.DataFrame, rows: np.ndarray) -> list[str]:
+    """The given rows exactly as they came, one JSON object of every column per row (unknown ones too)."""
+    if len(rows) == 0:
+        return []
+    text = source.iloc[rows].to_json(
+        orient="records", lines=True, date_format="iso", force_ascii=False, default_handler=str
+    )
+    # Split on newlines only: JSON escapes them inside strings, but not U+2028, which splitlines() would cut at.
+    return text.rstrip("\n").split("\n")
+
+
+# ---------------------------------------------------------------------------------------- batch rules
+
+
+def find_batch_violation(
+    result: ValidationResult, contract: Contract, reference_time: datetime | None
+) -> BatchViolation | None:
+    """The first batch rule the batch breaks, in the order a user would fix them, or None.
+
+    Args:
+        result: The validated batch.
+        contract: The contract whose batch rules apply.
+        reference_time: Now, for freshness (None: no freshness check).
+    """
+    rules = contract.batch
+    if result.missing_columns:
+        return BatchViolation(
+            "missing_column", list(result.missing_columns), "every contract column present",
+            f"the batch has no column(s) {list(result.missing_columns)}"
+            + (f" but has unknown column(s) {list(result.unknown_columns)} (renamed?)"
+               if result.unknown_columns else "")
+            + ": fix the source or the contract",
+        )
+    if result.unknown_columns and rules.unknown_columns is UnknownColumns.REFUSE:
+        return BatchViolation(
+            "unknown_column", list(result.unknown_columns), "no columns beyond the contract",
+            "add them to the contract's columns or set batch.unknown_columns: report",
+        )
+    too_many = rules.max_rows is not None and result.read > rules.max_rows
+    if result.read < rules.min_rows or too_many:
+        return BatchViolation(
+            "row_count", result.read, f"[{rules.min_rows}, {rules.max_rows if rules.max_rows is not None else 'any'}]",
+            "an empty batch means nothing new arrived; a huge one suggests a duplicated load"
+            " (adjust batch.min_rows/max_rows if the volume legitimately changed)",
+        )
+    share = result.quarantined_count / result.read if result.read else 0.0
+    if share > rules.max_bad_share:
+        top = ", ".join(f"{reason} ({count})" for reason, count in list(result.reasons.items())[:5])
+        return BatchViolation(
+            "bad_share", round(share, 6), rules.max_bad_share,
+            f"{result.quarantined_count} of {result.read} rows broke row rules; most common: {top}",
+        )
+    if rules.max_age_hours is not None and reference_time is not None and result.newest_clean is not None:
+        oldest_allowed = as_naive_utc(reference_time) - timedelta(hours=rules.max_age_hours)
+        if result.newest_clean < oldest_allowed:
+            return BatchViolation(
+                "freshness", result.newest_clean.isoformat(), f">= {oldest_allowed.isoformat()}",
+                f"the newest {contract.timestamp} is older than {rules.max_age_hours} h before {reference_time}",
+            )
+    return None
+
+
+def refuse_batch(result: ValidationResult, violation: BatchViolation) -> ValidationResult:
+    """The batch with its clean rows moved to quarantine too, so nothing of it is appended and nothing is lost."""
+    good = np.setdiff1d(np.arange(result.read), result.quarantined["source_row"].to_numpy())
+    reason = f"batch_refused:{violation.rule}"
+    refused = pd.DataFrame(
+        {"source_row": good.astype("int64"), "reasons": [(reason,)] * len(good), "raw": raw_json(result.source, good)}
+    )
+    quarantined = (
+        pd.concat([result.quarantined, refused], ignore_index=True).sort_values("source_row").reset_index(drop=True)
+    )
+    reasons = dict(result.reasons)
+    if len(good):
+        reasons[reason] = len(good)
+    return replace(
+        result, clean=result.clean.iloc[0:0], quarantined=quarantined, reasons=reasons, violation=violation
+    )
+
+
+def judge_batch(result: ValidationResult, contract: Contract, reference_time: datetime | None) -> ValidationResult:
+    """The batch as it will be recorded: unchanged if it keeps every batch rule, refused whole otherwise."""
+    violation = find_batch_violation(result, contract, reference_time)
+    return result if violation is None else refuse_batch(result, violation)
+
+
+def enforce_batch_rules(result: ValidationResult, contract: Contract, reference_time: datetime | None) -> None:
+    """Raise if the batch breaks a batch rule (the abort rule).
+
+    Raises:
+        DataContractError: naming the rule, the observed value and the limit.
+    """
+    violation = result.violation or find_batch_violation(result, contract, reference_time)
+    if violation is not None:
+        raise violation.to_error()
+
+
+def check_snapshot(frame: pd.DataFrame, contract: Contract, columns: Sequence[str] | None = None) -> None:
+    """Refuse a training snapshot that breaks the contract, e.g. after the contract was tightened.
+
+    Every row must satisfy the row rules of the checked columns and keys must be unique; batch rules
+    (row band, freshness, bad share) are about arrivals, not snapshots, and do not apply. Columns the
+    contract does not know (such as `_batch_id`) are ignored. Integer columns read back as floats
+    because of NULLs are accepted when their values are whole.
+
+    Args:
+        frame: The snapshot, as read from the clean table.
+        contract: The model's data contract.
+        columns: The contract columns the snapshot is expected to hold (default: all of them).
+
+    Raises:
+        DataContractError: rule `missing_column`, or `snapshot_rows` with the number of bad rows
+            (limit 0) and the most common reasons and first bad row in the message.
+    """
+    wanted = list(columns) if columns is not None else list(contract.columns)
+    unknown = [name for name in wanted if name not in contract.columns]
+    if unknown:
+        raise DataContractError("unknown_column", unknown, list(contract.columns), "ask only for contract columns")
+    missing = [name for name in wanted if name not in frame.columns]
+    if missing:
+        raise DataContractError("missing_column", missing, "every requested contract column present",
+                                "the snapshot lacks them; read them from the clean table")
+    rules = {name: contract.columns[name] for name in wanted}
+    key = contract.key if all(name in rules for name in contract.key) else []
+    timestamp = contract.timestamp if contract.timestamp in rules else None
+    result = _validate(frame[wanted], rules, key, timestamp, None, None)
+    if result.quarantined_count:
+        top = ", ".join(f"{reason} ({count})" for reason, count in list(result.reasons.items())[:5])
+        first = result.quarantined.iloc[0]
+        raise DataContractError(
+            "snapshot_rows", result.quarantined_count, 0,
+            f"reasons: {top}; first bad row at position {first['source_row']}: {first['raw'][:RAW_PREVIEW_CHARS]}",
+        )
+
+
+def new_batch_id(model: str, started_at: datetime) -> str:
+    """A readable, unique batch id: model, UTC start time and a random suffix."""
+    safe = re.sub(r"[^A-Za-z0-9]+", "-", model).strip("-").lower()
+    return f"{safe}-{started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+def outcome_of(plan: BatchPlan, result: ValidationResult, flow_run_id: str | None) -> BatchOutcome:
+    """The outcome to record and return for a validated, judged batch."""
+    range_end = plan.range_end
+    if not plan.end_requested and result.newest_read is not None:
+        # An open-ended batch covers up to its newest row; the next batch starts just after it.
+        range_end = result.newest_read + timedelta(microseconds=1)
+    return BatchOutcome(
+        batch_id=plan.batch_id,
+        model=plan.model,
+        read=result.read,
+        clean=result.clean_count,
+        coerced=result.coerced,
+        quarantined=result.quarantined_count,
+        status=result.status,
+        reasons=dict(result.reasons),
+        unknown_columns=result.unknown_columns,
+        range_start=plan.range_start,
+        range_end=range_end,
+        violation=result.violation,
+        flow_run_id=flow_run_id,
+    )
+
+
+def quarantine_sample(result: ValidationResult, rows: int = ARTIFACT_SAMPLE_ROWS) -> list[dict[str, Any]]:
+    """The first quarantined rows, reasons joined and raw values shortened, for tables people read."""
+    sample = result.quarantined.head(rows)
+    return [
+        {"row": int(row.source_row), "reasons": ", ".join(row.reasons), "raw": str(row.raw)[:RAW_PREVIEW_CHARS]}
+        for row in sample.itertuples(index=False)
+    ]
+
+
+def summary_markdown(config: ModelConfig, outcome: BatchOutcome) -> str:
+    """The run's markdown summary: counts, reasons and the verdict."""
+    lines = [
+        f"# Ingest of `{config.name}`: batch `{outcome.batch_id}` {outcome.status}",
+        "",
+        f"Source `{config.source.table}`, range [{outcome.range_start or 'start'}, {outcome.range_end or 'open'}).",
+        "",
+        "| rows | count |",
+        "|---|---:|",
+        f"| read | {outcome.read} |",
+        f"| clean | {outcome.clean} |",
+        f"| coerced | {outcome.coerced} |",
+        f"| quarantined | {outcome.quarantined} |",
+    ]
+    if outcome.reasons:
+        lines += ["", "| reason | rows |", "|---|---:|"]
+        lines += [f"| {reason} | {count} |" for reason, count in outcome.reasons.items()]
+    if outcome.unknown_columns:
+        lines += ["", f"Unknown columns (not ingested): {', '.join(outcome.unknown_columns)}"]
+    if outcome.violation is not None:
+        violation = outcome.violation
+        lines += ["", f"**Refused** by rule `{violation.rule}`: observed {violation.observed}, "
+                  f"limit {violation.limit}. {violation.detail}"]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+
+
+@task
+def read_model_contract(config: ModelConfig) -> Contract:
+    """The contract beside the model config; a missing one is an error saying how to write it."""
+    return read_contract(config.contract_path)
+
+
+@task
+def count_new_rows(config: ModelConfig) -> int:
+    """Rows in the source table at or after the watermark (the end of the last passed batch).
+
+    The training flow calls this to decide whether to ingest before it trains.
+    """
+    engine, schema = warehouse.get_warehouse()
+    watermark = warehouse.read_watermark(engine, config.name, schema=schema)
+    return warehouse.count_rows_since(engine, config.source.table, config.source.timestamp, watermark, schema=schema)
+
+
+@task
+def plan_batch(
+    config: ModelConfig, start: datetime | None, end: datetime | None, reference_time: datetime | None
+) -> BatchPlan:
+    """Resolve the range to read: from `start` or the watermark, to `end` or the newest row.
+
+    A request with an end that a passed batch already covered (same end, same start if given) replays
+    that batch's outcome instead of reading again: re-running an ingest adds nothing.
+    """
+    engine, schema = warehouse.get_warehouse()
+    started_at = utc_now()
+    start = as_naive_utc(start) if start is not None else None
+    end = as_naive_utc(end) if end is not None else None
+    replay = None
+    if end is not None:
+        record = warehouse.find_passed_batch(engine, config.name, start, end, schema=schema)
+        replay = outcome_from_record(record) if record is not None else None
+    range_start = start if start is not None else warehouse.read_watermark(engine, config.name, schema=schema)
+    return BatchPlan(
+        batch_id=new_batch_id(config.name, started_at),
+        model=config.name,
+        range_start=range_start,
+        range_end=end,
+        end_requested=end is not None,
+        reference_time=as_naive_utc(reference_time) if reference_time is not None else started_at,
+        started_at=started_at,
+        replay=replay,
+    )
+
+
+@task(cache_policy=NO_CACHE)
+def read_batch_rows(config: ModelConfig, plan: BatchPlan) -> pd.DataFrame:
+    """The source rows in the plan's range, every column, values exactly as stored."""
+    engine, schema = warehouse.get_warehouse()
+    frame = warehouse.read_raw_window(
+        engine, config.source.table, config.source.timestamp, plan.range_start, plan.range_end, schema=schema
+    )
+    get_run_logger().info("read %d rows of %s in [%s, %s)", len(frame), config.source.table,
+                          plan.range_start or "start", plan.range_end or "open")
+    return frame
+
+
+@task(cache_policy=NO_CACHE)
+def validate_new_rows(
+    config: ModelConfig, contract: Contract, plan: BatchPlan, frame: pd.DataFrame
+) -> ValidationResult:
+    """Validate the batch against the contract and the keys already clean, then judge its batch rules."""
+    engine, schema = warehouse.get_warehouse()
+    existing = warehouse.read_clean_keys(
+        engine, config.source.clean, contract.key, contract.timestamp, plan.range_start, plan.range_end, schema=schema
+    )
+    result = judge_batch(validate_batch(frame, contract, plan.reference_time, existing), contract, plan.reference_time)
+    log = get_run_logger()
+    log.info("batch %s: read %d, clean %d, coerced %d, quarantined %d", plan.batch_id, result.read,
+             result.clean_count, result.coerced, result.quarantined_count)
+    if result.unknown_columns:
+        log.warning("columns not in the contract, not ingested: %s", list(result.unknown_columns))
+    return result
+
+
+@task(cache_policy=NO_CACHE)
+def record_batch(config: ModelConfig, contract: Contract, plan: BatchPlan, result: ValidationResult) -> BatchOutcome:
+    """Write quarantine, clean rows (if passed) and the batch record in one transaction."""
+    from prefect.runtime import flow_run
+
+    outcome = outcome_of(plan, result, flow_run.id)
+    engine, schema = warehouse.get_warehouse()
+    warehouse.record_batch(
+        engine,
+        record=batch_record(outcome, plan, finished_at=utc_now()),
+        clean=result.clean if result.status == PASSED else None,
+        clean_table=warehouse.clean_table(
+            config.source.clean, {name: rule.type.value for name, rule in contract.columns.items()}, schema=schema
+        ),
+        quarantine=quarantine_records(outcome.batch_id, result),
+        quarantine_table=warehouse.quarantine_table(config.source.quarantine, schema=schema),
+        schema=schema,
+    )
+    return outcome
+
+
+def batch_record(outcome: BatchOutcome, plan: BatchPlan, finished_at: datetime) -> dict[str, Any]:
+    """The batch ledger row of an outcome."""
+    violation = outcome.violation
+    return {
+        "batch_id": outcome.batch_id,
+        "model": outcome.model,
+        "range_start": outcome.range_start,
+        "range_end": outcome.range_end,
+        "end_requested": plan.end_requested,
+        "rows_read": outcome.read,
+        "rows_clean": outcome.clean,
+        "rows_coerced": outcome.coerced,
+        "rows_quarantined": outcome.quarantined,
+        "status": outcome.status,
+        "reasons": json.dumps(outcome.reasons),
+        "unknown_columns": json.dumps(list(outcome.unknown_columns)),
+        "rule": violation.rule if violation else None,
+        "violation": json.dumps(
+            {"observed": violation.observed, "limit": violation.limit, "detail": violation.detail}, default=str
+        ) if violation else None,
+        "flow_run_id": outcome.flow_run_id,
+        "reference_time": plan.reference_time,
+        "started_at": plan.started_at,
+        "finished_at": finished_at,
+    }
+
+
+def outcome_from_record(record: dict[str, Any]) -> BatchOutcome:
+    """The outcome of a batch as its ledger row stored it, for replaying an ingest that already ran."""
+    violation = None
+    if record.get("rule"):
+        stored = json.loads(record["violation"] or "{}")
+        violation = BatchViolation(
+            record["rule"], stored.get("observed"), stored.get("limit"), stored.get("detail", "")
+        )
+    return BatchOutcome(
+        batch_id=record["batch_id"],
+        model=record["model"],
+        read=int(record["rows_read"]),
+        clean=int(record["rows_clean"]),
+        coerced=int(record["rows_coerced"]),
+        quarantined=int(record["rows_quarantined"]),
+        status=record["status"],
+        reasons=json.loads(record["reasons"]),
+        unknown_columns=tuple(json.loads(record["unknown_columns"])),
+        range_start=record["range_start"],
+        range_end=record["range_end"],
+        violation=violation,
+        flow_run_id=record["flow_run_id"],
+    )
+
+
+def quarantine_records(batch_id: str, result: ValidationResult) -> pd.DataFrame:
+    """Quarantine rows as stored: batch id, position in the batch, reasons as a JSON list, raw row as JSON."""
+    quarantined = result.quarantined
+    return pd.DataFrame({
+        "batch_id": batch_id,
+        "source_row": quarantined["source_row"].astype("int64"),
+        "reasons": [json.dumps(list(reasons)) for reasons in quarantined["reasons"]],
+        "raw": quarantined["raw"],
+    })
+
+
+@task(cache_policy=NO_CACHE)
+def publish_batch_report(config: ModelConfig, outcome: BatchOutcome, result: ValidationResult) -> None:
+    """A markdown summary and a table of sample quarantined rows as Prefect artifacts of the run."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    key = re.sub(r"[^a-z0-9-]+", "-", config.name.lower()).strip("-")
+    create_markdown_artifact(
+        markdown=summary_markdown(config, outcome), key=f"{key}-ingest-summary",
+        description=f"ingest batch {outcome.batch_id}",
+    )
+    sample = quarantine_sample(result)
+    if sample:
+        create_table_artifact(
+            table=sample, key=f"{key}-quarantine",
+            description=f"first {len(sample)} of {outcome.quarantined} quarantined rows of batch {outcome.batch_id}",
+        )
+
+
+@task
+def announce_data_arrived(config: ModelConfig, outcome: BatchOutcome) -> None:
+    """Emit `retrain.data.arrived` for the model, which deployments can trigger on."""
+    from prefect.events import emit_event
+
+    emit_event(
+        event="retrain.data.arrived",
+        resource={"prefect.resource.id": f"retrain.model.{config.name}"},
+        payload={
+            "model": config.name,
+            "batch_id": outcome.batch_id,
+            "read": outcome.read,
+            "clean": outcome.clean,
+            "coerced": outcome.coerced,
+            "quarantined": outcome.quarantined,
+        },
+    )
