@@ -14,8 +14,8 @@ Reasons read `check:column`: `not_integer:dep_time`, `not_number:temp`, `null:ca
 `batch_refused:<rule>`.
 
 Coercion is counted per row: `coerced` is the number of rows read in which at least one value had to
-be repaired. Parsing timestamps stored as text is reading, not repairing (SQLite stores every
-timestamp as text), so it is not counted; stripping spaces around one is.
+be repaired. Parsing ISO 8601 timestamps stored as text is reading, not repairing (SQLite stores every
+timestamp as text), so it is not counted.
 """
 
 from __future__ import annotations
@@ -292,17 +292,11 @@ def _coerce_datetime(values: pd.Series) -> CoercedColumn:
         return CoercedColumn(typed.astype("datetime64[ns]"), nothing, nothing, "unparseable")
     objects = values.astype(object)
     present = objects.notna().to_numpy()
+    # ISO 8601 only (spaces around it are fine): another format would be a guess, e.g. 01/02 as Jan 2 or Feb 1.
     parsed = pd.to_datetime(objects, errors="coerce", utc=True, format="ISO8601")
     missed = present & parsed.isna().to_numpy()
-    coerced = nothing
-    if missed.any():
-        # Surrounding spaces are the one repair made here; any other format stays unparseable rather than guessed.
-        retry = pd.to_datetime(objects[missed].astype(str).str.strip(), errors="coerce", utc=True, format="ISO8601")
-        parsed[missed] = retry
-        coerced = missed & parsed.notna().to_numpy()
-        missed = missed & ~coerced
     typed = parsed.dt.tz_localize(None).astype("datetime64[ns]")
-    return CoercedColumn(typed, coerced, missed, "unparseable")
+    return CoercedColumn(typed, nothing, missed, "unparseable")
 
 
 # ------------------------------------------------------------------------------------------- the schema
@@ -565,7 +559,7 @@ def find_batch_violation(
                if result.unknown_columns else "")
             + ": fix the source or the contract",
         )
-    if result.unknown_columns and rules.unknown_columns is UnknownColumns.REFUSE:
+    if result.unknown_columns and rules.unknown_columns == UnknownColumns.REFUSE:
         return BatchViolation(
             "unknown_column", list(result.unknown_columns), "no columns beyond the contract",
             "add them to the contract's columns or set batch.unknown_columns: report",
