@@ -277,7 +277,8 @@ def test_check_snapshot_accepts_clean_rows_read_back(flights_small: pd.DataFrame
     snapshot["_batch_id"] = "b-1"
 
     check_snapshot(snapshot, contract)
-    check_snapshot(snapshot[["time_hour", "carrier", "distance"]], contract, columns=["time_hour", "carrier", "distance"])
+    subset = ["time_hour", "carrier", "distance"]
+    check_snapshot(snapshot[subset], contract, columns=subset)
 
 
 def test_check_snapshot_refuses_rows_that_break_a_tightened_contract(

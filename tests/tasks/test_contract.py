@@ -1,0 +1,152 @@
+"""The data contract: inference from real rows, widening, YAML round trip, and refusal of bad contracts."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from retrain.config import load_model_config
+from retrain.errors import ConfigError
+from tasks.contract import (
+    ColumnType,
+    Contract,
+    contract_from_yaml,
+    contract_to_yaml,
+    infer_column_rule,
+    infer_contract,
+    read_contract,
+    widen_range,
+    write_contract,
+)
+from tasks.validation import judge_batch, validate_batch
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE_CONFIG = REPO / "examples" / "flights.yaml"
+EXAMPLE_CONTRACT = REPO / "examples" / "flights.contract.yaml"
+NOW = datetime(2026, 11, 25)
+
+
+@pytest.fixture(scope="module")
+def january_contract(flights_small: pd.DataFrame) -> Contract:
+    return infer_contract(flights_small, load_model_config(EXAMPLE_CONFIG))
+
+
+def test_infer_reads_types_nulls_and_sets_from_real_rows(january_contract: Contract) -> None:
+    columns = january_contract.columns
+
+    assert columns["dep_time"].type is ColumnType.INTEGER  # stored as float by pandas, every value whole
+    assert columns["temp"].type is ColumnType.FLOAT
+    assert columns["time_hour"].type is ColumnType.DATETIME
+    assert columns["origin"].allowed == ["EWR", "JFK", "LGA"]
+    assert columns["tailnum"].allowed is None and columns["tailnum"].max_length == 16
+    assert columns["wind_gust"].nullable and not columns["carrier"].nullable
+    assert january_contract.key == ["time_hour", "carrier", "flight", "origin"]
+    assert january_contract.timestamp == "time_hour"
+
+
+def test_infer_sets_a_row_band_that_takes_the_first_whole_table_and_refuses_empty(
+    flights_all: pd.DataFrame,
+) -> None:
+    contract = infer_contract(flights_all.iloc[:1000], load_model_config(EXAMPLE_CONFIG))
+    full = infer_contract(flights_all, load_model_config(EXAMPLE_CONFIG))
+
+    assert contract.batch.min_rows == full.batch.min_rows == 1
+    assert full.batch.max_rows is not None and full.batch.max_rows >= len(flights_all)
+
+
+def test_rows_satisfy_the_contract_inferred_from_them(flights_small: pd.DataFrame, january_contract: Contract) -> None:
+    result = validate_batch(flights_small, january_contract, NOW)
+
+    assert (result.read, result.clean_count, result.reasons) == (len(flights_small), len(flights_small), {})
+
+
+def test_next_months_real_rows_pass_a_contract_inferred_on_january(
+    flights_all: pd.DataFrame, january_contract: Contract
+) -> None:
+    february = flights_all[(flights_all["time_hour"] >= "2013-02-01") & (flights_all["time_hour"] < "2013-03-01")]
+    result = judge_batch(validate_batch(february, january_contract, NOW), january_contract, NOW)
+
+    assert result.status == "passed", result.violation
+    assert result.quarantined_count / result.read < january_contract.batch.max_bad_share
+
+
+def test_committed_example_contract_accepts_the_whole_example_table(flights_all: pd.DataFrame) -> None:
+    contract = read_contract(EXAMPLE_CONTRACT)
+    result = validate_batch(flights_all, contract, NOW)
+
+    assert result.quarantined_count == 0, result.reasons
+    assert contract.batch.min_rows <= len(flights_all) <= (contract.batch.max_rows or len(flights_all))
+    assert set(contract.columns) == set(flights_all.columns)
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "integral", "expected"),
+    [
+        (80, 4983, True, (0, 6209)),  # never went below zero: floor stays at zero
+        (-43, 1301, True, (-379, 1637)),  # negative values widen downwards
+        (5, 23, True, (0, 28)),  # whole numbers round outwards, to zero at most
+        (2013, 2013, True, (1992, 2034)),  # a constant widens by 1% of its value
+        (0, 0, True, (0, 1)),  # a constant zero widens by 1
+        (10.94, 100.04, False, (0.0, 122.4)),
+        (983.8, 1042.1, False, (969.2, 1057.0)),
+    ],
+)
+def test_widen_range(low: float, high: float, integral: bool, expected: tuple[float, float]) -> None:
+    assert widen_range(low, high, integral) == expected
+
+
+def test_infer_column_rule_reads_numbers_stored_as_text() -> None:
+    rule = infer_column_rule(pd.Series(["1", "2", "30", None]))
+
+    assert (rule.type, rule.nullable, rule.min, rule.max) == (ColumnType.INTEGER, True, 0, 38)
+
+
+def test_yaml_round_trip_keeps_every_field(january_contract: Contract, tmp_path: Path) -> None:
+    path = write_contract(january_contract, tmp_path / "nested" / "model.contract.yaml")
+
+    text = path.read_text()
+    assert text.startswith("# Data contract for model 'flights-delay'")
+    assert "  origin: {type: string, nullable: false, allowed: [EWR, JFK, LGA]}" in text
+    assert read_contract(path) == january_contract
+    assert contract_from_yaml(contract_to_yaml(january_contract)) == january_contract
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.replace("max_bad_share: 0.05", "max_bad_share: 2"), "batch.max_bad_share"),
+        (lambda t: t.replace("origin: {type: string,", "origin: {type: integer,"), "columns.origin"),
+        (lambda t: t.replace("time_hour: {type: datetime,", "time_hour: {type: string,"), "timestamp column"),
+        (lambda t: t.replace("carrier: {type: string, nullable: false", "carrier: {type: string, nullable: true"),
+         "must have nullable: false"),
+        (lambda t: re.sub(r"max_rows: \d+", "max_rows: 0", t), "batch.max_rows"),
+        (lambda t: t.replace("max_bad_share", "max_bad_shares"), "max_bad_shares"),
+        (lambda t: t.replace("distance: {type: integer, nullable: false, min: 0,",
+                             "distance: {type: integer, nullable: false, min: 99999,"), "is above max"),
+        (lambda t: "- just\n- a list\n", "must be a mapping"),
+        (lambda t: "columns: {a: [", "not valid YAML"),
+    ],
+)
+def test_a_broken_contract_is_a_config_error_naming_the_field(
+    january_contract: Contract, edit: object, message: str
+) -> None:
+    text = edit(contract_to_yaml(january_contract))  # type: ignore[operator]
+
+    with pytest.raises(ConfigError) as raised:
+        contract_from_yaml(text, source="model.contract.yaml")
+    assert "model.contract.yaml" in str(raised.value)
+    assert message in str(raised.value)
+
+
+def test_a_missing_contract_says_how_to_write_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="retrain contract infer"):
+        read_contract(tmp_path / "absent.contract.yaml")
+
+
+def test_infer_needs_the_configured_timestamp_and_key(flights_small: pd.DataFrame) -> None:
+    with pytest.raises(ConfigError, match="origin"):
+        infer_contract(flights_small.drop(columns=["origin"]), load_model_config(EXAMPLE_CONFIG))
