@@ -1,0 +1,177 @@
+"""The ingest flow end to end: real flights rows in a temporary SQLite warehouse, Prefect's test server.
+
+Assertions read the returned outcome, the raised error and the warehouse tables, never log text.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from flows.ingest import ingest_new_rows
+from retrain.config import load_model_config
+from retrain.errors import DataContractError
+from tasks.validation import BatchRefused, count_new_rows
+from tasks.warehouse import BATCH_COLUMN, get_warehouse, read_batches, read_quarantine, write_frame
+from tests.conftest import write_model_config
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+MODEL = "flights-delay"
+SPLIT = datetime(2013, 1, 3)  # about half of the 3000 rows on either side
+
+
+def load_source(frame: pd.DataFrame, if_exists: str = "replace") -> None:
+    engine, schema = get_warehouse()
+    write_frame(engine, frame, "flights", schema=schema, if_exists=if_exists)
+
+
+def clean_rows() -> pd.DataFrame:
+    engine, _ = get_warehouse()
+    if not sa.inspect(engine).has_table("flights_clean"):
+        return pd.DataFrame()
+    return pd.read_sql("SELECT * FROM flights_clean", engine, parse_dates=["time_hour"])
+
+
+@pytest.fixture
+def source(flights_small: pd.DataFrame) -> pd.DataFrame:
+    return flights_small.iloc[:3000].copy()
+
+
+@pytest.fixture
+def config_path(retrain_home: Path, source: pd.DataFrame) -> str:
+    load_source(source)
+    return str(write_model_config(retrain_home.parent))
+
+
+def test_first_batch_lands_everything_and_is_recorded(config_path: str, source: pd.DataFrame) -> None:
+    config = load_model_config(config_path)
+    assert count_new_rows.fn(config) == len(source)
+
+    outcome = ingest_new_rows(config_path=config_path)
+
+    assert (outcome.status, outcome.read, outcome.clean, outcome.quarantined) == ("passed", len(source), len(source), 0)
+    assert outcome.range_start is None and outcome.range_end > source["time_hour"].max()
+    landed = clean_rows()
+    assert len(landed) == len(source) and set(landed[BATCH_COLUMN]) == {outcome.batch_id}
+    pd.testing.assert_series_equal(landed["distance"], source["distance"].reset_index(drop=True), check_dtype=False)
+    ledger = read_batches(get_warehouse()[0], MODEL)
+    assert ledger[["batch_id", "status", "rows_read", "rows_clean"]].values.tolist() == [
+        [outcome.batch_id, "passed", len(source), len(source)]
+    ]
+    assert ledger["flow_run_id"].iloc[0] == outcome.flow_run_id is not None
+    assert count_new_rows.fn(config) == 0
+
+
+def test_new_rows_since_the_watermark_land_once(
+    retrain_home: Path, flights_small: pd.DataFrame, source: pd.DataFrame
+) -> None:
+    early = source[source["time_hour"] < SPLIT]
+    load_source(early)
+    config_path = str(write_model_config(retrain_home.parent))
+    first = ingest_new_rows(config_path=config_path)
+
+    load_source(source[source["time_hour"] >= SPLIT], if_exists="append")
+    assert count_new_rows.fn(load_model_config(config_path)) == len(source) - len(early)
+    second = ingest_new_rows(config_path=config_path)
+
+    assert (first.read, second.read) == (len(early), len(source) - len(early))
+    assert second.range_start == first.range_end
+    assert len(clean_rows()) == len(source)
+    assert not clean_rows().duplicated(["time_hour", "carrier", "flight", "origin"]).any()
+
+
+def test_rerunning_the_same_range_adds_nothing(config_path: str, source: pd.DataFrame) -> None:
+    start, end = datetime(2013, 1, 1), SPLIT
+    first = ingest_new_rows(config_path=config_path, start=start, end=end)
+    again = ingest_new_rows(config_path=config_path, start=start, end=end)
+
+    assert again == first
+    assert len(clean_rows()) == first.clean == int((source["time_hour"] < end).sum())
+    assert len(read_batches(get_warehouse()[0], MODEL)) == 1
+
+
+def test_rerunning_with_nothing_new_is_an_empty_batch_and_adds_nothing(config_path: str) -> None:
+    first = ingest_new_rows(config_path=config_path)
+
+    with pytest.raises(DataContractError) as raised:
+        ingest_new_rows(config_path=config_path)
+
+    assert (raised.value.rule, raised.value.observed) == ("row_count", 0)
+    assert len(clean_rows()) == first.clean
+    assert read_batches(get_warehouse()[0], MODEL)["status"].tolist() == ["passed", "refused"]
+
+
+def test_an_overlapping_range_is_refused_as_duplicates_across_batches(config_path: str, source: pd.DataFrame) -> None:
+    ingest_new_rows(config_path=config_path, end=SPLIT)
+
+    with pytest.raises(BatchRefused) as raised:
+        ingest_new_rows(config_path=config_path, start=datetime(2013, 1, 1))
+
+    outcome = raised.value.outcome
+    assert raised.value.rule == "bad_share"
+    assert outcome.reasons["duplicate_key:across_batches"] == int((source["time_hour"] < SPLIT).sum())
+    assert outcome.read == outcome.clean + outcome.quarantined and outcome.clean == 0
+    assert len(clean_rows()) == int((source["time_hour"] < SPLIT).sum())
+
+
+def test_refused_batch_is_recorded_then_lands_once_after_the_fix(
+    retrain_home: Path, source: pd.DataFrame
+) -> None:
+    broken = source.copy()
+    broken.loc[broken.index[::2], "distance"] = -1  # half the rows: far above the 5% the contract allows
+    load_source(broken)
+    config_path = str(write_model_config(retrain_home.parent))
+
+    with pytest.raises(DataContractError) as raised:
+        ingest_new_rows(config_path=config_path)
+
+    refused = raised.value.outcome  # type: ignore[attr-defined]
+    assert (raised.value.rule, raised.value.limit) == ("bad_share", 0.05)
+    assert (refused.status, refused.read, refused.clean, refused.quarantined) == ("refused", 3000, 0, 3000)
+    assert refused.reasons == {"out_of_range:distance": 1500, "batch_refused:bad_share": 1500}
+    assert clean_rows().empty
+    engine, _ = get_warehouse()
+    quarantine = read_quarantine(engine, "flights_quarantine", refused.batch_id)
+    assert len(quarantine) == 3000 and quarantine["source_row"].tolist() == list(range(3000))
+    assert json.loads(quarantine["raw"].iloc[0])["distance"] == -1
+    assert json.loads(quarantine["reasons"].iloc[0]) == ["out_of_range:distance"]
+
+    load_source(source)  # the data is fixed at the source
+    fixed = ingest_new_rows(config_path=config_path)
+    assert (fixed.status, fixed.clean, fixed.range_start) == ("passed", 3000, None)
+    with pytest.raises(DataContractError):
+        ingest_new_rows(config_path=config_path)  # nothing new: an empty batch, nothing appended
+    assert len(clean_rows()) == 3000
+    assert read_batches(engine, MODEL)["status"].tolist() == ["refused", "passed", "refused"]
+
+
+def test_dirty_text_in_the_warehouse_is_coerced_or_quarantined_with_raw_values(
+    retrain_home: Path, source: pd.DataFrame
+) -> None:
+    dirty = source.copy()
+    dirty["dep_time"] = dirty["dep_time"].astype("Int64").astype(str)  # integers saved as text
+    dirty.loc[dirty.index[0], "dep_time"] = " 517.0 "
+    dirty.loc[dirty.index[1], "dep_time"] = "abc"
+    dirty["time_hour"] = dirty["time_hour"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    dirty.loc[dirty.index[2], "time_hour"] = "not a time"
+    load_source(dirty)
+    config_path = str(write_model_config(retrain_home.parent))
+
+    outcome = ingest_new_rows(config_path=config_path)
+
+    assert outcome.status == "passed"
+    assert outcome.reasons == {"not_integer:dep_time": 1, "unparseable:time_hour": 1}
+    assert outcome.read == len(source) and outcome.coerced == len(source) - 1  # every dep_time but "abc"
+    landed = clean_rows()
+    assert len(landed) == outcome.clean == len(source) - 2
+    assert landed["dep_time"].iloc[0] == 517
+    quarantine = read_quarantine(get_warehouse()[0], "flights_quarantine", outcome.batch_id)
+    raw = [json.loads(text) for text in quarantine["raw"]]
+    assert [row["dep_time"] for row in raw] == ["abc", dirty["dep_time"].iloc[2]]
+    assert raw[1]["time_hour"] == "not a time"
