@@ -1,0 +1,174 @@
+"""Validation throughput and ingest cost on 1M flights rows with 1% injected faults.
+
+Builds 1,000,000 unique rows by tiling the real 2013 flights (each copy shifted by whole years, so keys
+stay unique), injects faults into 1% of them (text in integer columns, out-of-range values, unknown
+categories, nulls, unparseable timestamps, numbers with stray characters, and coercible text), and
+measures in one run:
+  1. pure validation (coercion, pandera row rules, batch rules) of the rows as the warehouse returns
+     them (timestamps as SQLite text): rows/s, target >= 500k;
+  2. ingest into a fresh SQLite file: validate, judge, then write clean rows, quarantine and the batch
+     record in one transaction, exactly as the flow's tasks do;
+  3. a bare chunked pandas `to_sql` of the same 1M rows into another fresh SQLite file;
+and prints the ratio bare/ingest (target >= 0.8, i.e. validation and bookkeeping under a quarter of the
+write). Reading the source table is the same for any ingest and is reported apart.
+Run: .venv/bin/python benchmarks/validate_throughput.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tasks.contract import read_contract  # noqa: E402
+from tasks.example_data import read_flights_example  # noqa: E402
+from tasks.validation import (  # noqa: E402
+    BatchPlan,
+    batch_record,
+    judge_batch,
+    outcome_of,
+    quarantine_records,
+    validate_batch,
+)
+from tasks.warehouse import (  # noqa: E402
+    WRITE_CHUNK_ROWS,
+    clean_table,
+    create_warehouse_engine,
+    quarantine_table,
+    read_raw_window,
+    record_batch,
+)
+
+ROWS = 1_000_000
+FAULT_SHARE = 0.01
+SEED = 13
+REPEATS = 3
+CONTRACT = Path(__file__).resolve().parents[1] / "examples" / "flights.contract.yaml"
+NOW = datetime(2026, 11, 25)
+
+
+def million_rows() -> pd.DataFrame:
+    """1M unique real rows: the 2013 table tiled, each copy a whole number of years later."""
+    flights = read_flights_example()
+    copies = []
+    for copy in range(-(-ROWS // len(flights))):
+        shifted = flights.copy()
+        shifted["time_hour"] = shifted["time_hour"] + pd.DateOffset(years=copy)
+        shifted["year"] = shifted["year"] + copy
+        copies.append(shifted)
+    return pd.concat(copies, ignore_index=True).iloc[:ROWS].reset_index(drop=True)
+
+
+def as_read(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows as the ingest reads them from SQLite: timestamps as text."""
+    raw = frame.copy()
+    raw["time_hour"] = raw["time_hour"].dt.strftime("%Y-%m-%d %H:%M:%S.%f")
+    return raw
+
+
+def inject_faults(raw: pd.DataFrame) -> pd.DataFrame:
+    """1% of the rows get one fault each, cycling through the kinds a warehouse produces."""
+    rng = np.random.default_rng(SEED)
+    rows = rng.choice(len(raw), size=int(len(raw) * FAULT_SHARE), replace=False)
+    faulty = raw.copy()
+    kinds = [
+        ("dep_time", "abc"),
+        ("dep_time", " 517 "),  # coercible: not a fault after coercion
+        ("distance", -1),
+        ("carrier", "ZZ"),
+        ("carrier", None),
+        ("temp", "39.0F"),
+        ("time_hour", "2013-13-45 99:00"),
+        ("air_time", "12.5"),  # coercible text, but not a whole number: quarantined
+        ("dest", "ZÜRICH✈"),
+        ("tailnum", "N" * 200),
+    ]
+    for number, (column, value) in enumerate(kinds):
+        chosen = rows[number :: len(kinds)]
+        if not isinstance(value, int) and faulty[column].dtype != object:
+            faulty[column] = faulty[column].astype(object)
+        faulty.loc[chosen, column] = value
+    return faulty
+
+
+def timed(action: object) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = action()  # type: ignore[operator]
+    return time.perf_counter() - start, result
+
+
+def main() -> None:
+    example = read_contract(CONTRACT)
+    # The example's row band is sized for the 327k-row table; a 1M-row batch is legitimate here.
+    contract = example.model_copy(update={"batch": example.batch.model_copy(update={"max_rows": 2 * ROWS})})
+    typed = million_rows()
+    raw = inject_faults(as_read(typed))
+    print(f"rows {len(raw):,} x {len(raw.columns)} columns, {int(len(raw) * FAULT_SHARE):,} with a fault")
+
+    validate_batch(raw.iloc[:10_000], contract, NOW)  # warm-up: imports and first-call caches
+    times = []
+    for _ in range(REPEATS):
+        seconds, result = timed(lambda: judge_batch(validate_batch(raw, contract, NOW), contract, NOW))
+        times.append(seconds)
+    validation = statistics.median(times)
+    print(
+        f"validation: {len(raw) / validation:,.0f} rows/s (median of {REPEATS}: {validation:.2f} s)  "
+        f"clean {result.clean_count:,}  coerced {result.coerced:,}  quarantined {result.quarantined_count:,}  "
+        f"status {result.status}"
+    )
+    print("  reasons: " + ", ".join(f"{reason} {count:,}" for reason, count in result.reasons.items()))
+
+    folder = Path(tempfile.mkdtemp(prefix="retrain-validate-bench-"))
+
+    bare_engine = create_warehouse_engine(f"sqlite:///{folder / 'bare.db'}")
+    def write_bare() -> None:
+        with bare_engine.begin() as connection:
+            typed.to_sql("flights", connection, index=False, chunksize=WRITE_CHUNK_ROWS)
+    bare, _ = timed(write_bare)
+    print(f"bare to_sql (chunked, {WRITE_CHUNK_ROWS:,}): {len(typed) / bare:,.0f} rows/s ({bare:.2f} s)")
+
+    ingest_engine = create_warehouse_engine(f"sqlite:///{folder / 'ingest.db'}")
+    column_types = {name: rule.type.value for name, rule in contract.columns.items()}
+
+    def ingest() -> object:
+        plan = BatchPlan(
+            batch_id="bench-1", model=contract.model, range_start=None, range_end=None, end_requested=False,
+            reference_time=NOW, started_at=datetime.now(),
+        )
+        judged = judge_batch(validate_batch(raw, contract, NOW), contract, NOW)
+        outcome = outcome_of(plan, judged, flow_run_id=None)
+        record_batch(
+            ingest_engine,
+            record=batch_record(outcome, plan, finished_at=datetime.now()),
+            clean=judged.clean,
+            clean_table=clean_table("flights_clean", column_types),
+            quarantine=quarantine_records(outcome.batch_id, judged),
+            quarantine_table=quarantine_table("flights_quarantine"),
+        )
+        return outcome
+
+    seconds, outcome = timed(ingest)
+    print(
+        f"ingest (validate + clean, quarantine and ledger in one transaction): {len(raw) / seconds:,.0f} rows/s "
+        f"({seconds:.2f} s; clean {outcome.clean:,}, quarantined {outcome.quarantined:,})"  # type: ignore[attr-defined]
+    )
+    print(f"ratio bare/ingest: {bare / seconds:.2f} (target >= 0.80)")
+
+    source_engine = create_warehouse_engine(f"sqlite:///{folder / 'source.db'}")
+    with source_engine.begin() as connection:
+        raw.astype({"time_hour": str}).to_sql("flights", connection, index=False, chunksize=WRITE_CHUNK_ROWS)
+    reading, frame = timed(lambda: read_raw_window(source_engine, "flights", "time_hour", None, None))
+    print(f"reading the source table (any ingest pays it): {len(frame) / reading:,.0f} rows/s ({reading:.2f} s)")  # type: ignore[arg-type]
+    print(f"files under {folder}")
+
+
+if __name__ == "__main__":
+    main()
