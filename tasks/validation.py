@@ -239,7 +239,7 @@ def _coerce_number(values: pd.Series, rule: ColumnRule, integer: bool) -> Coerce
         present = ~np.isnan(numbers)
         coerced = nothing
     else:
-        objects = values.astype(object)
+        objects = values.astype(object, copy=False)
         present = objects.notna().to_numpy()
         is_text = _text_mask(objects, present)
         numbers = np.full(size, np.nan)
@@ -272,7 +272,7 @@ def _coerce_string(values: pd.Series) -> CoercedColumn:
         text = values.astype(ARROW_STRING)
         others = np.zeros(len(values), dtype=bool)
     else:
-        objects = values.astype(object)
+        objects = values.astype(object, copy=False)
         present = objects.notna().to_numpy()
         others = present & ~_text_mask(objects, present)
         if others.any():
@@ -290,7 +290,7 @@ def _coerce_datetime(values: pd.Series) -> CoercedColumn:
     if pd.api.types.is_datetime64_any_dtype(values):
         typed = values.dt.tz_convert("UTC").dt.tz_localize(None) if values.dt.tz is not None else values
         return CoercedColumn(typed.astype("datetime64[ns]"), nothing, nothing, "unparseable")
-    objects = values.astype(object)
+    objects = values.astype(object, copy=False)
     present = objects.notna().to_numpy()
     # ISO 8601 only (spaces around it are fine): another format would be a guess, e.g. 01/02 as Jan 2 or Feb 1.
     parsed = pd.to_datetime(objects, errors="coerce", utc=True, format="ISO8601")
@@ -441,7 +441,7 @@ def _validate(
             failure_rows.append(failed_rows)
             failure_reasons.extend([f"{column.failure}:{name}"] * len(failed_rows))
             failure_columns.extend([name] * len(failed_rows))
-    typed = pd.DataFrame(typed_columns, index=source.index)
+    typed = pd.DataFrame(typed_columns, index=source.index, copy=False)  # a consolidating copy costs ~25%
     coercion_failures = _pairs(
         np.concatenate(failure_rows) if failure_rows else np.array([], dtype="int64"),
         failure_reasons,
@@ -491,18 +491,23 @@ def _split(
     size = len(source)
     bad = np.zeros(size, dtype=bool)
     bad[pairs["row"].to_numpy()] = True
-    bad_rows = np.flatnonzero(bad)
-    if len(pairs):
-        per_row = pairs.sort_values(["row", "reason"]).groupby("row", sort=True)["reason"].agg(tuple)
-        reasons_of_rows = per_row.reindex(bad_rows).tolist()
-        counts = pairs.groupby("reason")["row"].nunique().sort_values(ascending=False)
-        reason_counts = {str(reason): int(count) for reason, count in counts.items()}
-    else:
-        reasons_of_rows, reason_counts = [], {}
+    # Pairs are unique per (row, reason), sorted here so each row's reasons are one contiguous slice:
+    # splitting at row boundaries is ~50x faster than a groupby that calls tuple() once per group.
+    ordered = pairs.sort_values(["row", "reason"], kind="stable")
+    rows_sorted = ordered["row"].to_numpy()
+    boundaries = np.flatnonzero(np.r_[True, rows_sorted[1:] != rows_sorted[:-1]]) if len(ordered) else np.array([], int)
+    bad_rows = rows_sorted[boundaries].astype("int64")
+    reasons_of_rows = [tuple(chunk) for chunk in np.split(ordered["reason"].to_numpy(dtype=object), boundaries[1:])]
+    if not len(ordered):
+        reasons_of_rows = []
+    reason_counts = {str(reason): int(count) for reason, count in ordered["reason"].value_counts().items()}
     quarantined = pd.DataFrame(
         {"source_row": bad_rows.astype("int64"), "reasons": reasons_of_rows, "raw": raw_json(source, bad_rows)}
     )
-    clean = typed.loc[~bad].reset_index(drop=True) if len(bad_rows) else typed
+    clean = typed
+    if len(bad_rows):
+        clean = typed.loc[~bad]
+        clean.index = pd.RangeIndex(len(clean))  # reset_index(drop=True) would copy every column again
     newest_read = newest_clean = None
     if timestamp is not None and timestamp in typed.columns:
         newest_read = _latest(typed[timestamp])
