@@ -251,14 +251,24 @@ def test_coerce_datetime_keeps_unparseable_as_failures() -> None:
     assert int(column.coerced.sum()) == 0
 
 
-def test_contract_compiles_to_a_pandera_schema(contract: Contract) -> None:
-    compiled = compile_schema(contract.columns, contract.key, contract.timestamp, NOW)
-
+def test_contract_compiles_to_a_pandera_schema_reporting_rows_and_columns(contract: Contract) -> None:
+    compiled = compile_schema(contract.columns, contract.timestamp, NOW)
     assert isinstance(compiled.schema, pa.DataFrameSchema)
     assert set(compiled.schema.columns) == set(contract.columns)
     assert compiled.check_reasons["distance"] == ["out_of_range:distance"]
     assert compiled.check_reasons["time_hour"] == ["future:time_hour"]
-    assert compiled.schema.unique == KEY
+
+    small = {name: contract.columns[name] for name in ("distance", "origin")}
+    frame = pd.DataFrame({
+        "distance": pd.array([100, 99_999, None], dtype="Int64"),
+        "origin": pd.array(["JFK", "LGA", "XXX"], dtype="string[pyarrow]"),
+    })
+    with pytest.raises(pa.errors.SchemaErrors) as raised:
+        compile_schema(small, None, None).schema.validate(frame, lazy=True)
+    cases = raised.value.failure_cases
+    assert sorted(zip(cases["index"], cases["column"], strict=True)) == [
+        (1, "distance"), (2, "distance"), (2, "origin")
+    ]
 
 
 def test_enforce_batch_rules_names_rule_observed_and_limit(batch: pd.DataFrame, contract: Contract) -> None:
