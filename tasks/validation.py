@@ -739,16 +739,79 @@ def summary_markdown(config: ModelConfig, outcome: BatchOutcome) -> str:
     return "\n".join(lines)
 
 
+def batch_record(outcome: BatchOutcome, plan: BatchPlan, finished_at: datetime) -> dict[str, Any]:
+    """The batch ledger row of an outcome."""
+    violation = outcome.violation
+    return {
+        "batch_id": outcome.batch_id,
+        "model": outcome.model,
+        "range_start": outcome.range_start,
+        "range_end": outcome.range_end,
+        "end_requested": plan.end_requested,
+        "rows_read": outcome.read,
+        "rows_clean": outcome.clean,
+        "rows_coerced": outcome.coerced,
+        "rows_quarantined": outcome.quarantined,
+        "status": outcome.status,
+        "reasons": json.dumps(outcome.reasons),
+        "unknown_columns": json.dumps(list(outcome.unknown_columns)),
+        "rule": violation.rule if violation else None,
+        "violation": json.dumps(
+            {"observed": violation.observed, "limit": violation.limit, "detail": violation.detail}, default=str
+        ) if violation else None,
+        "flow_run_id": outcome.flow_run_id,
+        "reference_time": plan.reference_time,
+        "started_at": plan.started_at,
+        "finished_at": finished_at,
+    }
+
+
+def outcome_from_record(record: dict[str, Any]) -> BatchOutcome:
+    """The outcome of a batch as its ledger row stored it, for replaying an ingest that already ran."""
+    violation = None
+    if record.get("rule"):
+        stored = json.loads(record["violation"] or "{}")
+        violation = BatchViolation(
+            record["rule"], stored.get("observed"), stored.get("limit"), stored.get("detail", "")
+        )
+    return BatchOutcome(
+        batch_id=record["batch_id"],
+        model=record["model"],
+        read=int(record["rows_read"]),
+        clean=int(record["rows_clean"]),
+        coerced=int(record["rows_coerced"]),
+        quarantined=int(record["rows_quarantined"]),
+        status=record["status"],
+        reasons=json.loads(record["reasons"]),
+        unknown_columns=tuple(json.loads(record["unknown_columns"])),
+        range_start=record["range_start"],
+        range_end=record["range_end"],
+        violation=violation,
+        flow_run_id=record["flow_run_id"],
+    )
+
+
+def quarantine_records(batch_id: str, result: ValidationResult) -> pd.DataFrame:
+    """Quarantine rows as stored: batch id, position in the batch, reasons as a JSON list, raw row as JSON."""
+    quarantined = result.quarantined
+    return pd.DataFrame({
+        "batch_id": batch_id,
+        "source_row": quarantined["source_row"].astype("int64"),
+        "reasons": [json.dumps(list(reasons)) for reasons in quarantined["reasons"]],
+        "raw": quarantined["raw"],
+    })
+
+
 # ------------------------------------------------------------------------------------------------ tasks
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def read_model_contract(config: ModelConfig) -> Contract:
     """The contract beside the model config; a missing one is an error saying how to write it."""
     return read_contract(config.contract_path)
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def count_new_rows(config: ModelConfig) -> int:
     """Rows in the source table at or after the watermark (the end of the last passed batch).
 
@@ -759,7 +822,7 @@ def count_new_rows(config: ModelConfig) -> int:
     return warehouse.count_rows_since(engine, config.source.table, config.source.timestamp, watermark, schema=schema)
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def plan_batch(
     config: ModelConfig, start: datetime | None, end: datetime | None, reference_time: datetime | None
 ) -> BatchPlan:
@@ -840,69 +903,6 @@ def record_batch(config: ModelConfig, contract: Contract, plan: BatchPlan, resul
     return outcome
 
 
-def batch_record(outcome: BatchOutcome, plan: BatchPlan, finished_at: datetime) -> dict[str, Any]:
-    """The batch ledger row of an outcome."""
-    violation = outcome.violation
-    return {
-        "batch_id": outcome.batch_id,
-        "model": outcome.model,
-        "range_start": outcome.range_start,
-        "range_end": outcome.range_end,
-        "end_requested": plan.end_requested,
-        "rows_read": outcome.read,
-        "rows_clean": outcome.clean,
-        "rows_coerced": outcome.coerced,
-        "rows_quarantined": outcome.quarantined,
-        "status": outcome.status,
-        "reasons": json.dumps(outcome.reasons),
-        "unknown_columns": json.dumps(list(outcome.unknown_columns)),
-        "rule": violation.rule if violation else None,
-        "violation": json.dumps(
-            {"observed": violation.observed, "limit": violation.limit, "detail": violation.detail}, default=str
-        ) if violation else None,
-        "flow_run_id": outcome.flow_run_id,
-        "reference_time": plan.reference_time,
-        "started_at": plan.started_at,
-        "finished_at": finished_at,
-    }
-
-
-def outcome_from_record(record: dict[str, Any]) -> BatchOutcome:
-    """The outcome of a batch as its ledger row stored it, for replaying an ingest that already ran."""
-    violation = None
-    if record.get("rule"):
-        stored = json.loads(record["violation"] or "{}")
-        violation = BatchViolation(
-            record["rule"], stored.get("observed"), stored.get("limit"), stored.get("detail", "")
-        )
-    return BatchOutcome(
-        batch_id=record["batch_id"],
-        model=record["model"],
-        read=int(record["rows_read"]),
-        clean=int(record["rows_clean"]),
-        coerced=int(record["rows_coerced"]),
-        quarantined=int(record["rows_quarantined"]),
-        status=record["status"],
-        reasons=json.loads(record["reasons"]),
-        unknown_columns=tuple(json.loads(record["unknown_columns"])),
-        range_start=record["range_start"],
-        range_end=record["range_end"],
-        violation=violation,
-        flow_run_id=record["flow_run_id"],
-    )
-
-
-def quarantine_records(batch_id: str, result: ValidationResult) -> pd.DataFrame:
-    """Quarantine rows as stored: batch id, position in the batch, reasons as a JSON list, raw row as JSON."""
-    quarantined = result.quarantined
-    return pd.DataFrame({
-        "batch_id": batch_id,
-        "source_row": quarantined["source_row"].astype("int64"),
-        "reasons": [json.dumps(list(reasons)) for reasons in quarantined["reasons"]],
-        "raw": quarantined["raw"],
-    })
-
-
 @task(cache_policy=NO_CACHE)
 def publish_batch_report(config: ModelConfig, outcome: BatchOutcome, result: ValidationResult) -> None:
     """A markdown summary and a table of sample quarantined rows as Prefect artifacts of the run."""
@@ -921,7 +921,7 @@ def publish_batch_report(config: ModelConfig, outcome: BatchOutcome, result: Val
         )
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def announce_data_arrived(config: ModelConfig, outcome: BatchOutcome) -> None:
     """Emit `retrain.data.arrived` for the model, which deployments can trigger on."""
     from prefect.events import emit_event

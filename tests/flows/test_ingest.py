@@ -6,12 +6,18 @@ Assertions read the returned outcome, the raised error and the warehouse tables,
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 from pathlib import Path
+from uuid import UUID
 
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.events import Event
+from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
 from flows.ingest import ingest_new_rows
 from retrain.config import load_model_config
@@ -66,6 +72,30 @@ def test_first_batch_lands_everything_and_is_recorded(config_path: str, source: 
     ]
     assert ledger["flow_run_id"].iloc[0] == outcome.flow_run_id is not None
     assert count_new_rows.fn(config) == 0
+
+    arrived = wait_for_event("retrain.data.arrived", f"retrain.model.{MODEL}", outcome.batch_id)
+    assert arrived.payload == {"model": MODEL, "batch_id": outcome.batch_id, "read": len(source),
+                               "clean": len(source), "coerced": 0, "quarantined": 0}
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(outcome.flow_run_id)]))
+        )
+    summary = next(a for a in artifacts if a.type == "markdown")
+    assert outcome.batch_id in str(summary.data) and "| clean | 3000 |" in str(summary.data)
+
+
+def wait_for_event(name: str, resource: str, batch_id: str, seconds: float = 30) -> Event:
+    """The event as the Prefect server stored it; events are sent in the background, so poll briefly."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        event_filter = EventFilter(event=EventNameFilter(name=[name]), resource=EventResourceFilter(id=[resource]))
+        with get_client(sync_client=True) as client:
+            events = client.read_events(filter=event_filter, limit=50).events  # the server caps a page at 50
+        found = [event for event in events if event.payload.get("batch_id") == batch_id]
+        if found:
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no event {name} for {resource} with batch {batch_id} within {seconds} s")
 
 
 def test_new_rows_since_the_watermark_land_once(
