@@ -1,4 +1,4 @@
-"""The training flow: from the clean warehouse table to a gated, registered LightGBM model.
+"""The training flow: from new warehouse rows to a gated, registered LightGBM model.
 
 Wiring only: every step is a task in `tasks/`; this file reads like the table of contents of a run.
 """
@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.ingest import ingest_new_rows
 from retrain.config import load_model_config
 from tasks.comparison import decide_release
-from tasks.features import load_training_snapshot, prepare_training_data
+from tasks.features import check_training_snapshot, load_training_snapshot, prepare_training_data
 from tasks.registry import (
     TrainingOutcome,
     log_training_run,
@@ -19,6 +20,7 @@ from tasks.registry import (
 )
 from tasks.training import fit_final_model
 from tasks.tuning import tune_hyperparameters
+from tasks.validation import count_new_rows, read_model_contract
 
 
 @flow(name="train-model", log_prints=False)
@@ -40,8 +42,15 @@ def train_model(
         trials=trials, timeout_seconds=timeout_seconds, threshold=threshold
     )
 
-    # Data: the training window of validated rows, fingerprinted and split in time.
+    # Ingest: rows that arrived since the last batch pass the data contract before training sees them;
+    # a refused batch fails this run here, before any training starts.
+    if count_new_rows(config):
+        ingest_new_rows(config_path=config_path)
+
+    # Data: the training window of clean rows, checked against the contract, fingerprinted, split in time.
+    contract = read_model_contract(config)
     snapshot = load_training_snapshot(config)
+    check_training_snapshot(snapshot, contract, config)
     data = prepare_training_data(snapshot, config)
 
     # Model: Optuna search on train/validation, then the final fit scored on the holdout.

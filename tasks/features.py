@@ -18,6 +18,8 @@ from prefect.cache_policies import NO_CACHE
 
 from retrain.config import FeaturesConfig, ModelConfig, TargetConfig, TaskType, WindowConfig
 from retrain.errors import DataError
+from tasks.contract import Contract
+from tasks.validation import check_snapshot
 
 UNKNOWN_CODE = -1  # LightGBM treats negative categorical values as missing
 
@@ -142,11 +144,15 @@ def build_vocabulary(frame: pd.DataFrame, categorical: list[str]) -> dict[str, t
 def encode_features(
     frame: pd.DataFrame, features: FeaturesConfig, vocabulary: Mapping[str, tuple[str, ...]]
 ) -> pd.DataFrame:
-    """Model inputs: numeric columns as float64, categorical columns as integer codes (unknown → -1)."""
+    """Model inputs, all float64: numeric columns as they are, categorical columns as codes (unknown → -1).
+
+    Codes are whole numbers stored as float64 so the MLflow signature has no integer column (which
+    could not hold a missing value a serving client sends).
+    """
     encoded = {column: pd.to_numeric(frame[column], errors="coerce").astype("float64") for column in features.numeric}
     for column in features.categorical:
         codes = {value: code for code, value in enumerate(vocabulary[column])}
-        encoded[column] = frame[column].astype("string").map(codes).fillna(UNKNOWN_CODE).astype("int64")
+        encoded[column] = frame[column].astype("string").map(codes).fillna(UNKNOWN_CODE).astype("float64")
     return pd.DataFrame(encoded, index=frame.index)
 
 
@@ -184,7 +190,14 @@ def load_training_snapshot(config: ModelConfig) -> pd.DataFrame:
                                   *config.features.all]))
     window = config.training_window
     frame = read_window(
-        engine, config.source.clean, config.source.timestamp, window.start, window.end, columns=columns, schema=schema
+        engine,
+        config.source.clean,
+        config.source.timestamp,
+        window.start,
+        window.end,
+        columns=columns,
+        schema=schema,
+        tie_breakers=config.source.key,
     )
     get_run_logger().info("read %d rows of '%s' in window %s", len(frame), config.source.clean, window)
     return frame
@@ -204,3 +217,10 @@ def prepare_training_data(snapshot: pd.DataFrame, config: ModelConfig) -> Prepar
     return data
 
 
+
+
+@task(name="check-snapshot-contract", cache_policy=NO_CACHE)
+def check_training_snapshot(snapshot: pd.DataFrame, contract: Contract, config: ModelConfig) -> None:
+    """Refuse to train on a snapshot that breaks the contract (e.g. rows landed before it was tightened)."""
+    check_snapshot(snapshot, contract, columns=list(snapshot.columns))
+    get_run_logger().info("snapshot of %d rows keeps the data contract of '%s'", len(snapshot), config.name)

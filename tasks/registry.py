@@ -264,14 +264,10 @@ def log_model_with_signature(
     booster: Any, input_example: pd.DataFrame, metadata: Mapping[str, Any]
 ) -> str:
     """Log the booster in the active run with its signature and example; returns the model URI."""
-    with warnings.catch_warnings():
-        # MLflow warns that integer columns cannot hold missing values; our category codes never do
-        # (unknown and missing both encode to -1), so the warning would only be noise in every run.
-        warnings.filterwarnings("ignore", message=".*Integer columns in Python cannot represent missing values.*")
-        signature = infer_signature(input_example, booster.predict(input_example))
-        info = mlflow.lightgbm.log_model(
-            booster, name="model", signature=signature, input_example=input_example, metadata=dict(metadata)
-        )
+    signature = infer_signature(input_example, booster.predict(input_example))
+    info = mlflow.lightgbm.log_model(
+        booster, name="model", signature=signature, input_example=input_example, metadata=dict(metadata)
+    )
     return info.model_uri
 
 
@@ -444,7 +440,11 @@ def log_training_run(
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         mlflow.log_params(params)
         mlflow.log_metrics(metrics)
-        mlflow.log_input(dataset, context="training")
+        with warnings.catch_warnings():
+            # The dataset schema describes the raw snapshot, whose integer columns are real; MLflow's hint
+            # about integers and missing values is for model signatures, and ours hold only float64.
+            warnings.filterwarnings("ignore", message=".*Integer columns in Python cannot represent missing")
+            mlflow.log_input(dataset, context="training")
         model_uri = log_model_with_signature(
             fitted.booster, fitted.input_example, model_metadata(config, data.vocabulary)
         )

@@ -75,8 +75,12 @@ def read_window(
     end: datetime | None,
     columns: Sequence[str] | None = None,
     schema: str | None = None,
+    tie_breakers: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Rows with `start <= timestamp < end`, ordered by time; half-open so adjacent windows never overlap.
+
+    Rows sharing a timestamp come back in whatever order the database likes unless `tie_breakers`
+    (the key) fix it; a snapshot that must fingerprint and train the same everywhere passes them.
 
     Raises:
         DataError: the table, the timestamp column or a requested column does not exist.
@@ -84,13 +88,15 @@ def read_window(
     source = reflect_table(engine, table, schema)
     where = f"{schema}.{table}" if schema else table
     wanted = list(columns) if columns is not None else [c.name for c in source.columns]
-    missing = [name for name in [timestamp_column, *wanted] if name not in source.c]
+    missing = [name for name in [timestamp_column, *wanted, *tie_breakers] if name not in source.c]
     if missing:
         raise DataError(
             f"table '{where}' has no column(s) {sorted(set(missing))}; it has {[c.name for c in source.columns]}"
         )
     timestamp = source.c[timestamp_column]
-    query = sa.select(*[source.c[name] for name in wanted]).order_by(timestamp)
+    query = sa.select(*[source.c[name] for name in wanted]).order_by(
+        timestamp, *[source.c[name] for name in tie_breakers]
+    )
     if start is not None:
         query = query.where(timestamp >= start)
     if end is not None:

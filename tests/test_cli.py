@@ -1,0 +1,46 @@
+"""The `retrain` CLI as a user drives it: one JSON object on stdout, exit codes that scripts can trust."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from retrain.cli import app
+from tests.conftest import write_model_config
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def run(*args: str) -> tuple[int, dict]:
+    result = CliRunner().invoke(app, [*args, "--json"])
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, f"stdout must hold exactly one JSON line, got: {result.stdout!r}"
+    return result.exit_code, json.loads(lines[0])
+
+
+def test_load_example_train_and_reject(retrain_home: Path) -> None:
+    config = str(write_model_config(retrain_home.parent))
+    code, loaded = run("load-example", "--config", config, "--until", "2013-01-25")
+    assert code == 0 and loaded["table"] == "flights" and loaded["rows"] == 20_543
+
+    code, trained = run("train", "--config", config, "--trials", "2")
+    assert code == 0, trained
+    assert trained["decision"] == "champion" and trained["version"] == "1"
+    assert trained["metric"]["name"] == "mae" and trained["metric"]["value"] < trained["threshold"]
+    assert trained["champion_metric"] is None and trained["run_id"]
+
+    code, rejected = run("train", "--config", config, "--trials", "2", "--max-metric", "0.0001")
+    assert code == 1
+    assert rejected["decision"] == "rejected" and rejected["version"] is None
+    assert rejected["threshold"] == 0.0001 and rejected["champion_metric"] == pytest.approx(trained["metric"]["value"])
+
+
+def test_wrong_gate_flag_and_bad_config_are_named(retrain_home: Path, tmp_path: Path) -> None:
+    config = str(write_model_config(retrain_home.parent))
+    result = CliRunner().invoke(app, ["train", "--config", config, "--min-metric", "0.5"])
+    assert result.exit_code == 2 and "lower-is-better" in result.output
+    code, error = run("train", "--config", str(tmp_path / "missing.yaml"))
+    assert code == 2 and error["error"] == "ConfigError" and "missing.yaml" in error["message"]
