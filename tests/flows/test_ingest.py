@@ -205,3 +205,38 @@ def test_dirty_text_in_the_warehouse_is_coerced_or_quarantined_with_raw_values(
     raw = [json.loads(text) for text in quarantine["raw"]]
     assert [row["dep_time"] for row in raw] == ["abc", dirty["dep_time"].iloc[2]]
     assert raw[1]["time_hour"] == "not a time"
+
+
+def test_cli_infers_a_contract_once_and_ingests_with_one_json_object(
+    retrain_home: Path, source: pd.DataFrame
+) -> None:
+    from typer.testing import CliRunner
+
+    from retrain.cli import app
+
+    load_source(source)
+    config_path = write_model_config(retrain_home.parent)
+    contract_path = retrain_home.parent / "flights.contract.yaml"
+    contract_path.unlink()  # write_model_config copied the example's; infer a fresh one from the table
+    runner = CliRunner()
+
+    inferred = runner.invoke(app, ["contract", "infer", "--config", str(config_path), "--json"])
+    assert inferred.exit_code == 0, inferred.output
+    assert json.loads(inferred.stdout.strip().splitlines()[-1])["written"] is True
+    contract_path.write_text(contract_path.read_text().replace("max_bad_share: 0.05", "max_bad_share: 0.2"))
+    kept = runner.invoke(app, ["contract", "infer", "--config", str(config_path)])
+    assert kept.exit_code == 0 and "kept the existing contract" in kept.stdout
+    assert "max_bad_share: 0.2" in contract_path.read_text()  # the hand edit survived
+
+    ingested = runner.invoke(app, ["ingest", "--config", str(config_path), "--json"])
+    assert ingested.exit_code == 0, ingested.output
+    lines = ingested.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert len(lines) == 1
+    assert {"batch_id", "read", "clean", "coerced", "quarantined", "status", "reasons"} <= set(result)
+    assert (result["read"], result["clean"], result["status"]) == (len(source), len(source), "passed")
+
+    again = runner.invoke(app, ["ingest", "--config", str(config_path), "--json"])
+    refused = json.loads(again.stdout.strip().splitlines()[-1])
+    assert again.exit_code == 1
+    assert (refused["status"], refused["read"], refused["violation"]["rule"]) == ("refused", 0, "row_count")
