@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import yaml
@@ -195,7 +195,7 @@ def widen_range(low: float, high: float, integral: bool) -> tuple[int | float, i
     return _round_outwards(wide_low, math.floor), _round_outwards(wide_high, math.ceil)
 
 
-def _round_outwards(value: float, direction: Any) -> float:
+def _round_outwards(value: float, direction: Callable[[float], int]) -> float:
     # Four significant digits keep the YAML readable while never narrowing the range.
     if value == 0:
         return 0.0

@@ -384,7 +384,11 @@ def record_batch(
                     "add them to the table or point source.clean_table at a new table"
                 )
             if len(clean):
-                clean.assign(**{BATCH_COLUMN: record["batch_id"]}).to_sql(
+                # A shallow copy takes the extra column without touching the caller's frame; assign() would
+                # copy every value first.
+                rows = clean.copy(deep=False)
+                rows[BATCH_COLUMN] = record["batch_id"]
+                rows.to_sql(
                     clean_table.name, connection, schema=schema, if_exists="append", index=False,
                     chunksize=WRITE_CHUNK_ROWS,
                 )
