@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow as arrow
+import pyarrow.compute as arrow_compute
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -43,7 +45,6 @@ from tasks.contract import ColumnRule, ColumnType, Contract, UnknownColumns, rea
 
 logger = logging.getLogger(__name__)
 
-ARROW_STRING = "string[pyarrow]"
 PASSED = "passed"
 REFUSED = "refused"
 DUPLICATE_IN_BATCH = "duplicate_key:in_batch"
@@ -268,21 +269,18 @@ def _coerce_number(values: pd.Series, rule: ColumnRule, integer: bool) -> Coerce
 
 
 def _coerce_string(values: pd.Series) -> CoercedColumn:
-    # Arrow-backed strings: strip, isin and length checks run in C++ rather than once per Python object.
-    if isinstance(values.dtype, pd.StringDtype):
-        text = values.astype(ARROW_STRING)
-        others = np.zeros(len(values), dtype=bool)
-    else:
-        objects = values.astype(object, copy=False)
-        present = objects.notna().to_numpy()
-        others = present & ~_text_mask(objects, present)
-        if others.any():
-            objects = objects.copy()
-            objects[others] = objects[others].map(str)
-        text = objects.astype(ARROW_STRING)
-    stripped = text.str.strip()
-    changed = (stripped != text).fillna(False).to_numpy(dtype=bool)
-    return CoercedColumn(stripped, others | changed, np.zeros(len(values), dtype=bool), "not_text")
+    # Arrow strings: strip here and the isin/length checks in pandera run in C++, not once per Python object.
+    objects = values.astype(object, copy=False)
+    present = objects.notna().to_numpy()
+    others = present & ~_text_mask(objects, present)
+    if others.any():
+        objects = objects.copy()
+        objects[others] = objects[others].map(str)
+    text = arrow.array(objects.to_numpy(), type=arrow.string(), from_pandas=True)
+    stripped = arrow_compute.utf8_trim_whitespace(text)
+    changed = arrow_compute.fill_null(arrow_compute.not_equal(text, stripped), False).to_numpy(zero_copy_only=False)
+    typed = pd.Series(pd.arrays.ArrowStringArray(stripped), index=values.index)
+    return CoercedColumn(typed, others | changed, np.zeros(len(values), dtype=bool), "not_text")
 
 
 def _coerce_datetime(values: pd.Series) -> CoercedColumn:
