@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from uuid import UUID
@@ -22,9 +24,17 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFi
 from flows.ingest import ingest_new_rows
 from retrain.config import load_model_config
 from retrain.errors import DataContractError
+from retrain.settings import get_settings
 from tasks.validation import BatchRefused, count_new_rows
-from tasks.warehouse import BATCH_COLUMN, get_warehouse, read_batches, read_quarantine, write_frame
-from tests.conftest import write_model_config
+from tasks.warehouse import (
+    BATCH_COLUMN,
+    create_warehouse_engine,
+    get_warehouse,
+    read_batches,
+    read_quarantine,
+    write_frame,
+)
+from tests.conftest import POSTGRES_URL, postgres_available, write_model_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -240,3 +250,50 @@ def test_cli_infers_a_contract_once_and_ingests_with_one_json_object(
     refused = json.loads(again.stdout.strip().splitlines()[-1])
     assert again.exit_code == 1
     assert (refused["status"], refused["read"], refused["violation"]["rule"]) == ("refused", 0, "row_count")
+
+
+@pytest.fixture
+def postgres_warehouse(retrain_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A schema of this test's own in the shared PostgreSQL, so no other test's tables are seen."""
+    reason = postgres_available()
+    if reason:
+        pytest.skip(reason)
+    schema = f"retrain_ingest_{uuid.uuid4().hex[:8]}"
+    engine = sa.create_engine(POSTGRES_URL)
+    with engine.begin() as connection:
+        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    monkeypatch.setenv("RETRAIN_WAREHOUSE_URL", POSTGRES_URL)
+    monkeypatch.setenv("RETRAIN_WAREHOUSE_SCHEMA", schema)
+    get_settings.cache_clear()
+    try:
+        yield schema
+    finally:
+        get_settings.cache_clear()
+        create_warehouse_engine.cache_clear()
+        with engine.begin() as connection:
+            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_ingest_on_postgresql_lands_once_and_refuses_an_overlap(
+    postgres_warehouse: str, retrain_home: Path, source: pd.DataFrame
+) -> None:
+    load_source(source)
+    config_path = str(write_model_config(retrain_home.parent))
+    early = int((source["time_hour"] < SPLIT).sum())
+
+    first = ingest_new_rows(config_path=config_path, end=SPLIT)
+    assert ingest_new_rows(config_path=config_path, end=SPLIT) == first
+    rest = ingest_new_rows(config_path=config_path)
+    with pytest.raises(BatchRefused) as raised:
+        ingest_new_rows(config_path=config_path, start=datetime(2013, 1, 1), end=SPLIT)
+
+    assert (first.read, rest.read, rest.range_start) == (early, len(source) - early, SPLIT)
+    assert raised.value.outcome.reasons["duplicate_key:across_batches"] == early
+    engine, schema = get_warehouse()
+    assert schema == postgres_warehouse
+    with engine.connect() as connection:
+        landed = connection.execute(sa.text(f'SELECT count(*) FROM "{schema}".flights_clean')).scalar_one()
+    assert landed == len(source)
+    assert read_batches(engine, MODEL, schema=schema)["status"].tolist() == ["passed", "passed", "refused"]
