@@ -11,7 +11,13 @@ span) on each side, so next month's ordinary values are not quarantined for bein
 what one sample happened to hold. A column that never went below zero keeps zero as its floor
 (durations, distances and counts do not turn negative because a margin says so); a constant column
 is widened by 1% of its value, at least 1; integer bounds are rounded outwards. Calendar and clock fields
-(month 1-12, minute 0-59) are exactly what a human should then tighten by hand.
+(month 1-12, minute 0-59) are exactly what a human should then tighten by hand. Whole-number floats
+(pandas stores an integer column with NULLs as float) are inferred as integer.
+
+Inferring batch rules: `min_rows` is 1, so an empty batch (nothing arrived) is refused; `max_rows` is
+twice the rows inferred from, so the first batch, the whole table, passes while a doubled load does
+not. Freshness (`max_age_hours`) is left off: the source's cadence cannot be read from one snapshot,
+and historical data such as the 2013 example would always be stale. Set it by hand for a live source.
 """
 
 from __future__ import annotations
