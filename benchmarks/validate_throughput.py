@@ -30,7 +30,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.contract import read_contract  # noqa: E402
+from tasks.contract import Contract, read_contract  # noqa: E402
 from tasks.example_data import read_flights_example  # noqa: E402
 from tasks.validation import (  # noqa: E402
     BatchOutcome,
@@ -133,7 +133,12 @@ def main() -> None:
     )
     print("  reasons: " + ", ".join(f"{reason} {count:,}" for reason, count in result.reasons.items()))
 
-    folder = Path(tempfile.mkdtemp(prefix="retrain-validate-bench-"))
+    with tempfile.TemporaryDirectory(prefix="retrain-validate-bench-") as temporary:
+        measure_writes(contract, typed, raw, Path(temporary))
+
+
+def measure_writes(contract: Contract, typed: pd.DataFrame, raw: pd.DataFrame, folder: Path) -> None:
+    """Bare to_sql against the ingest's validate-and-record, then the source read, in SQLite files under folder."""
     column_types = {name: rule.type.value for name, rule in contract.columns.items()}
 
     def write_bare(run: int) -> None:
@@ -180,7 +185,6 @@ def main() -> None:
         raw.astype({"time_hour": str}).to_sql("flights", connection, index=False, chunksize=WRITE_CHUNK_ROWS)
     reading, frame = timed(lambda: read_raw_window(source_engine, "flights", "time_hour", None, None))
     print(f"reading the source table (any ingest pays it): {len(frame) / reading:,.0f} rows/s ({reading:.2f} s)")
-    print(f"files under {folder}")
 
 
 if __name__ == "__main__":
