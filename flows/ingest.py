@@ -66,6 +66,7 @@ def ingest_new_rows(
     if outcome.status == REFUSED and outcome.violation is not None:
         raise BatchRefused(outcome.violation, outcome)
 
-    # tell deployments that new clean rows arrived
-    announce_data_arrived(config, outcome)
+    # tell deployments that new clean rows arrived (an empty batch a contract lets pass brings none)
+    if outcome.clean:
+        announce_data_arrived(config, outcome)
     return outcome

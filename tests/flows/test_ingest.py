@@ -147,6 +147,18 @@ def test_rerunning_with_nothing_new_is_an_empty_batch_and_adds_nothing(config_pa
     assert read_batches(get_warehouse()[0], MODEL)["status"].tolist() == ["passed", "refused"]
 
 
+def test_a_contract_may_let_an_empty_batch_pass(config_path: str) -> None:
+    contract = Path(config_path).parent / "flights.contract.yaml"
+    contract.write_text(contract.read_text().replace("min_rows: 1", "min_rows: 0"))
+    first = ingest_new_rows(config_path=config_path)
+
+    empty = ingest_new_rows(config_path=config_path)
+
+    assert (empty.status, empty.read, empty.clean, empty.range_start) == ("passed", 0, 0, first.range_end)
+    assert len(clean_rows()) == first.clean
+    assert count_new_rows.fn(load_model_config(config_path)) == 0
+
+
 def test_an_overlapping_range_is_refused_as_duplicates_across_batches(config_path: str, source: pd.DataFrame) -> None:
     ingest_new_rows(config_path=config_path, end=SPLIT)
 
