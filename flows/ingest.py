@@ -25,7 +25,7 @@ from tasks.validation import (
     validate_new_rows,
 )
 
-__all__ = ["BatchOutcome", "count_new_rows", "ingest_new_rows"]
+__all__ = ["BatchOutcome", "count_new_rows", "ingest_new_rows", "ingest_when_new_rows"]
 
 
 @flow(name="ingest-new-rows", log_prints=False)
@@ -70,3 +70,20 @@ def ingest_new_rows(
     if outcome.clean:
         announce_data_arrived(config, outcome)
     return outcome
+
+
+@flow(name="ingest-when-new-rows", log_prints=False)
+def ingest_when_new_rows(config_path: str) -> BatchOutcome | None:
+    """Ingest only if rows arrived since the last batch: what schedules and the training flow call.
+
+    A scheduled poll that finds nothing new completes with no batch instead of failing on the empty-batch
+    rule, so failed runs keep meaning something is wrong; an explicit `retrain ingest` still refuses an
+    empty batch.
+
+    Args:
+        config_path: The model config YAML; the data contract is found beside it.
+    """
+    config = load_model_config(config_path)
+    if not count_new_rows(config):
+        return None
+    return ingest_new_rows(config_path=config_path)

@@ -24,8 +24,13 @@ class DataContractError(RetrainError):
         self.rule = rule
         self.observed = observed
         self.limit = limit
+        self.detail = detail
         message = f"data contract rule '{rule}' failed: observed {observed}, limit {limit}"
         super().__init__(f"{message}. {detail}".strip() if detail else message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Prefect may pickle a failed state's exception; rebuild it from its fields, not its message.
+        return (self.__class__, (self.rule, self.observed, self.limit, self.detail))
 
 
 class GateFailed(RetrainError):

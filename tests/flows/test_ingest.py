@@ -21,7 +21,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.events import Event
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-from flows.ingest import ingest_new_rows
+from flows.ingest import ingest_new_rows, ingest_when_new_rows
 from retrain.config import load_model_config
 from retrain.errors import DataContractError
 from retrain.settings import get_settings
@@ -309,3 +309,12 @@ def test_ingest_on_postgresql_lands_once_and_refuses_an_overlap(
         landed = connection.execute(sa.text(f'SELECT count(*) FROM "{schema}".flights_clean')).scalar_one()
     assert landed == len(source)
     assert read_batches(engine, MODEL, schema=schema)["status"].tolist() == ["passed", "passed", "refused"]
+
+
+def test_scheduled_poll_ingests_only_when_rows_arrived(config_path: str, source: pd.DataFrame) -> None:
+    first = ingest_when_new_rows(config_path=config_path)
+    assert first is not None and first.read == len(source) and first.status == "passed"
+    assert ingest_when_new_rows(config_path=config_path) is None  # nothing new: no batch, no failure
+    assert len(read_batches(get_warehouse()[0], MODEL)) == 1
+    with pytest.raises(BatchRefused):  # an explicit ingest of nothing is still refused
+        ingest_new_rows(config_path=config_path)
