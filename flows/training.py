@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.ingest import ingest_when_new_rows
+from flows.ingest import ingest_new_rows
 from retrain.config import load_model_config
 from tasks.comparison import decide_release
 from tasks.features import check_training_snapshot, load_training_snapshot, prepare_training_data
@@ -20,7 +20,7 @@ from tasks.registry import (
 )
 from tasks.training import fit_final_model
 from tasks.tuning import tune_hyperparameters
-from tasks.validation import read_model_contract
+from tasks.validation import count_new_rows, read_model_contract
 
 
 @flow(name="train-model", log_prints=False)
@@ -43,8 +43,10 @@ def train_model(
     )
 
     # Ingest: rows that arrived since the last batch pass the data contract before training sees them;
-    # a refused batch fails this run here, before any training starts.
-    ingest_when_new_rows(config_path=config_path)
+    # a refused batch fails this run here, before any training starts. Counted first so a run with
+    # nothing new does not pay for a subflow (~1 s).
+    if count_new_rows(config):
+        ingest_new_rows(config_path=config_path)
 
     # Data: the training window of clean rows, checked against the contract, fingerprinted, split in time.
     contract = read_model_contract(config)

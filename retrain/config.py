@@ -104,6 +104,11 @@ class TuningConfig(_Frozen):
     seed: int = 42
     max_rounds: int = Field(default=500, ge=1)
     early_stopping_rounds: int = Field(default=30, ge=1)
+    pruning_interval: int = Field(
+        default=25,
+        ge=1,
+        description="Report to the pruner every N rounds: each report is a round trip to the study's database.",
+    )
     threads: int = Field(default=2, ge=1)
 
 

@@ -127,7 +127,9 @@ def tune(
             valid_names=["validation"],
             callbacks=[
                 lgb.early_stopping(config.tuning.early_stopping_rounds, verbose=False),
-                LightGBMPruningCallback(trial, lightgbm_metric, valid_name="validation"),
+                LightGBMPruningCallback(
+                    trial, lightgbm_metric, valid_name="validation", report_interval=config.tuning.pruning_interval
+                ),
             ],
         )
         trial.set_user_attr("best_rounds", int(booster.best_iteration or booster.current_iteration()))
