@@ -67,7 +67,7 @@ def bare_run(frame, config_path: Path) -> float:  # noqa: ANN001 - a DataFrame
         make_target(data.split.train, target),
         encode_features(data.split.validation, features, data.vocabulary),
         make_target(data.split.validation, target),
-        storage=None,  # type: ignore[arg-type] - in-memory study
+        storage=None,  # in-memory study
         study_name="bare",
     )
     fit_and_score(data, config, result.best_params, result.best_rounds)
