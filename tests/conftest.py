@@ -5,6 +5,7 @@ Prefect reads its settings at import, so its home and telemetry switches are set
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -39,22 +40,46 @@ def postgres_available() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def postgres_schema() -> Iterator[tuple[str, str]]:
-    """A schema of our own in the shared `test` database, dropped afterwards."""
+@contextlib.contextmanager
+def fresh_postgres_schema(prefix: str) -> Iterator[str]:
+    """A schema of our own in the shared `test` database, dropped afterwards; skips where none answers."""
     reason = postgres_available()
     if reason:
         pytest.skip(reason)
-    schema = f"retrain_test_{uuid.uuid4().hex[:8]}"
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
     engine = sa.create_engine(POSTGRES_URL)
     with engine.begin() as connection:
         connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
     try:
-        yield POSTGRES_URL, schema
+        yield schema
     finally:
         with engine.begin() as connection:
             connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_schema() -> Iterator[tuple[str, str]]:
+    """One schema for the session's warehouse unit tests (each uses tables of random names)."""
+    with fresh_postgres_schema("retrain_test") as schema:
+        yield POSTGRES_URL, schema
+
+
+@pytest.fixture
+def postgres_warehouse(retrain_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The settings point the warehouse at a fresh PostgreSQL schema, so no other test's tables are seen."""
+    from retrain.settings import get_settings
+    from tasks.warehouse import create_warehouse_engine
+
+    with fresh_postgres_schema("retrain_flow") as schema:
+        monkeypatch.setenv("RETRAIN_WAREHOUSE_URL", POSTGRES_URL)
+        monkeypatch.setenv("RETRAIN_WAREHOUSE_SCHEMA", schema)
+        get_settings.cache_clear()
+        try:
+            yield schema
+        finally:
+            get_settings.cache_clear()
+            create_warehouse_engine.cache_clear()
 
 
 @pytest.fixture(scope="session")

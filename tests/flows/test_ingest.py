@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from uuid import UUID
@@ -24,17 +22,15 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFi
 from flows.ingest import ingest_new_rows, ingest_when_new_rows
 from retrain.config import load_model_config
 from retrain.errors import DataContractError
-from retrain.settings import get_settings
 from tasks.validation import BatchRefused, count_new_rows
 from tasks.warehouse import (
     BATCH_COLUMN,
-    create_warehouse_engine,
     get_warehouse,
     read_batches,
     read_quarantine,
     write_frame,
 )
-from tests.conftest import POSTGRES_URL, postgres_available, write_model_config
+from tests.conftest import write_model_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -262,29 +258,6 @@ def test_cli_infers_a_contract_once_and_ingests_with_one_json_object(
     refused = json.loads(again.stdout.strip().splitlines()[-1])
     assert again.exit_code == 1
     assert (refused["status"], refused["read"], refused["violation"]["rule"]) == ("refused", 0, "row_count")
-
-
-@pytest.fixture
-def postgres_warehouse(retrain_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A schema of this test's own in the shared PostgreSQL, so no other test's tables are seen."""
-    reason = postgres_available()
-    if reason:
-        pytest.skip(reason)
-    schema = f"retrain_ingest_{uuid.uuid4().hex[:8]}"
-    engine = sa.create_engine(POSTGRES_URL)
-    with engine.begin() as connection:
-        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    monkeypatch.setenv("RETRAIN_WAREHOUSE_URL", POSTGRES_URL)
-    monkeypatch.setenv("RETRAIN_WAREHOUSE_SCHEMA", schema)
-    get_settings.cache_clear()
-    try:
-        yield schema
-    finally:
-        get_settings.cache_clear()
-        create_warehouse_engine.cache_clear()
-        with engine.begin() as connection:
-            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        engine.dispose()
 
 
 @pytest.mark.postgres

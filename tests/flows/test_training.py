@@ -17,7 +17,7 @@ from retrain.errors import DataError, GateFailed
 from retrain.settings import get_settings
 from tasks.registry import AUDIT_TABLE, encode_for_model
 from tasks.warehouse import create_warehouse_engine, get_warehouse, read_table, write_frame
-from tests.conftest import write_model_config
+from tests.conftest import POSTGRES_URL, write_model_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -136,15 +136,12 @@ def test_empty_window_is_refused_before_training(retrain_home: Path, flights_sma
 
 @pytest.mark.postgres
 def test_training_flow_on_a_postgresql_warehouse(
-    retrain_home: Path, flights_small: pd.DataFrame, postgres_schema: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+    retrain_home: Path, flights_small: pd.DataFrame, postgres_warehouse: str
 ) -> None:
-    url, schema = postgres_schema
-    monkeypatch.setenv("RETRAIN_WAREHOUSE_URL", url)
-    monkeypatch.setenv("RETRAIN_WAREHOUSE_SCHEMA", schema)
-    get_settings.cache_clear()
+    schema = postgres_warehouse
     load_source(flights_small)
     outcome = train_model(config_path=str(write_model_config(retrain_home.parent)))
     assert outcome.decision == "champion"
-    engine = create_warehouse_engine(url)
+    engine = create_warehouse_engine(POSTGRES_URL)
     assert read_table(engine, AUDIT_TABLE, schema=schema)["version"].tolist() == ["1"]
     assert mlflow.get_run(outcome.run_id).inputs.dataset_inputs[0].dataset.digest == outcome.fingerprint
