@@ -16,7 +16,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from retrain.config import FeaturesConfig, ModelConfig, TargetConfig, TaskType, WindowConfig
+from retrain.config import FeaturesConfig, ModelConfig, TargetConfig, TaskType
 from retrain.errors import DataError
 from tasks.contract import Contract
 from tasks.validation import check_snapshot
@@ -62,10 +62,6 @@ def check_training_frame(frame: pd.DataFrame, config: ModelConfig, where: str) -
             f"target column '{config.target.column}' of table '{where}' is null in every one of the "
             f"{len(frame)} rows of the window {window}"
         )
-
-
-def window_label(table: str, window: WindowConfig) -> str:
-    return f"{table}{window}"
 
 
 def make_target(frame: pd.DataFrame, target: TargetConfig) -> pd.Series:

@@ -63,10 +63,6 @@ def reflect_table(engine: Engine, table: str, schema: str | None = None) -> sa.T
     return sa.Table(table, sa.MetaData(schema=schema), autoload_with=engine)
 
 
-def table_columns(engine: Engine, table: str, schema: str | None = None) -> list[str]:
-    return [column.name for column in reflect_table(engine, table, schema).columns]
-
-
 def read_window(
     engine: Engine,
     table: str,
