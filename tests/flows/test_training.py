@@ -5,6 +5,7 @@ outcome and the registry, never log text."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -27,12 +28,24 @@ def load_source(frame: pd.DataFrame) -> None:
     write_frame(engine, frame, "flights", schema=schema, if_exists="replace")
 
 
-def registry(model: str) -> tuple[MlflowClient, list[str], dict[str, str]]:
+@dataclass(frozen=True)
+class RegistryState:
+    client: MlflowClient
+    versions: list[str]
+    aliases: dict[str, str]
+
+    @property
+    def release(self) -> tuple[list[str], dict[str, str]]:
+        """Versions and aliases: what a rejected run must leave unchanged."""
+        return self.versions, self.aliases
+
+
+def registry(model: str) -> RegistryState:
     mlflow.set_tracking_uri(get_settings().resolved_tracking_uri())
     client = MlflowClient()
     versions = sorted(str(v.version) for v in client.search_model_versions(f"name='{model}'"))
     aliases = {alias: str(version) for alias, version in client.get_registered_model(model).aliases.items()}
-    return client, versions, aliases
+    return RegistryState(client, versions, aliases)
 
 
 def audit() -> pd.DataFrame:
@@ -51,7 +64,8 @@ def test_champion_then_impossible_gate_then_tie(model_config: Path) -> None:
     assert (first.decision, first.version, first.champion_metric) == ("champion", "1", None)
     assert first.metric_value < first.baseline_metric < 40.0
 
-    client, versions, aliases = registry(first.model)
+    state = registry(first.model)
+    client, versions, aliases = state.client, state.versions, state.aliases
     assert versions == ["1"] and aliases == {"champion": "1"}
     run = client.get_run(first.run_id)
     assert {"objective", "learning_rate", "num_boost_round", "retrain.window_start"} <= set(run.data.params)
@@ -68,14 +82,14 @@ def test_champion_then_impossible_gate_then_tie(model_config: Path) -> None:
     impossible = rejected.value.outcome
     assert (impossible.decision, impossible.version, impossible.gate) == ("rejected", None, "absolute")
     assert impossible.threshold == 0.0001 and impossible.champion_metric == pytest.approx(first.metric_value)
-    assert registry(first.model)[1:] == (["1"], {"champion": "1"})
+    assert registry(first.model).release == (["1"], {"champion": "1"})
     assert client.get_run(impossible.run_id).data.tags["retrain.decision"] == "rejected"
 
     with pytest.raises(GateFailed) as tied:
         train_model(config_path=str(model_config))
     tie = tied.value.outcome
     assert tie.gate == "relative" and tie.p_value == 1.0 and tie.metric_value == pytest.approx(first.metric_value)
-    assert registry(first.model)[1:] == (["1"], {"champion": "1"})
+    assert registry(first.model).release == (["1"], {"champion": "1"})
 
     events = audit()[["event", "alias", "version"]].values.tolist()
     assert events[0] == ["retrain.model.promoted", "champion", "1"]
@@ -92,7 +106,7 @@ def test_same_snapshot_and_seed_give_the_same_model(
         load_source(flights_small)
         outcome = train_model(config_path=str(write_model_config(retrain_home.parent)))
         outcomes.append(outcome)
-        params.append(registry(outcome.model)[0].get_run(outcome.run_id).data.params)
+        params.append(registry(outcome.model).client.get_run(outcome.run_id).data.params)
     assert params[0] == params[1]
     assert outcomes[0].metric_value == outcomes[1].metric_value
     assert outcomes[0].fingerprint == outcomes[1].fingerprint
@@ -122,7 +136,7 @@ def test_unscorable_champion_fails_closed(model_config: Path, retrain_home: Path
         train_model(config_path=str(model_config), threshold=1000.0)
     outcome = rejected.value.outcome
     assert outcome.gate == "relative" and "could not be scored" in outcome.reason
-    assert registry(first.model)[1:] == (["1"], {"champion": "1"})
+    assert registry(first.model).release == (["1"], {"champion": "1"})
 
 
 def test_empty_window_is_refused_before_training(retrain_home: Path, flights_small: pd.DataFrame) -> None:
