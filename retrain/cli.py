@@ -1,35 +1,89 @@
 """The `retrain` command line.
 
-Every command takes `--json` and then prints exactly one JSON object on stdout; progress and logs go
-to stderr, so `retrain train --json | jq` works. Prefect, MLflow and Optuna are imported inside the
-commands, after `prepare_environment` has pointed them at this project's data folder.
+Every command takes `--json` and then prints exactly one JSON object on stdout, whatever happens
+(an outcome, a refusal, a bad option or a failure); progress and logs go to stderr, so
+`retrain train --json | jq` works. Exit codes are those of `retrain.errors.ExitCode`. Prefect, MLflow
+and Optuna are imported inside the commands, after `prepare_environment` has pointed them at this
+project's data folder, so commands that run no flow start no Prefect server.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, is_dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 
 from retrain.config import load_model_config
-from retrain.errors import GateFailed, RetrainError
+from retrain.errors import ExitCode, GateFailed, RetrainError
 from retrain.settings import get_settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Continuous training for tabular models.")
+
+class RetrainCommands(typer.core.TyperGroup):
+    """Every command's errors end the same way: one line (and one JSON object under `--json`) and the
+    exit code of the error's kind; only a real fault (not one of ours) also prints its traceback."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        arguments = list(sys.argv[1:] if args is None else args)
+        as_json = "--json" in arguments
+        try:
+            code = super().main(
+                args=arguments, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra
+            )
+        except typer.TyperException as error:  # a bad option or argument: click's usage text, or JSON
+            code = report_error(
+                type(error).__name__, error.format_message(), ExitCode.USAGE, as_json, getattr(error, "show", None)
+            )
+        except typer.Abort:
+            code = report_error("Aborted", "aborted", ExitCode.FAILURE, as_json)
+        except RetrainError as error:
+            code = report_error(type(error).__name__, str(error), error.exit_code, as_json)
+        except Exception as error:  # noqa: BLE001 - a real fault: its traceback goes to stderr, then the JSON
+            traceback.print_exc(file=sys.stderr)
+            code = report_error(type(error).__name__, str(error), ExitCode.FAILURE, as_json)
+        code = int(code or 0)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(
+    cls=RetrainCommands, add_completion=False, no_args_is_help=True, help="Continuous training for tabular models."
+)
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Model config YAML.", exists=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
-EXIT_REJECTED = 1
-EXIT_ERROR = 2
+
+def report_error(
+    kind: str, message: str, code: ExitCode, as_json: bool, show: Callable[[], None] | None = None
+) -> ExitCode:
+    """One line on stderr (or click's own usage text) and, under `--json`, one JSON object on stdout."""
+    if as_json:
+        sys.stdout.write(json.dumps({"error": kind, "message": message, "exit_code": int(code)}) + "\n")
+        sys.stdout.flush()
+    if show is not None:
+        show()
+    else:
+        typer.echo(f"error: {message}", err=True)
+    return code
 
 
 def prepare_environment() -> None:
@@ -58,9 +112,37 @@ def to_jsonable(value: Any) -> Any:
 
 @contextlib.contextmanager
 def stdout_to_stderr() -> Iterator[None]:
-    """Anything a library prints while a command runs goes to stderr; stdout stays for the result."""
+    """Anything a library prints from Python while a command runs goes to stderr; stdout stays for the result."""
     with contextlib.redirect_stdout(sys.stderr):
         yield
+
+
+@contextlib.contextmanager
+def protected_stdout() -> Iterator[None]:
+    """Point file descriptor 1 at stderr for the whole process, keeping `sys.stdout` on the real stdout.
+
+    LightGBM's C++ code (and any subprocess we start) writes to descriptor 1 directly, below Python's
+    `sys.stdout`, so a Python-level redirect cannot stop "Met negative value in categorical features"
+    from landing in the middle of `--json` output. After this, only what we write to `sys.stdout`
+    reaches stdout. Where stdout is not a real file (a test runner's buffer) there is nothing to do.
+    """
+    try:
+        descriptor = sys.stdout.fileno()
+        sys.stderr.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(descriptor)
+    os.dup2(sys.stderr.fileno(), descriptor)
+    original, sys.stdout = sys.stdout, open(saved, "w", encoding="utf-8", closefd=True)  # noqa: SIM115
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, descriptor)
+        sys.stdout.close()
+        sys.stdout = original
 
 
 def finish(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], str], code: int = 0) -> None:
@@ -73,14 +155,6 @@ def finish(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, An
     raise typer.Exit(code)
 
 
-def fail(error: Exception, as_json: bool) -> None:
-    """A user-actionable error: one line saying what was wrong, exit code 2."""
-    if as_json:
-        sys.stdout.write(json.dumps({"error": type(error).__name__, "message": str(error)}) + "\n")
-    typer.echo(f"error: {error}", err=True)
-    raise typer.Exit(EXIT_ERROR)
-
-
 @app.command("load-example")
 def load_example(
     config: ConfigOption,
@@ -91,17 +165,14 @@ def load_example(
 ) -> None:
     """Write the NYC flights 2013 example into the warehouse as the model's source table (idempotent)."""
     prepare_environment()
-    try:
-        with stdout_to_stderr():
-            from tasks.example_data import read_flights_example
-            from tasks.warehouse import get_warehouse, write_frame
+    with stdout_to_stderr():
+        from tasks.example_data import read_flights_example
+        from tasks.warehouse import get_warehouse, write_frame
 
-            model = load_model_config(config)
-            engine, schema = get_warehouse()
-            frame = read_flights_example(until=until)
-            rows = write_frame(engine, frame, model.source.table, schema=schema, if_exists="replace")
-    except RetrainError as error:
-        fail(error, as_json)
+        model = load_model_config(config)
+        engine, schema = get_warehouse()
+        frame = read_flights_example(until=until)
+        rows = write_frame(engine, frame, model.source.table, schema=schema, if_exists="replace")
     result = {
         "table": model.source.table,
         "rows": rows,
@@ -127,22 +198,20 @@ def train(
 ) -> None:
     """Tune, train, gate and register a model; prints version, metric vs threshold vs champion, decision."""
     prepare_environment()
+    model = load_model_config(config)
+    threshold = _threshold_override(model.lower_is_better, model.metric, max_metric, min_metric)
     try:
-        model = load_model_config(config)
-        threshold = _threshold_override(model.lower_is_better, model.metric, max_metric, min_metric)
         with stdout_to_stderr():
             from flows.training import train_model
 
             outcome = train_model(
                 config_path=str(config), trials=trials, timeout_seconds=timeout, threshold=threshold
             )
-        code = 0
+        code = ExitCode.OK
     except GateFailed as rejection:
         if rejection.outcome is None:
-            fail(rejection, as_json)
-        outcome, code = rejection.outcome, EXIT_REJECTED
-    except RetrainError as error:
-        fail(error, as_json)
+            raise
+        outcome, code = rejection.outcome, rejection.exit_code
     finish(outcome.summary(), as_json, _render_training, code)
 
 
@@ -185,21 +254,18 @@ def contract_infer(
 ) -> None:
     """Write the data contract beside the model config from the source table as it is now."""
     prepare_environment()
-    try:
-        model = load_model_config(config)
-        path = model.contract_path
-        if path.exists() and not force:
-            result = {"contract": path, "written": False, "columns": None, "rows": None}
-            finish(result, as_json, lambda r: f"kept the existing contract {r['contract']} (use --force to overwrite)")
-        with stdout_to_stderr():
-            from tasks.contract import infer_contract, write_contract
-            from tasks.warehouse import get_warehouse, read_window
+    model = load_model_config(config)
+    path = model.contract_path
+    if path.exists() and not force:
+        result = {"contract": path, "written": False, "columns": None, "rows": None}
+        finish(result, as_json, lambda r: f"kept the existing contract {r['contract']} (use --force to overwrite)")
+    with stdout_to_stderr():
+        from tasks.contract import infer_contract, write_contract
+        from tasks.warehouse import get_warehouse, read_window
 
-            engine, schema = get_warehouse()
-            frame = read_window(engine, model.source.table, model.source.timestamp, None, None, schema=schema)
-            contract = write_contract(infer_contract(frame, model), path)
-    except RetrainError as error:
-        fail(error, as_json)
+        engine, schema = get_warehouse()
+        frame = read_window(engine, model.source.table, model.source.timestamp, None, None, schema=schema)
+        contract = write_contract(infer_contract(frame, model), path)
     result = {"contract": contract, "written": True, "columns": len(frame.columns), "rows": len(frame)}
     finish(result, as_json, lambda r: f"wrote {r['contract']} ({r['columns']} columns, from {r['rows']:,} rows)")
 
@@ -215,21 +281,18 @@ def ingest(
 ) -> None:
     """Validate the source rows that arrived since the last batch; append the clean ones, quarantine the rest."""
     prepare_environment()
-    try:
-        model = load_model_config(config)
-        with stdout_to_stderr():
-            from flows.ingest import ingest_new_rows
-            from tasks.validation import BatchRefused
+    model = load_model_config(config)
+    with stdout_to_stderr():
+        from flows.ingest import ingest_new_rows
+        from tasks.validation import BatchRefused
 
-            try:
-                outcome = ingest_new_rows(config_path=str(config), start=start, end=end)
-                code = 0
-            except BatchRefused as refusal:
-                outcome, code = refusal.outcome, EXIT_REJECTED
-                typer.echo(f"error: {refusal}", err=True)
-            quarantined = [] if as_json else _quarantined_rows(model.source.quarantine, outcome.batch_id)
-    except RetrainError as error:
-        fail(error, as_json)
+        try:
+            outcome = ingest_new_rows(config_path=str(config), start=start, end=end)
+            code = ExitCode.OK
+        except BatchRefused as refusal:
+            outcome, code = refusal.outcome, refusal.exit_code
+            typer.echo(f"refused: {refusal}", err=True)
+        quarantined = [] if as_json else _quarantined_rows(model.source.quarantine, outcome.batch_id)
     if not as_json and quarantined:
         _print_quarantine(outcome.batch_id, quarantined)
     finish(outcome.summary(), as_json, _render_batch, code)
@@ -273,7 +336,10 @@ def _render_batch(result: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    app()
+    """The console script: stdout is guarded for the whole command, then the group handles errors."""
+    with protected_stdout():
+        code = app(standalone_mode=False)
+    sys.exit(int(code or 0))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,23 @@ def test_wrong_gate_flag_and_bad_config_are_named(retrain_home: Path, tmp_path: 
     assert result.exit_code == 2 and "lower-is-better" in result.output
     code, error = run("train", "--config", str(tmp_path / "missing.yaml"))
     assert code == 2 and error["error"] == "ConfigError" and "missing.yaml" in error["message"]
+
+
+def test_option_errors_under_json_are_one_json_object() -> None:
+    result = CliRunner().invoke(app, ["train", "--config", "x.yaml", "--trials", "many", "--json"])
+    error = json.loads(result.stdout.strip())
+    assert result.exit_code == 2 and error["error"] == "BadParameter" and "--trials" in error["message"]
+
+
+def test_writes_below_python_stdout_go_to_stderr() -> None:
+    """LightGBM's C++ warnings write to file descriptor 1 directly: they must not reach stdout."""
+    script = (
+        "import os, sys\n"
+        "from retrain.cli import protected_stdout\n"
+        "with protected_stdout():\n"
+        "    os.write(1, b'[LightGBM] [Warning] Met negative value in categorical features\\n')\n"
+        "    sys.stdout.write('{\"ok\": true}\\n')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(result.stdout) == {"ok": True}
+    assert "Met negative value" in result.stderr

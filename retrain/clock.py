@@ -1,0 +1,189 @@
+"""Time, owned in one place: "now", instants, durations and timestamp columns, all as naive UTC.
+
+Retrain's convention is naive UTC everywhere (the warehouse, MLflow params, flow parameters), so an
+aware value is converted once at the edge and nothing downstream compares aware with naive.
+
+"Now" is read only through `now()`, and only where the wall clock is the point (an ingest's default
+reference time, a record's `recorded_at`); a flow that depends on time takes `as_of` instead, so a
+replay of a year gives the same results as living through it. Tests freeze the clock with
+`frozen_clock`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pyarrow as arrow
+import pyarrow.compute as arrow_compute
+
+Clock = Callable[[], datetime]
+
+
+def wall_clock() -> datetime:
+    """The machine's clock as naive UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+_clock: list[Clock] = [wall_clock]  # a one-slot stack, so `frozen_clock` can restore what it replaced
+
+
+def now() -> datetime:
+    """Now, as naive UTC, from the injected clock (the wall clock unless a test froze it)."""
+    return _clock[-1]()
+
+
+@contextlib.contextmanager
+def frozen_clock(moment: datetime | str) -> Iterator[datetime]:
+    """Make `now()` return `moment` inside the block (tests and replays); restores the clock after."""
+    fixed = parse_instant(moment)
+    _clock.append(lambda: fixed)
+    try:
+        yield fixed
+    finally:
+        _clock.pop()
+
+
+def as_naive_utc(moment: datetime) -> datetime:
+    """Aware datetimes converted to UTC and made naive; naive ones are taken as UTC already."""
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo is not None else moment
+
+
+def parse_instant(value: datetime | date | str) -> datetime:
+    """One instant from a datetime, a date or ISO 8601 text (`2013-04-01`, `2013-04-01T06:00+05:00`).
+
+    Raises:
+        ValueError: the text is not ISO 8601; the message quotes it.
+    """
+    if isinstance(value, datetime):
+        return as_naive_utc(value)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day)
+    text = value.strip()
+    try:
+        parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "Zz" and text else text)
+    except ValueError:
+        raise ValueError(f"'{value}' is not an ISO 8601 date or time (e.g. 2013-04-01 or 2013-04-01T06:00)") from None
+    return as_naive_utc(parsed)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(d|h|m|days?|hours?|minutes?)\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60}
+
+
+def parse_duration(value: str | timedelta) -> timedelta:
+    """A positive duration from `60d`, `36h`, `90m` (or `60 days`, `36 hours`); timedeltas pass through.
+
+    Raises:
+        ValueError: not a number followed by d, h or m, or not positive.
+    """
+    if isinstance(value, timedelta):
+        duration = value
+    else:
+        match = _DURATION.match(str(value))
+        if match is None:
+            raise ValueError(f"'{value}' is not a duration: write a number and a unit, e.g. 60d, 36h or 90m")
+        duration = timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)[0].lower()])
+    if duration <= timedelta(0):
+        raise ValueError(f"duration '{value}' must be positive")
+    return duration
+
+
+def format_duration(duration: timedelta) -> str:
+    """The shortest exact form `parse_duration` reads back: `60d`, `36h`, `90m`, or seconds as minutes."""
+    seconds = duration.total_seconds()
+    for unit in ("d", "h", "m"):
+        count = seconds / _UNIT_SECONDS[unit]
+        if count == int(count):
+            return f"{int(count)}{unit}"
+    return f"{seconds / 60:g}m"
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open time range `[start, end)`: adjacent windows never share a row."""
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise ValueError(f"window end {self.end.isoformat()} must be after its start {self.start.isoformat()}")
+
+    @classmethod
+    def ending_at(cls, end: datetime, lookback: timedelta) -> Window:
+        """The `lookback` before `end`: the training window of a model as of `end`."""
+        return cls(start=end - lookback, end=end)
+
+    def __str__(self) -> str:
+        return f"[{self.start.isoformat()}, {self.end.isoformat()})"
+
+
+# ------------------------------------------------------------------------------------ timestamp columns
+
+# An explicit UTC offset after a time of day: `Z`, `+05:00`, `-0300`, `+05`. A date alone ("2013-01-02")
+# ends in digits after a dash too, which is why a time must come first.
+_OFFSET_SUFFIX = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[Zz]|[+-]\d{2}(?::?\d{2})?)\s*$"
+
+
+@dataclass(frozen=True, eq=False)
+class ParsedTimestamps:
+    """A timestamp column parsed value by value: naive UTC values, and which inputs could not be parsed
+    or carried an offset (and were converted to UTC)."""
+
+    values: pd.Series
+    unparseable: np.ndarray
+    had_offset: np.ndarray
+
+
+def parse_timestamps(values: pd.Series) -> ParsedTimestamps:
+    """Parse ISO 8601 timestamps so that one value can never change another.
+
+    pandas' `to_datetime(..., utc=True, format="ISO8601")` on a column mixing naive values and values
+    with an offset applies the last offset seen to the naive values after it (measured: one `+05:00`
+    shifted the naive rows of a whole batch by five hours). So the two forms are parsed apart: naive
+    values stay as they are (taken as UTC), values with an offset are converted to UTC. Anything that
+    is not ISO 8601 is unparseable: another format would be a guess (01/02 as Jan 2 or Feb 1).
+
+    Args:
+        values: The column as read: text, datetimes (aware or naive) or a mix, with nulls.
+    """
+    size = len(values)
+    nothing = np.zeros(size, dtype=bool)
+    if pd.api.types.is_datetime64_any_dtype(values):
+        aware = values.dt.tz is not None
+        typed = values.dt.tz_convert("UTC").dt.tz_localize(None) if aware else values
+        offsets = values.notna().to_numpy() if aware else nothing
+        return ParsedTimestamps(typed.astype("datetime64[ns]"), nothing, offsets)
+    objects = values.astype(object, copy=False)
+    present = objects.notna().to_numpy()
+    all_text = pd.api.types.infer_dtype(objects, skipna=True) in ("string", "empty")
+    text = objects if all_text else objects.map(_as_text, na_action="ignore")
+    has_offset = arrow_compute.fill_null(
+        arrow_compute.match_substring_regex(
+            arrow.array(text.to_numpy(), type=arrow.string(), from_pandas=True), _OFFSET_SUFFIX
+        ),
+        False,
+    ).to_numpy(zero_copy_only=False)
+    if not has_offset.any():  # the common case: one vectorised parse, leading and trailing spaces allowed
+        parsed = pd.to_datetime(text, errors="coerce", format="ISO8601").astype("datetime64[ns]")
+    else:
+        parsed = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns]")
+        naive = present & ~has_offset
+        parsed[naive] = pd.to_datetime(text[naive], errors="coerce", format="ISO8601").astype("datetime64[ns]")
+        converted = pd.to_datetime(text[has_offset], errors="coerce", utc=True, format="ISO8601")
+        parsed[has_offset] = converted.dt.tz_localize(None).astype("datetime64[ns]")
+    unparseable = present & parsed.isna().to_numpy()
+    return ParsedTimestamps(parsed, unparseable, has_offset & ~unparseable)
+
+
+def _as_text(value: object) -> str:
+    """A cell as ISO text: aware datetimes converted to UTC first (they carry their offset otherwise)."""
+    if isinstance(value, datetime | pd.Timestamp):
+        return as_naive_utc(value).isoformat()
+    return str(value)

@@ -1,0 +1,74 @@
+"""Time in one place: instants, durations, the injectable clock and per-value timestamp parsing."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from retrain.clock import Window, format_duration, frozen_clock, now, parse_duration, parse_instant, parse_timestamps
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("60d", timedelta(days=60)),
+        ("36h", timedelta(hours=36)),
+        ("90m", timedelta(minutes=90)),
+        (" 2 days ", timedelta(days=2)),
+        ("1.5h", timedelta(minutes=90)),
+    ],
+)
+def test_durations_read_days_hours_minutes(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+    assert parse_duration(format_duration(expected)) == expected
+
+
+@pytest.mark.parametrize("text", ["60", "d", "-3d", "0h", "3 weeks", "60dd"])
+def test_bad_durations_are_named(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_instants_are_naive_utc() -> None:
+    assert parse_instant("2013-04-01") == datetime(2013, 4, 1)
+    assert parse_instant("2013-04-01T06:00+05:00") == datetime(2013, 4, 1, 1)
+    assert parse_instant("2013-04-01T06:00Z") == datetime(2013, 4, 1, 6)
+    with pytest.raises(ValueError, match="'01/04/2013' is not an ISO 8601"):
+        parse_instant("01/04/2013")
+
+
+def test_frozen_clock_is_restored() -> None:
+    with frozen_clock("2013-03-01T12:00") as moment:
+        assert now() == moment == datetime(2013, 3, 1, 12)
+    assert now() > datetime(2020, 1, 1)
+
+
+def test_window_is_half_open_and_ordered() -> None:
+    window = Window.ending_at(datetime(2013, 4, 1), timedelta(days=60))
+    assert window.start == datetime(2013, 1, 31) and str(window) == "[2013-01-31T00:00:00, 2013-04-01T00:00:00)"
+    with pytest.raises(ValueError, match="must be after its start"):
+        Window(datetime(2013, 4, 1), datetime(2013, 4, 1))
+
+
+def test_one_offset_never_shifts_the_naive_values_around_it() -> None:
+    """pandas' utc=True parse applies the last offset seen to the naive values after it; ours must not."""
+    values = pd.Series(
+        ["2013-01-01 05:00:00", "2013-01-01 06:00:00+05:00", "2013-01-01 07:00:00", "2013-01-01T06:00:00-03:00",
+         " 2013-01-01 08:00:00 ", "2013-01-02", "not a date", None, "2013-01-01T08:00Z"]
+    )
+    parsed = parse_timestamps(values)
+    assert parsed.values.tolist()[:6] == [
+        pd.Timestamp("2013-01-01 05:00"), pd.Timestamp("2013-01-01 01:00"), pd.Timestamp("2013-01-01 07:00"),
+        pd.Timestamp("2013-01-01 09:00"), pd.Timestamp("2013-01-01 08:00"), pd.Timestamp("2013-01-02"),
+    ]
+    assert parsed.values.iloc[8] == pd.Timestamp("2013-01-01 08:00")
+    assert parsed.unparseable.tolist() == [False] * 6 + [True, False, False]
+    assert parsed.had_offset.tolist() == [False, True, False, True, False, False, False, False, True]
+
+
+def test_aware_datetime_column_is_converted() -> None:
+    values = pd.Series(pd.to_datetime(["2013-01-01 06:00+05:00", "2013-01-01 07:00+05:00"], utc=True))
+    parsed = parse_timestamps(values)
+    assert parsed.values.tolist() == [pd.Timestamp("2013-01-01 01:00"), pd.Timestamp("2013-01-01 02:00")]
