@@ -1,0 +1,275 @@
+"""Things happening at once or stopping halfway, driven through the `retrain` CLI as real processes.
+
+Each scenario starts from an empty data folder and prints what it left behind; every figure should be
+zero (or one, for champions made):
+
+  two-ingests       two `retrain ingest` of one model started together: clean rows stored twice
+  two-trainings     two `retrain train` of a model with no champion started together: champions made
+  shared-source     both shipped example configs (one source table) ingested into one warehouse:
+                    rows quarantined as duplicates of the other model's batch
+  password          a training against an unreachable MLflow whose URI holds a password: lines of
+                    stdout, stderr and the Prefect database that show it, seconds until it failed
+  kill-in-tuning    a training killed with SIGKILL while Optuna tunes, then a second training:
+                    MLflow runs and Prefect flow runs left RUNNING, processes left behind, trials that
+                    repeated earlier parameters
+
+Run it against any checkout, so a before/after comparison uses the same script:
+
+    .venv/bin/python benchmarks/safety_scenarios.py                       # this checkout
+    .venv/bin/python benchmarks/safety_scenarios.py --repo /old/checkout  # another one (its .venv)
+    .venv/bin/python benchmarks/safety_scenarios.py two-ingests password  # some scenarios
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+PASSWORD = "S3cretPW42"
+KEY = ["time_hour", "carrier", "flight", "origin"]
+
+
+class Scenario:
+    """One fresh data folder and the CLI of the checkout under test."""
+
+    def __init__(self, repo: Path) -> None:
+        self.repo = repo
+        self.retrain = repo / ".venv" / "bin" / "retrain"
+        self.home = Path(tempfile.mkdtemp(prefix="retrain-safety-"))
+        self.env = {**os.environ, "RETRAIN_HOME": str(self.home)}
+        for name in ("PREFECT_HOME", "PREFECT_API_URL", "RETRAIN_MLFLOW_TRACKING_URI", "RETRAIN_WAREHOUSE_URL"):
+            self.env.pop(name, None)
+
+    def config(self, example: str = "flights.yaml", end: str = "2013-02-01") -> Path:
+        """An example config with a small absolute window and budget, valid for old and new checkouts."""
+        raw = yaml.safe_load((self.repo / "examples" / example).read_text())
+        raw["training_window"] = {"start": "2013-01-01", "end": end}
+        raw["tuning"] = {**raw.get("tuning", {}), "trials": 2, "max_rounds": 100, "timeout_seconds": 600}
+        folder = self.home / "config"
+        folder.mkdir(exist_ok=True)
+        contract = self.repo / "examples" / "flights.contract.yaml"
+        (folder / contract.name).write_text(contract.read_text())
+        raw["contract"] = contract.name
+        path = folder / example
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return path
+
+    def start(self, *args: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [str(self.retrain), *args, "--json"],
+            cwd=self.home,
+            env={**self.env, **(extra_env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, *args: str, extra_env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        process = self.start(*args, extra_env=extra_env)
+        stdout, stderr = process.communicate(timeout=1800)
+        return process.returncode, stdout, stderr
+
+    def warehouse(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.home / "warehouse.db")
+
+
+def outcome(stdout: str) -> dict:
+    lines = stdout.strip().splitlines()
+    return json.loads(lines[-1]) if lines else {}
+
+
+def two_ingests(scenario: Scenario) -> dict[str, object]:
+    config = str(scenario.config())
+    scenario.run("load-example", "--config", config, "--until", "2013-03-01")
+    scenario.run("ingest", "--config", config, "--start", "2013-01-01", "--end", "2013-01-02")
+    first, second = scenario.start("ingest", "--config", config), scenario.start("ingest", "--config", config)
+    codes = [first.wait(timeout=900), second.wait(timeout=900)]
+    with scenario.warehouse() as connection:
+        rows, keys = connection.execute(
+            f"select count(*), count(distinct {'||'.join(KEY)}) from flights_clean"
+        ).fetchone()
+    return {"exit codes": codes, "clean rows": rows, "distinct keys": keys, "rows doubled": rows - keys}
+
+
+def two_trainings(scenario: Scenario) -> dict[str, object]:
+    config = str(scenario.config())
+    scenario.run("load-example", "--config", config, "--until", "2013-02-01")
+    scenario.run("ingest", "--config", config)
+    first, second = scenario.start("train", "--config", config), scenario.start("train", "--config", config)
+    results = [first.communicate(timeout=1800), second.communicate(timeout=1800)]
+    decisions = [outcome(stdout).get("decision") or _last_line(stderr) for stdout, stderr in results]
+    with scenario.warehouse() as connection:
+        promoted = connection.execute(
+            "select count(*) from model_audit where alias = 'champion' and version is not null"
+        ).fetchone()[0]
+    return {"exit codes": [first.returncode, second.returncode], "decisions": decisions, "champions made": promoted}
+
+
+def shared_source(scenario: Scenario) -> dict[str, object]:
+    regression, binary = str(scenario.config("flights.yaml")), str(scenario.config("flights_delayed.yaml"))
+    scenario.run("load-example", "--config", regression, "--until", "2013-02-01")
+    code_a, out_a, _ = scenario.run("ingest", "--config", regression)
+    code_b, out_b, _ = scenario.run("ingest", "--config", binary)
+    with scenario.warehouse() as connection:
+        quarantined = connection.execute("select count(*) from flights_quarantine").fetchone()[0]
+    return {
+        "exit codes": [code_a, code_b],
+        "second model's batch": outcome(out_b).get("status") or outcome(out_b).get("error"),
+        "rows quarantined": quarantined,
+    }
+
+
+def password(scenario: Scenario) -> dict[str, object]:
+    config = str(scenario.config())
+    scenario.run("load-example", "--config", config, "--until", "2013-02-01")
+    started = time.monotonic()
+    code, stdout, stderr = scenario.run(
+        "train", "--config", config,
+        extra_env={"RETRAIN_MLFLOW_TRACKING_URI": f"http://user:{PASSWORD}@127.0.0.1:9"},
+    )
+    seconds = time.monotonic() - started
+    printed = sum(PASSWORD in line for line in (stdout + stderr).splitlines())
+    stored = 0
+    for path in (scenario.home / "prefect").rglob("*"):
+        if path.is_file():
+            stored += path.read_bytes().count(PASSWORD.encode())
+    return {"exit code": code, "lines printed": printed, "copies in Prefect's files": stored,
+            "seconds to fail": round(seconds, 1)}
+
+
+def kill_in_tuning(scenario: Scenario) -> dict[str, object]:
+    config_path = scenario.config(end="2013-03-01")
+    raw = yaml.safe_load(config_path.read_text())
+    raw["tuning"] = {**raw["tuning"], "trials": 400, "max_rounds": 300}
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    config = str(config_path)
+    scenario.run("load-example", "--config", config, "--until", "2013-03-01")
+    scenario.run("ingest", "--config", config)
+    process = subprocess.Popen(
+        [str(scenario.retrain), "train", "--config", config, "--json"],
+        cwd=scenario.home, env=scenario.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    group = process.pid
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and _finished_trials(scenario.home) < 3:
+        time.sleep(1)
+    finished_before = _finished_trials(scenario.home)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(60)
+    left_behind = _processes_in_group(group)
+    killed = {"mlflow runs RUNNING": _count(scenario.home / "mlflow.db", "select count(*) from runs where "
+                                                                       "status = 'RUNNING'"),
+              "prefect flow runs RUNNING": _count(scenario.home / "prefect" / "prefect.db",
+                                                  "select count(*) from flow_run where state_type = 'RUNNING'"),
+              "processes alive 60 s after the kill": left_behind}
+    for pid in left_behind:
+        os.kill(pid, signal.SIGKILL)
+    raw["tuning"]["trials"] = finished_before + 6  # more than the study holds, whether --trials counts in total or more
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    code, stdout, _ = scenario.run("train", "--config", config)
+    after = {
+        "mlflow runs RUNNING after the next training": _count(
+            scenario.home / "mlflow.db", "select count(*) from runs where status = 'RUNNING'"),
+        "prefect flow runs RUNNING after the next training": _count(
+            scenario.home / "prefect" / "prefect.db", "select count(*) from flow_run where state_type = 'RUNNING'"),
+        "trials RUNNING after the next training": _count(
+            scenario.home / "optuna.db", "select count(*) from trials where state = 'RUNNING'"),
+        "repeated parameter sets": _repeated_parameters(scenario.home),
+    }
+    return {"trials finished before the kill": finished_before, **killed, **after,
+            "next training": outcome(stdout).get("decision") or outcome(stdout).get("error"), "exit code": code}
+
+
+def _last_line(text: str) -> str:
+    """The last line that reads like an error (else the last line): why a process ended."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower() or "exception" in line.lower()]
+    return (errors or lines or [""])[-1][:200]
+
+
+def _count(database: Path, query: str) -> int | str:
+    if not database.exists():
+        return "no database"
+    with sqlite3.connect(database) as connection:
+        try:
+            return int(connection.execute(query).fetchone()[0])
+        except sqlite3.OperationalError as error:
+            return f"n/a ({error})"
+
+
+def _finished_trials(home: Path) -> int:
+    value = _count(home / "optuna.db", "select count(*) from trials where state in ('COMPLETE', 'PRUNED')")
+    return value if isinstance(value, int) else 0
+
+
+def _repeated_parameters(home: Path) -> int | str:
+    """Trials of one study whose whole parameter set equals an earlier trial's."""
+    database = home / "optuna.db"
+    if not database.exists():
+        return "no database"
+    with sqlite3.connect(database) as connection:
+        rows = connection.execute(
+            "select t.study_id, t.trial_id, p.param_name, p.param_value from trials t "
+            "join trial_params p on p.trial_id = t.trial_id order by t.trial_id, p.param_name"
+        ).fetchall()
+    sets: dict[tuple[int, int], list[tuple[str, float]]] = {}
+    for study, trial, name, value in rows:
+        sets.setdefault((study, trial), []).append((name, value))
+    seen: set[tuple[int, tuple[tuple[str, float], ...]]] = set()
+    repeated = 0
+    for (study, _), params in sorted(sets.items()):
+        signature = (study, tuple(params))
+        repeated += signature in seen
+        seen.add(signature)
+    return repeated
+
+
+def _processes_in_group(group: int) -> list[int]:
+    result = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True, check=False)
+    return [int(pid) for pid in result.stdout.split()]
+
+
+SCENARIOS: dict[str, Callable[[Scenario], dict[str, object]]] = {
+    "two-ingests": two_ingests,
+    "two-trainings": two_trainings,
+    "shared-source": shared_source,
+    "password": password,
+    "kill-in-tuning": kill_in_tuning,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenarios", nargs="*", help=f"some of {', '.join(SCENARIOS)} (default: all)")
+    parser.add_argument("--repo", type=Path, default=Path(__file__).resolve().parents[1],
+                        help="checkout to test (its .venv/bin/retrain and examples/)")
+    arguments = parser.parse_args()
+    unknown = sorted(set(arguments.scenarios) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenario(s) {unknown}: choose from {list(SCENARIOS)}")
+    print(f"checkout: {arguments.repo}")
+    for name in arguments.scenarios or SCENARIOS:
+        scenario = Scenario(arguments.repo.resolve())
+        started = time.monotonic()
+        figures = SCENARIOS[name](scenario)
+        print(f"{name} ({time.monotonic() - started:.0f} s, data in {scenario.home}):")
+        for label, value in figures.items():
+            print(f"  {label:<50} {value}")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
