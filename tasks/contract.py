@@ -15,7 +15,8 @@ is widened by 1% of its value, at least 1; integer bounds are rounded outwards. 
 (pandas stores an integer column with NULLs as float) are inferred as integer.
 
 Two kinds of column get no range, because new rows lie beyond any range seen: key columns (a `ride_id`
-that reached 21,723 today is 25,000 next month; a string key gets no allowed set either), and numbers
+that reached 21,723 today is 25,000 next month; a string key whose values are all distinct gets no allowed
+set either), and numbers
 that grow with time (`growing: true`: at least `GROWING_MIN_DISTINCT` distinct values whose rank order
 follows the timestamp's, Spearman >= `GROWING_MIN_CORRELATION`). The contract file says so beside them.
 Datetime columns say whether a value with a UTC offset is converted to UTC (`offsets: convert`, inferred)
@@ -281,7 +282,10 @@ def _round_outwards(value: float, direction: Callable[[float], int]) -> float:
 
 def _string_rule(present: pd.Series, nullable: bool, key: bool = False) -> ColumnRule:
     distinct = present.unique()
-    if not key and 0 < len(distinct) <= MAX_ALLOWED_VALUES:
+    # A key column whose every value is distinct is an identifier: new rows bring new values. One that
+    # repeats (a carrier within a composite key) is a category like any other.
+    identifier = key and len(distinct) == len(present)
+    if not identifier and 0 < len(distinct) <= MAX_ALLOWED_VALUES:
         return ColumnRule(type=ColumnType.STRING, nullable=nullable, allowed=sorted(str(v) for v in distinct))
     longest = int(present.str.len().max()) if len(present) else 0
     return ColumnRule(
@@ -307,7 +311,7 @@ def contract_to_yaml(contract: Contract) -> str:
         flow = yaml.safe_dump(compact, default_flow_style=True, sort_keys=False, allow_unicode=True, width=10_000)
         line = f"  {yaml.safe_dump(name, default_style=None).splitlines()[0]}: {flow.strip()}"
         if name in contract.key and rule["min"] is None and rule["max"] is None and rule["allowed"] is None:
-            line += "  # key: no range or allowed set, new rows bring new keys"
+            line += "  # key: no range, new rows bring new keys"
         elif rule["growing"]:
             line += "  # grows with time: no max, new rows lie beyond any seen"
         lines.append(line)

@@ -120,7 +120,12 @@ def test_yaml_round_trip_keeps_every_field(january_contract: Contract, tmp_path:
     [
         (lambda t: t.replace("max_bad_share: 0.05", "max_bad_share: 2"), "batch.max_bad_share"),
         (lambda t: t.replace("origin: {type: string,", "origin: {type: integer,"), "columns.origin"),
-        (lambda t: t.replace("time_hour: {type: datetime,", "time_hour: {type: string,"), "timestamp column"),
+        (lambda t: t.replace("time_hour: {type: datetime, nullable: false, offsets: convert}",
+                             "time_hour: {type: string, nullable: false}"), "timestamp column"),
+        (lambda t: t.replace("distance: {type: integer, nullable: false,",
+                             "distance: {type: integer, nullable: false, offsets: convert,"), "offsets applies"),
+        (lambda t: t.replace("distance: {type: integer, nullable: false,",
+                             "distance: {type: integer, nullable: false, growing: true,"), "growing column has no max"),
         (lambda t: t.replace("carrier: {type: string, nullable: false", "carrier: {type: string, nullable: true"),
          "must have nullable: false"),
         (lambda t: re.sub(r"max_rows: \d+", "max_rows: 0", t), "batch.max_rows"),
