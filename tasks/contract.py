@@ -421,7 +421,8 @@ def check_config_against_table(config: ModelConfig, table: TableDescription, con
             problems.append(f"{field} '{column}' is not a column of table '{table.name}'{close}")
             continue
         if kind not in usable:
-            problems.append(f"{field} '{column}' is a {kind} column in table '{table.name}'; it must be {wanted}")
+            declared = table.types.get(column, kind)
+            problems.append(f"{field} '{column}' is {declared} in table '{table.name}'; it must be {wanted}")
         if role in ("numeric", "categorical", "target"):
             if column in seen and seen[column] != field:
                 problems.append(f"{field} '{column}' is already {seen[column]}")

@@ -363,12 +363,14 @@ class TableDescription:
         name: The table, schema included.
         columns: Column name to kind: `integer`, `float`, `string`, `datetime`, `boolean`, `untyped` (a
             SQLite column declared without a type) or `other`.
+        types: Column name to its type as the database declares it, for messages.
         sampled_rows: Rows sampled to judge the key.
         key_duplicates: Sampled rows that share their key with another sampled row (0 without a key).
     """
 
     name: str
     columns: dict[str, str]
+    types: dict[str, str] = field(default_factory=dict)
     sampled_rows: int = 0
     key_duplicates: int = 0
 
@@ -378,7 +380,8 @@ def column_kind(column_type: sa.types.TypeEngine[Any]) -> str:
     kinds: list[tuple[type[Any], str]] = [
         (sa.Boolean, "boolean"),
         (sa.Integer, "integer"),
-        (sa.Numeric, "float"),  # Float is a Numeric
+        (sa.Float, "float"),
+        (sa.Numeric, "float"),
         (sa.DateTime, "datetime"),
         (sa.Date, "datetime"),
         (sa.String, "string"),
@@ -397,6 +400,7 @@ def describe_table(
     """
     source = reflect_table(warehouse, table)
     columns = {column.name: column_kind(column.type) for column in source.columns}
+    types = {column.name: _type_name(column.type) for column in source.columns}
     sampled = duplicates = 0
     if key and all(name in source.c for name in key):
         query = sa.select(*[source.c[name] for name in key]).limit(sample_rows)
@@ -404,7 +408,16 @@ def describe_table(
             sample = pd.read_sql(query, connection)
         sampled = len(sample)
         duplicates = int(sample.duplicated(list(key), keep=False).sum())
-    return TableDescription(warehouse.name_of(table), columns, sampled, duplicates)
+    return TableDescription(warehouse.name_of(table), columns, types, sampled, duplicates)
+
+
+def _type_name(column_type: sa.types.TypeEngine[Any]) -> str:
+    if isinstance(column_type, sa.types.NullType):
+        return "untyped"
+    try:
+        return str(column_type)
+    except sa.exc.CompileError:
+        return type(column_type).__name__
 
 
 # Which source rows a batch may hold is decided on timestamps parsed in Python (`retrain.clock`), the same

@@ -6,14 +6,20 @@ Assertions read the returned outcome, the raised error and the warehouse tables,
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.events import Event
@@ -22,32 +28,46 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFi
 from flows.ingest import ingest_new_rows, ingest_when_new_rows
 from retrain.config import load_model_config
 from retrain.errors import DataContractError
+from retrain.settings import get_settings
 from tasks.validation import BatchRefused, count_new_rows
 from tasks.warehouse import (
     BATCH_COLUMN,
+    BATCH_LEDGER,
+    create_warehouse_engine,
     get_warehouse,
+    has_table,
+    hold_lock,
     read_batches,
     read_quarantine,
+    read_table,
     write_frame,
 )
-from tests.conftest import write_model_config
+from tests.conftest import POSTGRES_URL, REPO, write_model_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 MODEL = "flights-delay"
+SOURCE = "flights"
+KEY = ["time_hour", "carrier", "flight", "origin"]
 SPLIT = datetime(2013, 1, 3)  # about half of the 3000 rows on either side
 
 
-def load_source(frame: pd.DataFrame, if_exists: str = "replace") -> None:
-    engine, schema = get_warehouse()
-    write_frame(engine, frame, "flights", schema=schema, if_exists=if_exists)
+def load_source(frame: pd.DataFrame, if_exists: str = "replace", table: str = SOURCE) -> None:
+    write_frame(get_warehouse(), frame, table, if_exists=if_exists)
 
 
-def clean_rows() -> pd.DataFrame:
-    engine, _ = get_warehouse()
-    if not sa.inspect(engine).has_table("flights_clean"):
+def clean_rows(table: str = "flights_clean", timestamp: str = "time_hour") -> pd.DataFrame:
+    """The clean table in the order rows landed."""
+    warehouse = get_warehouse()
+    if not has_table(warehouse, table):
         return pd.DataFrame()
-    return pd.read_sql("SELECT * FROM flights_clean", engine, parse_dates=["time_hour"])
+    frame = read_table(warehouse, table)
+    frame[timestamp] = pd.to_datetime(frame[timestamp])
+    return frame
+
+
+def quarantine_rows(table: str = "flights_quarantine") -> pd.DataFrame:
+    return read_quarantine(get_warehouse(), table)
 
 
 @pytest.fixture
@@ -72,7 +92,7 @@ def test_first_batch_lands_everything_and_is_recorded(config_path: str, source: 
     landed = clean_rows()
     assert len(landed) == len(source) and set(landed[BATCH_COLUMN]) == {outcome.batch_id}
     pd.testing.assert_series_equal(landed["distance"], source["distance"].reset_index(drop=True), check_dtype=False)
-    ledger = read_batches(get_warehouse()[0], MODEL)
+    ledger = read_batches(get_warehouse(), SOURCE)
     assert ledger[["batch_id", "status", "rows_read", "rows_clean"]].values.tolist() == [
         [outcome.batch_id, "passed", len(source), len(source)]
     ]
@@ -80,7 +100,7 @@ def test_first_batch_lands_everything_and_is_recorded(config_path: str, source: 
     assert count_new_rows.fn(config) == 0
 
     arrived = wait_for_event("retrain.data.arrived", f"retrain.model.{MODEL}", outcome.batch_id)
-    assert arrived.payload == {"model": MODEL, "batch_id": outcome.batch_id, "read": len(source),
+    assert arrived.payload == {"model": MODEL, "source": SOURCE, "batch_id": outcome.batch_id, "read": len(source),
                                "clean": len(source), "coerced": 0, "quarantined": 0}
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
@@ -129,7 +149,7 @@ def test_rerunning_the_same_range_adds_nothing(config_path: str, source: pd.Data
 
     assert again == first
     assert len(clean_rows()) == first.clean == int((source["time_hour"] < end).sum())
-    assert len(read_batches(get_warehouse()[0], MODEL)) == 1
+    assert len(read_batches(get_warehouse(), SOURCE)) == 1
 
 
 def test_rerunning_with_nothing_new_is_an_empty_batch_and_adds_nothing(config_path: str) -> None:
@@ -140,7 +160,7 @@ def test_rerunning_with_nothing_new_is_an_empty_batch_and_adds_nothing(config_pa
 
     assert (raised.value.rule, raised.value.observed) == ("row_count", 0)
     assert len(clean_rows()) == first.clean
-    assert read_batches(get_warehouse()[0], MODEL)["status"].tolist() == ["passed", "refused"]
+    assert read_batches(get_warehouse(), SOURCE)["status"].tolist() == ["passed", "refused"]
 
 
 def test_a_contract_may_let_an_empty_batch_pass(config_path: str) -> None:
@@ -184,8 +204,7 @@ def test_refused_batch_is_recorded_then_lands_once_after_the_fix(
     assert (refused.status, refused.read, refused.clean, refused.quarantined) == ("refused", 3000, 0, 3000)
     assert refused.reasons == {"out_of_range:distance": 1500, "batch_refused:bad_share": 1500}
     assert clean_rows().empty
-    engine, _ = get_warehouse()
-    quarantine = read_quarantine(engine, "flights_quarantine", refused.batch_id)
+    quarantine = read_quarantine(get_warehouse(), "flights_quarantine", refused.batch_id)
     assert len(quarantine) == 3000 and quarantine["source_row"].tolist() == list(range(3000))
     assert json.loads(quarantine["raw"].iloc[0])["distance"] == -1
     assert json.loads(quarantine["reasons"].iloc[0]) == ["out_of_range:distance"]
@@ -196,7 +215,7 @@ def test_refused_batch_is_recorded_then_lands_once_after_the_fix(
     with pytest.raises(DataContractError):
         ingest_new_rows(config_path=config_path)  # nothing new: an empty batch, nothing appended
     assert len(clean_rows()) == 3000
-    assert read_batches(engine, MODEL)["status"].tolist() == ["refused", "passed", "refused"]
+    assert read_batches(get_warehouse(), SOURCE)["status"].tolist() == ["refused", "passed", "refused"]
 
 
 def test_dirty_text_in_the_warehouse_is_coerced_or_quarantined_with_raw_values(
@@ -219,7 +238,7 @@ def test_dirty_text_in_the_warehouse_is_coerced_or_quarantined_with_raw_values(
     landed = clean_rows()
     assert len(landed) == outcome.clean == len(source) - 2
     assert landed["dep_time"].iloc[0] == 517
-    quarantine = read_quarantine(get_warehouse()[0], "flights_quarantine", outcome.batch_id)
+    quarantine = read_quarantine(get_warehouse(), "flights_quarantine", outcome.batch_id)
     raw = [json.loads(text) for text in quarantine["raw"]]
     assert [row["dep_time"] for row in raw] == ["abc", dirty["dep_time"].iloc[2]]
     assert raw[1]["time_hour"] == "not a time"
@@ -276,18 +295,18 @@ def test_ingest_on_postgresql_lands_once_and_refuses_an_overlap(
 
     assert (first.read, rest.read, rest.range_start) == (early, len(source) - early, SPLIT)
     assert raised.value.outcome.reasons["duplicate_key:across_batches"] == early
-    engine, schema = get_warehouse()
-    assert schema == postgres_warehouse
-    with engine.connect() as connection:
-        landed = connection.execute(sa.text(f'SELECT count(*) FROM "{schema}".flights_clean')).scalar_one()
+    warehouse = get_warehouse()
+    assert warehouse.schema == postgres_warehouse
+    with warehouse.engine.connect() as connection:
+        landed = connection.execute(sa.text(f'SELECT count(*) FROM "{warehouse.schema}".flights_clean')).scalar_one()
     assert landed == len(source)
-    assert read_batches(engine, MODEL, schema=schema)["status"].tolist() == ["passed", "passed", "refused"]
+    assert read_batches(warehouse, SOURCE)["status"].tolist() == ["passed", "passed", "refused"]
 
 
 def test_scheduled_poll_ingests_only_when_rows_arrived(config_path: str, source: pd.DataFrame) -> None:
     first = ingest_when_new_rows(config_path=config_path)
     assert first is not None and first.read == len(source) and first.status == "passed"
     assert ingest_when_new_rows(config_path=config_path) is None  # nothing new: no batch, no failure
-    assert len(read_batches(get_warehouse()[0], MODEL)) == 1
+    assert len(read_batches(get_warehouse(), SOURCE)) == 1
     with pytest.raises(BatchRefused):  # an explicit ingest of nothing is still refused
         ingest_new_rows(config_path=config_path)
