@@ -283,7 +283,7 @@ def coerce_column(values: pd.Series, rule: ColumnRule) -> CoercedColumn:
     if rule.type is ColumnType.FLOAT:
         return _coerce_number(values, rule, integer=False)
     if rule.type is ColumnType.DATETIME:
-        return _coerce_datetime(values, refuse_offsets=rule.offsets is TimestampOffsets.REFUSE)
+        return _coerce_datetime(values, refuse_offsets=rule.offsets == TimestampOffsets.REFUSE)
     return _coerce_string(values)
 
 
