@@ -335,6 +335,18 @@ def read_table(warehouse: Warehouse, table: str) -> pd.DataFrame:
         return pd.read_sql(sa.select(source), connection)
 
 
+def create_declared_table(warehouse: Warehouse, table: sa.Table) -> sa.Table:
+    """Create one of our tables if it is missing; another process creating it at the same moment is fine."""
+    try:
+        with warehouse.engine.begin() as connection:
+            table.create(connection, checkfirst=True)
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+        # Another process created it between our check and our CREATE: what we wanted.
+        if not has_table(warehouse, table.name):
+            raise
+    return table
+
+
 def _reflect_ours(connection: sa.Connection, declared: sa.Table) -> sa.Table | None:
     """One of our tables as stored (None before its first write); one written by an older Retrain is an error."""
     schema = declared.schema
@@ -659,12 +671,11 @@ def record_batch(
             possible without the source lock); nothing of this batch was written.
     """
     schema = warehouse.schema
+    ledger = create_declared_table(warehouse, batch_ledger(schema))  # shared by every source
+    create_declared_table(warehouse, quarantine_table)
     try:
         with warehouse.engine.begin() as connection:
-            ledger = batch_ledger(schema)
-            ledger.create(connection, checkfirst=True)
             _reflect_ours(connection, ledger)
-            quarantine_table.create(connection, checkfirst=True)
             _reflect_ours(connection, quarantine_table)
             if len(quarantine):
                 quarantine.to_sql(
@@ -869,15 +880,7 @@ def _busy(name: str, wait: float, current: LockHolder | None) -> Busy:
 
 
 def _create_lock_table(warehouse: Warehouse) -> sa.Table:
-    table = lock_table(warehouse.schema)
-    try:
-        with warehouse.engine.begin() as connection:
-            table.create(connection, checkfirst=True)
-    except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
-        # Another process created it between our check and our CREATE: what we wanted.
-        if not has_table(warehouse, LOCK_TABLE):
-            raise
-    return table
+    return create_declared_table(warehouse, lock_table(warehouse.schema))
 
 
 @contextlib.contextmanager
