@@ -415,12 +415,20 @@ def describe_table(
     types = {column.name: _type_name(column.type) for column in source.columns}
     sampled = duplicates = 0
     if key and all(name in source.c for name in key):
-        query = sa.select(*[source.c[name] for name in key]).limit(sample_rows)
+        query = sa.select(*[_as_stored(source.c[name]) for name in key]).limit(sample_rows)
         with warehouse.engine.connect() as connection:
             sample = pd.read_sql(query, connection)
         sampled = len(sample)
         duplicates = int(sample.duplicated(list(key), keep=False).sum())
     return TableDescription(warehouse.name_of(table), columns, types, sampled, duplicates)
+
+
+def _as_stored(column: sa.Column[Any]) -> sa.ColumnElement[Any]:
+    """A column as the database returns it: SQLAlchemy's date/time parsing would fail on a malformed value
+    (or on SQLite, where they are text, turn it into an error far from its row)."""
+    if isinstance(column.type, sa.Date | sa.DateTime | sa.Time):
+        return sa.type_coerce(column, sa.String).label(column.name)
+    return column
 
 
 def _type_name(column_type: sa.types.TypeEngine[Any]) -> str:
@@ -517,11 +525,7 @@ def read_source_rows(
     """
     source = reflect_table(warehouse, table)
     column = _source_column(warehouse, source, timestamp)
-    selected = [
-        sa.type_coerce(c, sa.String).label(c.name) if isinstance(c.type, sa.Date | sa.DateTime | sa.Time) else c
-        for c in source.c
-    ]
-    query = sa.select(*selected).order_by(column)
+    query = sa.select(*[_as_stored(c) for c in source.c]).order_by(column)
     clause = _candidate_clause(warehouse, column, lower, upper)
     if clause is not None:
         query = query.where(clause)

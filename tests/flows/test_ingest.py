@@ -218,6 +218,24 @@ def test_refused_batch_is_recorded_then_lands_once_after_the_fix(
     assert read_batches(get_warehouse(), SOURCE)["status"].tolist() == ["refused", "passed", "refused"]
 
 
+def test_garbage_in_a_timestamp_typed_column_is_quarantined_not_a_crash(
+    retrain_home: Path, source: pd.DataFrame
+) -> None:
+    """A TIMESTAMP column on SQLite holds whatever text is appended to it: every read takes values as stored."""
+    early, late = source[source["time_hour"] < SPLIT], source[source["time_hour"] >= SPLIT]
+    load_source(early)  # time_hour is declared TIMESTAMP
+    config_path = str(write_model_config(retrain_home.parent))
+    first = ingest_new_rows(config_path=config_path)
+    odd = late.tail(2).assign(time_hour=["garbage", "2013-01-09T20:00:00-05:00"], flight=[9991, 9992])
+    load_source(pd.concat([with_text_times(late), odd]), if_exists="append")  # text beside the stored timestamps
+
+    second = ingest_new_rows(config_path=config_path)
+
+    assert (second.range_start, second.read, second.clean, second.reasons) == (
+        first.range_end, len(late) + 2, len(late) + 1, {"unparseable:time_hour": 1})
+    assert clean_rows()["time_hour"].max() == pd.Timestamp("2013-01-10 01:00")
+
+
 def test_dirty_text_in_the_warehouse_is_coerced_or_quarantined_with_raw_values(
     retrain_home: Path, source: pd.DataFrame
 ) -> None:
