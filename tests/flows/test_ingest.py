@@ -28,7 +28,7 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFi
 
 from flows.ingest import ingest_new_rows, ingest_when_new_rows
 from retrain.config import load_model_config
-from retrain.errors import DataContractError
+from retrain.errors import ConfigError, DataContractError
 from retrain.settings import get_settings
 from tasks.validation import BatchRefused, count_new_rows
 from tasks.warehouse import (
@@ -655,3 +655,21 @@ def test_two_ingests_of_one_source_started_together_land_one_copy(
         distinct = connection.execute(sa.select(sa.func.count()).select_from(keys)).scalar_one()
     assert landed == distinct == len(rows)
     assert read_batches(warehouse, SOURCE)["rows_clean"].sum() == len(rows)
+
+
+def test_a_bad_config_fails_the_flow_once_without_retries(config_path: str) -> None:
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+
+    broken = write_model_config(Path(config_path).parent, target={"column": "arr_dealy", "task": "regression"})
+
+    state = ingest_new_rows(config_path=str(broken), return_state=True)
+
+    assert state.is_failed()
+    with pytest.raises(ConfigError, match="target.column 'arr_dealy'"):
+        state.result()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
+    assert [(run.name.rsplit("-", 1)[0], run.run_count) for run in runs] == [("check_source_config", 1)]
+    assert not has_table(get_warehouse(), BATCH_LEDGER)
