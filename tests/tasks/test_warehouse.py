@@ -295,3 +295,23 @@ def test_only_transient_failures_are_retried(error: Exception, transient: bool) 
 
     assert is_transient(error) is transient
     assert retry_if_transient(None, None, Failed(data=error)) is transient
+
+
+def test_a_postgresql_timestamptz_source_is_read_as_instants(postgres_schema: tuple[str, str]) -> None:
+    url, schema = postgres_schema
+    # sessions in another time zone than UTC must not move the range
+    engine = sa.create_engine(url, connect_args={"options": "-c timezone=Asia/Tokyo"})
+    warehouse = Warehouse(engine, schema)
+    table = f"tz_{uuid.uuid4().hex[:6]}"
+    instants = pd.Series(pd.to_datetime(["2013-01-01 22:00", "2013-01-02 01:00", "2013-01-02 03:00"]))
+    frame = pd.DataFrame({"ts": instants.dt.tz_localize("UTC").dt.tz_convert("America/New_York"), "id": [1, 2, 3]})
+    try:
+        write_frame(warehouse, frame, table)  # TIMESTAMP WITH TIME ZONE
+        candidates = read_source_rows(warehouse, table, "ts", datetime(2013, 1, 2), datetime(2013, 1, 2, 2))
+        chosen = select_batch(candidates, "ts", datetime(2013, 1, 2), datetime(2013, 1, 2, 2), end_requested=True)
+        after = count_rows_after(warehouse, table, "ts", datetime(2013, 1, 2, 2))
+    finally:
+        engine.dispose()
+
+    assert candidates["id"].tolist() == [2] and chosen.frame["id"].tolist() == [2]
+    assert after == 1
