@@ -77,7 +77,9 @@ def ingest_when_new_rows(config_path: str, as_of: datetime | None = None) -> Bat
 
     New rows are counted under the source's lock, so when another run has just ingested them this
     returns None ("nothing new") instead of failing on the empty-batch rule; failed runs keep meaning that
-    something is wrong. An explicit `retrain ingest` still refuses an empty batch.
+    something is wrong. Only rows with a usable timestamp count: a row whose timestamp is null or
+    unparseable waits for the next batch that brings dated rows, instead of being a batch of bad rows on
+    its own at every poll. An explicit `retrain ingest` still refuses an empty batch.
 
     Args:
         config_path: The model config YAML; the data contract is found beside it.
@@ -97,7 +99,7 @@ def ingest_when_new_rows(config_path: str, as_of: datetime | None = None) -> Bat
     with source_lock(config):
         plan = plan_batch(config, contract, as_of=as_of)
         rows = read_batch_rows(config, plan)
-        if not rows.count:
+        if not rows.timed_count:
             return None
         return land_batch(config, contract, plan, rows)
 

@@ -190,6 +190,11 @@ class BatchRows:
     def count(self) -> int:
         return len(self.frame)
 
+    @property
+    def timed_count(self) -> int:
+        """Rows with a usable timestamp: what makes a batch worth starting on a schedule."""
+        return len(self.frame) - len(self.fingerprints)
+
 
 @dataclass(frozen=True)
 class BatchOutcome:
@@ -1098,13 +1103,14 @@ def read_batch_rows(config: ModelConfig, plan: BatchPlan) -> BatchRows:
 
 @task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
 def count_new_rows(config: ModelConfig, as_of: datetime | None = None) -> int:
-    """Rows an open-ended ingest as of `as_of` would read now: those dated from the watermark up to the horizon,
-    and rows without a usable timestamp not yet quarantined.
+    """Rows an open-ended ingest as of `as_of` would read, dated from the watermark up to the horizon.
 
-    Outside the source lock this is only a hint; `flows.ingest.ingest_when_new_rows` counts inside it.
+    Rows without a usable timestamp are not counted: alone they would make a batch of nothing but bad rows,
+    refused (and so read again) at every poll; they join the next batch that brings dated rows. Outside the
+    source lock this is only a hint; `flows.ingest.ingest_when_new_rows` counts inside it.
     """
     plan = _plan(config, read_contract(config.contract_path), None, None, as_of)
-    return _select(config, plan).count
+    return _select(config, plan).timed_count
 
 
 @task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)

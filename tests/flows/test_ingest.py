@@ -378,20 +378,23 @@ def test_odd_timestamps_never_move_the_watermark_and_no_row_lands_twice(
     }
     assert keys_and_times(clean_rows()) == expected  # the offset converted its own value and shifted no other
 
+    lone = with_text_times(late.tail(1)).assign(time_hour="31/12/2013", flight=9995)  # a bad row arrives alone
+    load_source(lone, if_exists="append")
+    assert ingest_when_new_rows(config_path=config_path) is None  # no batch of nothing but a bad row
     load_source(with_text_times(late), if_exists="append")
     second = ingest_new_rows(config_path=config_path)
 
-    assert (second.range_start, second.read, second.clean, second.quarantined) == (first.range_end, len(late),
-                                                                                  len(late), 0)
-    assert ingest_when_new_rows(config_path=config_path) is None  # the unparseable row is not read again
+    assert (second.range_start, second.read, second.clean) == (first.range_end, len(late) + 1, len(late))
+    assert second.reasons == {"unparseable:time_hour": 1}  # the lone row rode along with the dated ones
+    assert ingest_when_new_rows(config_path=config_path) is None  # unparseable rows are not read again
     landed = clean_rows()
     assert len(landed) == len(source) + 2 and not landed.duplicated(KEY).any()
     assert keys_and_times(landed) == expected | keys_and_times(late)
-    assert len(quarantine_rows()) == 1
+    assert len(quarantine_rows()) == 2
 
     arrived = ingest_when_new_rows(config_path=config_path, as_of=datetime(2099, 1, 1, 0, 30))
     assert arrived is not None and (arrived.read, arrived.clean, arrived.waiting) == (1, 1, 0)  # its time came
-    assert len(clean_rows()) == len(source) + 3 and len(quarantine_rows()) == 1
+    assert len(clean_rows()) == len(source) + 3 and len(quarantine_rows()) == 2
 
 
 def test_a_replay_reads_the_same_batches_as_living_through_it(
