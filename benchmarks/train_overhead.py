@@ -81,8 +81,7 @@ def main() -> None:
     frame = read_flights_example().head(ROWS)
     end = (frame["time_hour"].max()).isoformat()
     frame = frame[frame["time_hour"] < frame["time_hour"].max()]  # the window is half-open
-    engine, schema = get_warehouse()
-    write_frame(engine, frame, "flights", schema=schema, if_exists="replace")
+    write_frame(get_warehouse(), frame, "flights", if_exists="replace")
 
     warm = time.perf_counter()
     train_model(config_path=str(write_config(seed=1, trials=1, end=end)))

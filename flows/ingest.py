@@ -1,7 +1,8 @@
-"""The ingest flow: validate the source rows that arrived since the last batch and land the clean ones.
+"""The ingest flows: validate the source rows that arrived since the last batch and land the clean ones.
 
-Wiring only; the work lives in `tasks.validation` (coercion, rules, verdict) and `tasks.warehouse`
-(ranges, ledger, writes).
+Wiring only; the work lives in `tasks.validation` (batch plan, row selection, coercion, rules, verdict)
+and `tasks.warehouse` (reads, ledger, writes, the lock). Both flows hold the source's lock
+(`source:<table>`) from planning to recording, so two ingests of one source never read the same rows.
 """
 
 from __future__ import annotations
@@ -10,18 +11,23 @@ from datetime import datetime
 
 from prefect import flow
 
-from retrain.config import load_model_config
+from retrain.config import ModelConfig, load_model_config
+from tasks.contract import Contract
 from tasks.validation import (
     REFUSED,
     BatchOutcome,
+    BatchPlan,
     BatchRefused,
+    BatchRows,
     announce_data_arrived,
+    check_source_config,
     count_new_rows,
     plan_batch,
     publish_batch_report,
     read_batch_rows,
     read_model_contract,
     record_batch,
+    source_lock,
     validate_new_rows,
 )
 
@@ -33,33 +39,75 @@ def ingest_new_rows(
     config_path: str,
     start: datetime | None = None,
     end: datetime | None = None,
-    reference_time: datetime | None = None,
+    as_of: datetime | None = None,
 ) -> BatchOutcome:
-    """Validate the rows in `[start, end)` (default: since the last passed batch) and append the clean ones.
+    """Validate the rows in `[start, end)` (default: since the source's watermark) and append the clean ones.
 
     Args:
         config_path: The model config YAML; the data contract is found beside it.
-        start: First timestamp to read (naive UTC); default the watermark of the last passed batch.
-        end: Timestamp to read up to, excluded; default everything there is.
-        reference_time: "Now" for the freshness and future-timestamp rules; default the wall clock.
+        start: First instant to read (naive UTC); default the end of the source's last passed batch.
+        end: Instant to read up to, excluded; default the newest row dated before `as_of` plus the
+            contract's future tolerance (rows dated later have not arrived yet).
+        as_of: The run's clock for the future and freshness rules; default `retrain.clock.now()`.
 
     Raises:
+        ConfigError: the config does not fit the source table or contract, or `start` is not before `end`.
+        Busy: another ingest of the source held its lock for longer than `lock_wait_seconds`.
         DataContractError: (as `BatchRefused`, carrying the outcome) the batch broke a batch rule; its
             rows were quarantined and recorded, nothing was appended to the clean table.
     """
-    # configuration and contract
+    # configuration, checked against the table and contract before any work
     config = load_model_config(config_path)
+    check_source_config(config)
     contract = read_model_contract(config)
 
-    # which rows: a new range, or the outcome of an identical ingest that already passed
-    plan = plan_batch(config, start=start, end=end, reference_time=reference_time)
-    if plan.replay is not None:
-        return plan.replay
+    # one writer per source: plan, read, validate and record under its lock
+    with source_lock(config):
+        # which rows: a new range, or the outcome of an identical ingest that already passed
+        plan = plan_batch(config, contract, start=start, end=end, as_of=as_of)
+        if plan.replay is not None:
+            return plan.replay
+        rows = read_batch_rows(config, plan)
+        return land_batch(config, contract, plan, rows)
 
-    # read, validate, judge, record (clean + quarantine + ledger in one transaction)
-    frame = read_batch_rows(config, plan)
-    result = validate_new_rows(config, contract, plan, frame)
-    outcome = record_batch(config, contract, plan, result)
+
+@flow(name="ingest-when-new-rows", log_prints=False)
+def ingest_when_new_rows(config_path: str, as_of: datetime | None = None) -> BatchOutcome | None:
+    """Ingest only if rows arrived since the last batch: what schedules and the training flow call.
+
+    New rows are counted under the source's lock, so when another run has just ingested them this
+    returns None ("nothing new") instead of failing on the empty-batch rule; failed runs keep meaning that
+    something is wrong. Only rows with a usable timestamp count: a row whose timestamp is null or
+    unparseable waits for the next batch that brings dated rows, instead of being a batch of bad rows on
+    its own at every poll. An explicit `retrain ingest` still refuses an empty batch.
+
+    Args:
+        config_path: The model config YAML; the data contract is found beside it.
+        as_of: The run's clock; default `retrain.clock.now()`. A replay passes the instant it replays, so
+            rows dated after it (plus the future tolerance) are not read: they have not arrived yet.
+
+    Returns:
+        The batch's outcome, or None when there was nothing new.
+
+    Raises:
+        ConfigError, Busy, DataContractError: as `ingest_new_rows`.
+    """
+    config = load_model_config(config_path)
+    check_source_config(config)
+    contract = read_model_contract(config)
+
+    with source_lock(config):
+        plan = plan_batch(config, contract, as_of=as_of)
+        rows = read_batch_rows(config, plan)
+        if not rows.timed_count:
+            return None
+        return land_batch(config, contract, plan, rows)
+
+
+def land_batch(config: ModelConfig, contract: Contract, plan: BatchPlan, rows: BatchRows) -> BatchOutcome:
+    """Validate, judge and record a batch (clean + quarantine + ledger in one transaction), then report it."""
+    result = validate_new_rows(config, contract, plan, rows)
+    outcome = record_batch(config, contract, plan, rows, result)
     publish_batch_report(config, outcome, result)
 
     # abort rule: a refused batch fails the run, so nothing downstream starts
@@ -70,20 +118,3 @@ def ingest_new_rows(
     if outcome.clean:
         announce_data_arrived(config, outcome)
     return outcome
-
-
-@flow(name="ingest-when-new-rows", log_prints=False)
-def ingest_when_new_rows(config_path: str) -> BatchOutcome | None:
-    """Ingest only if rows arrived since the last batch: what schedules and the training flow call.
-
-    A scheduled poll that finds nothing new completes with no batch instead of failing on the empty-batch
-    rule, so failed runs keep meaning something is wrong; an explicit `retrain ingest` still refuses an
-    empty batch.
-
-    Args:
-        config_path: The model config YAML; the data contract is found beside it.
-    """
-    config = load_model_config(config_path)
-    if not count_new_rows(config):
-        return None
-    return ingest_new_rows(config_path=config_path)

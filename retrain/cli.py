@@ -170,9 +170,8 @@ def load_example(
         from tasks.warehouse import get_warehouse, write_frame
 
         model = load_model_config(config)
-        engine, schema = get_warehouse()
         frame = read_flights_example(until=until)
-        rows = write_frame(engine, frame, model.source.table, schema=schema, if_exists="replace")
+        rows = write_frame(get_warehouse(), frame, model.source.table, if_exists="replace")
     result = {
         "table": model.source.table,
         "rows": rows,
@@ -252,19 +251,24 @@ def contract_infer(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Write the data contract beside the model config from the source table as it is now."""
+    """Write the data contract beside the model config from the source table as it is now.
+
+    The config is checked against the table first: a misspelled column fails here, naming the field.
+    """
     prepare_environment()
     model = load_model_config(config)
+    with stdout_to_stderr():
+        from tasks.contract import check_model_source, infer_contract, write_contract
+        from tasks.warehouse import get_warehouse, read_source_rows
+
+        warehouse = get_warehouse()
+        check_model_source(model, warehouse, with_contract=False)
     path = model.contract_path
     if path.exists() and not force:
         result = {"contract": path, "written": False, "columns": None, "rows": None}
         finish(result, as_json, lambda r: f"kept the existing contract {r['contract']} (use --force to overwrite)")
     with stdout_to_stderr():
-        from tasks.contract import infer_contract, write_contract
-        from tasks.warehouse import get_warehouse, read_window
-
-        engine, schema = get_warehouse()
-        frame = read_window(engine, model.source.table, model.source.timestamp, None, None, schema=schema)
+        frame = read_source_rows(warehouse, model.source.table, model.source.timestamp)
         contract = write_contract(infer_contract(frame, model), path)
     result = {"contract": contract, "written": True, "columns": len(frame.columns), "rows": len(frame)}
     finish(result, as_json, lambda r: f"wrote {r['contract']} ({r['columns']} columns, from {r['rows']:,} rows)")
@@ -274,20 +278,37 @@ def contract_infer(
 def ingest(
     config: ConfigOption,
     start: Annotated[
-        datetime | None, typer.Option(help="First UTC timestamp to read (default: the watermark).")
+        datetime | None, typer.Option(help="First UTC timestamp to read (default: the source's watermark).")
     ] = None,
     end: Annotated[datetime | None, typer.Option(help="UTC timestamp to read up to, excluded.")] = None,
+    as_of: Annotated[
+        datetime | None,
+        typer.Option("--as-of", help="The run's clock (UTC): rows dated later have not arrived yet (default: now)."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Validate the source rows that arrived since the last batch; append the clean ones, quarantine the rest."""
+    """Validate the source rows that arrived since the last batch; append the clean ones, quarantine the rest.
+
+    Exits 0 when the batch passed, 1 when it was refused, 2 on a config that does not fit the table (checked
+    before any flow starts), 4 when another ingest of the source held its lock for too long.
+    """
     prepare_environment()
     model = load_model_config(config)
+    if start is not None and end is not None and start >= end:
+        raise typer.BadParameter(
+            f"{start.isoformat()} is not before --end {end.isoformat()}: nothing was read or written",
+            param_hint="--start",
+        )
     with stdout_to_stderr():
+        from tasks.contract import check_model_source
+        from tasks.warehouse import get_warehouse
+
+        check_model_source(model, get_warehouse())
         from flows.ingest import ingest_new_rows
         from tasks.validation import BatchRefused
 
         try:
-            outcome = ingest_new_rows(config_path=str(config), start=start, end=end)
+            outcome = ingest_new_rows(config_path=str(config), start=start, end=end, as_of=as_of)
             code = ExitCode.OK
         except BatchRefused as refusal:
             outcome, code = refusal.outcome, refusal.exit_code
@@ -301,8 +322,7 @@ def ingest(
 def _quarantined_rows(table: str, batch_id: str, limit: int = 20) -> list[dict[str, Any]]:
     from tasks.warehouse import get_warehouse, read_quarantine
 
-    engine, schema = get_warehouse()
-    frame = read_quarantine(engine, table, batch_id, limit=limit, schema=schema)
+    frame = read_quarantine(get_warehouse(), table, batch_id, limit=limit)
     return frame.to_dict("records")
 
 
@@ -320,13 +340,16 @@ def _print_quarantine(batch_id: str, rows: list[dict[str, Any]]) -> None:
 
 def _render_batch(result: dict[str, Any]) -> str:
     lines = [
-        f"batch      {result['batch_id']}  [{result['range_start'] or 'start'}, {result['range_end'] or 'open'})",
+        f"batch      {result['batch_id']}  {result['source']} [{result['range_start'] or 'start'}, "
+        f"{result['range_end'] or 'open'}) as of {result['as_of']}",
         f"rows       read {result['read']:,}  clean {result['clean']:,}  coerced {result['coerced']:,}"
         f"  quarantined {result['quarantined']:,}",
     ]
     lines += [f"  {count:>9,}  {reason}" for reason, count in result["reasons"].items()]
     if result["unknown_columns"]:
         lines.append(f"unknown    {', '.join(result['unknown_columns'])} (reported, not ingested)")
+    if result["waiting"]:
+        lines.append(f"waiting    {result['waiting']:,} rows dated after as_of + tolerance (read once that time comes)")
     violation = result["violation"]
     verdict = f"{result['status']}"
     if violation:

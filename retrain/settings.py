@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     mlflow_artifact_location: str | None = None
     optuna_storage: SecretStr | None = None
     actor: str = Field(default_factory=lambda: os.environ.get("USER", "retrain"))
+    lock_wait_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="How long a run waits for another run of the same source or model to finish before it "
+        "gives up as busy (exit 4).",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -181,18 +181,16 @@ def load_training_snapshot(config: ModelConfig) -> pd.DataFrame:
     """The training window of the clean (validated) table; retried because a warehouse can blink."""
     from tasks.warehouse import get_warehouse, read_window
 
-    engine, schema = get_warehouse()
     columns = list(dict.fromkeys([config.source.timestamp, *config.source.key, config.target.column,
                                   *config.features.all]))
     window = config.training_window
     frame = read_window(
-        engine,
+        get_warehouse(),
         config.source.clean,
         config.source.timestamp,
         window.start,
         window.end,
         columns=columns,
-        schema=schema,
         tie_breakers=config.source.key,
     )
     get_run_logger().info("read %d rows of '%s' in window %s", len(frame), config.source.clean, window)

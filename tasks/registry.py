@@ -39,26 +39,11 @@ from tasks.comparison import Decision, Verdict
 from tasks.features import PreparedData, encode_features
 from tasks.training import LIGHTGBM_METRIC, FittedModel, feature_importance
 from tasks.tuning import TuningResult
-from tasks.warehouse import append_rows, create_warehouse_engine, get_warehouse, ledger_table, read_window
+from tasks.warehouse import Warehouse, append_rows, audit_table, get_warehouse, open_warehouse, read_window
 
 logger = logging.getLogger(__name__)
 
 ALIASES = ("champion", "challenger", "canary", "previous")
-AUDIT_TABLE = "model_audit"
-AUDIT_COLUMNS = (
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("recorded_at", sa.DateTime, nullable=False),
-    sa.Column("model", sa.String(200), nullable=False),
-    sa.Column("event", sa.String(100), nullable=False),
-    sa.Column("alias", sa.String(50)),
-    sa.Column("version", sa.String(50)),
-    sa.Column("previous_version", sa.String(50)),
-    sa.Column("actor", sa.String(200), nullable=False),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("run_id", sa.String(64)),
-    sa.Column("flow_run_id", sa.String(64)),
-    sa.Column("metrics", sa.Text),
-)
 EVENT_FOR_ALIAS = {
     "champion": "retrain.model.promoted",
     "challenger": "retrain.model.registered",
@@ -83,12 +68,11 @@ class WarehouseDatasetSource(DatasetSource):
     def load(self, **_: Any) -> pd.DataFrame:
         """Read the snapshot again (the fingerprint tells whether it still has the same content)."""
         return read_window(
-            create_warehouse_engine(self.url),
+            open_warehouse(self.url, self.schema),
             self.table,
             self.timestamp,
             datetime.fromisoformat(self.start),
             datetime.fromisoformat(self.end),
-            schema=self.schema,
         )
 
     @staticmethod
@@ -381,7 +365,7 @@ def record_decision(
         "flow_run_id": flow_run.get_id(),
         "metrics": json.dumps(dict(metrics or {}), sort_keys=True),
     }
-    append_rows(engine, ledger_table(AUDIT_TABLE, AUDIT_COLUMNS, schema), [record])
+    append_rows(Warehouse(engine, schema), audit_table(schema), [record])
     emit_event(
         event=event,
         resource={"prefect.resource.id": f"retrain.model.{model_name}", "prefect.resource.name": model_name},
@@ -510,7 +494,8 @@ def release_model(
 ) -> TrainingOutcome:
     """Register a passing model and give it its alias; mark a failing one rejected and raise GateFailed."""
     client = MlflowClient()
-    engine, schema = get_warehouse()
+    store = get_warehouse()
+    engine, schema = store.engine, store.schema
     actor = f"flow run {flow_run.get_name()} ({get_settings().actor})"
     metrics = {f"holdout_{name}": value for name, value in fitted.metrics.all.items()}
     outcome = TrainingOutcome(

@@ -11,8 +11,19 @@ and nothing is lost.
 
 Reasons read `check:column`: `not_integer:dep_time`, `not_number:temp`, `null:carrier`,
 `out_of_range:distance`, `not_allowed:origin`, `too_long:tailnum`, `unparseable:time_hour`,
-`future:time_hour`, and for whole rows `duplicate_key:in_batch`, `duplicate_key:across_batches`,
-`batch_refused:<rule>`.
+`offset:time_hour` (an offset where the contract refuses them), `future:time_hour`, and for whole rows
+`duplicate_key:in_batch`, `duplicate_key:across_batches`, `batch_refused:<rule>`.
+
+Timestamps are parsed value by value (`retrain.clock.parse_timestamps`): a naive value is taken as UTC, a
+value with an offset is converted to UTC (or refused, as the contract says), and one value never changes
+another.
+
+Which source rows a batch holds is decided before validation, on the same parsed timestamps
+(`select_batch`): an open-ended batch holds the rows dated from the watermark up to the horizon (`as_of`
+plus the contract's future tolerance) and ends just after the newest of them; rows dated later have not
+arrived yet and wait for a later batch; a row without a usable timestamp joins the first batch that sees
+it and is known by its fingerprint afterwards. So a quarantined row never moves the watermark, and every
+source row is read by exactly one batch unless a person asks for a range again.
 
 Coercion is counted per row: `coerced` is the number of rows read in which at least one value had to
 be repaired. Parsing ISO 8601 timestamps stored as text is reading, not repairing (SQLite stores every
@@ -21,13 +32,16 @@ timestamp as text), so it is not counted.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
+import math
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -38,10 +52,20 @@ import pyarrow.compute as arrow_compute
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from retrain import clock
+from retrain.clock import as_naive_utc, parse_timestamps
 from retrain.config import ModelConfig
-from retrain.errors import DataContractError
+from retrain.errors import ConfigError, DataContractError
 from tasks import warehouse
-from tasks.contract import ColumnRule, ColumnType, Contract, UnknownColumns, read_contract
+from tasks.contract import (
+    ColumnRule,
+    ColumnType,
+    Contract,
+    TimestampOffsets,
+    UnknownColumns,
+    check_model_source,
+    read_contract,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,16 +82,6 @@ _PANDAS_DTYPES: dict[ColumnType, str | None] = {
     ColumnType.STRING: None,  # coercion already made every value a str; an element-wise dtype check only costs
     ColumnType.DATETIME: "datetime64[ns]",
 }
-
-
-def utc_now() -> datetime:
-    """Now as a naive UTC datetime, the warehouse's convention for timestamps."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def as_naive_utc(moment: datetime) -> datetime:
-    """A datetime in the warehouse's convention: aware ones are converted to UTC, naive ones kept."""
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo is not None else moment
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -99,7 +113,6 @@ class ValidationResult:
     reasons: dict[str, int]
     missing_columns: tuple[str, ...] = ()
     unknown_columns: tuple[str, ...] = ()
-    newest_read: datetime | None = None
     newest_clean: datetime | None = None
     violation: BatchViolation | None = None
     source: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
@@ -119,16 +132,68 @@ class ValidationResult:
 
 @dataclass(frozen=True)
 class BatchPlan:
-    """What one ingest run will read: the resolved source range, or an earlier outcome to replay."""
+    """What one ingest run will read, decided before anything is read: or an earlier outcome to replay.
+
+    Attributes:
+        batch_id: The new batch's id.
+        model: The model whose config started the run (the state belongs to the source).
+        source_table: The table read.
+        clean_table: The table clean rows land in; with the source, what the watermark belongs to.
+        range_start: First instant read (the watermark, or the requested start); None: from the beginning.
+        range_end: The requested end (excluded); None for an open-ended batch.
+        as_of: The clock of the run: "now" for the future and freshness rules.
+        horizon: `as_of` plus the contract's future tolerance: an open-ended batch reads rows dated before it.
+        started_at: When the run started (wall clock), for the ledger.
+        replay: The outcome of a passed batch with the same requested range: nothing is read again.
+    """
 
     batch_id: str
     model: str
+    source_table: str
+    clean_table: str
     range_start: datetime | None
     range_end: datetime | None
-    end_requested: bool
-    reference_time: datetime
+    as_of: datetime
+    horizon: datetime
     started_at: datetime
     replay: BatchOutcome | None = None
+
+    @property
+    def end_requested(self) -> bool:
+        return self.range_end is not None
+
+    @property
+    def upper(self) -> datetime:
+        """Where reading stops (excluded): the requested end, or the horizon."""
+        return self.range_end if self.range_end is not None else self.horizon
+
+
+@dataclass(frozen=True, eq=False)
+class BatchRows:
+    """The source rows one batch holds, chosen on parsed timestamps before validation.
+
+    Attributes:
+        frame: The rows, values exactly as stored, in the order read.
+        range_end: The end of the range the batch covers (excluded): the requested end, or just after the
+            newest row an open-ended batch holds (its start when it holds none).
+        fingerprints: Rows without a usable timestamp: position in `frame` to the fingerprint of their values.
+        waiting: Rows dated at or after the horizon, left for the batch whose `as_of` reaches them (open-ended
+            batches only).
+    """
+
+    frame: pd.DataFrame
+    range_end: datetime | None
+    fingerprints: dict[int, str] = field(default_factory=dict)
+    waiting: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.frame)
+
+    @property
+    def timed_count(self) -> int:
+        """Rows with a usable timestamp: what makes a batch worth starting on a schedule."""
+        return len(self.frame) - len(self.fingerprints)
 
 
 @dataclass(frozen=True)
@@ -148,12 +213,17 @@ class BatchOutcome:
     range_end: datetime | None = None
     violation: BatchViolation | None = None
     flow_run_id: str | None = None
+    source_table: str = ""
+    waiting: int = 0
+    as_of: datetime | None = None
 
     def summary(self) -> dict[str, Any]:
         """The fields `retrain ingest --json` prints."""
         return {
             "batch_id": self.batch_id,
             "model": self.model,
+            "source": self.source_table,
+            "as_of": self.as_of,
             "read": self.read,
             "clean": self.clean,
             "coerced": self.coerced,
@@ -163,6 +233,7 @@ class BatchOutcome:
             "unknown_columns": list(self.unknown_columns),
             "range_start": self.range_start,
             "range_end": self.range_end,
+            "waiting": self.waiting,
             "violation": None if self.violation is None else {
                 "rule": self.violation.rule,
                 "observed": self.violation.observed,
@@ -190,12 +261,19 @@ class BatchRefused(DataContractError):
 
 @dataclass(frozen=True, eq=False)
 class CoercedColumn:
-    """One column in its contract type, with which rows were repaired and which could not be."""
+    """One column in its contract type, with which rows were repaired and which could not be.
+
+    `failed` rows could not be read (reason `failure`); `refused` rows were read but are in a form the
+    contract refuses (reason `refusal`: a timestamp with an offset under `offsets: refuse`). Both are null
+    in `values`.
+    """
 
     values: pd.Series
     coerced: np.ndarray
     failed: np.ndarray
     failure: str
+    refused: np.ndarray | None = None
+    refusal: str = ""
 
 
 def coerce_column(values: pd.Series, rule: ColumnRule) -> CoercedColumn:
@@ -210,7 +288,7 @@ def coerce_column(values: pd.Series, rule: ColumnRule) -> CoercedColumn:
     if rule.type is ColumnType.FLOAT:
         return _coerce_number(values, rule, integer=False)
     if rule.type is ColumnType.DATETIME:
-        return _coerce_datetime(values)
+        return _coerce_datetime(values, refuse_offsets=rule.offsets == TimestampOffsets.REFUSE)
     return _coerce_string(values)
 
 
@@ -283,19 +361,16 @@ def _coerce_string(values: pd.Series) -> CoercedColumn:
     return CoercedColumn(typed, others | changed, np.zeros(len(values), dtype=bool), "not_text")
 
 
-def _coerce_datetime(values: pd.Series) -> CoercedColumn:
-    size = len(values)
-    nothing = np.zeros(size, dtype=bool)
-    if pd.api.types.is_datetime64_any_dtype(values):
-        typed = values.dt.tz_convert("UTC").dt.tz_localize(None) if values.dt.tz is not None else values
-        return CoercedColumn(typed.astype("datetime64[ns]"), nothing, nothing, "unparseable")
-    objects = values.astype(object, copy=False)
-    present = objects.notna().to_numpy()
+def _coerce_datetime(values: pd.Series, refuse_offsets: bool) -> CoercedColumn:
     # ISO 8601 only (spaces around it are fine): another format would be a guess, e.g. 01/02 as Jan 2 or Feb 1.
-    parsed = pd.to_datetime(objects, errors="coerce", utc=True, format="ISO8601")
-    missed = present & parsed.isna().to_numpy()
-    typed = parsed.dt.tz_localize(None).astype("datetime64[ns]")
-    return CoercedColumn(typed, nothing, missed, "unparseable")
+    # Each value on its own: an offset converts its own value to UTC and never shifts the others.
+    parsed = parse_timestamps(values)
+    nothing = np.zeros(len(values), dtype=bool)
+    if not refuse_offsets or not parsed.had_offset.any() or pd.api.types.is_datetime64_any_dtype(values):
+        # A typed column with a time zone (PostgreSQL timestamptz) holds instants, not written offsets.
+        return CoercedColumn(parsed.values, nothing, parsed.unparseable, "unparseable")
+    typed = parsed.values.mask(parsed.had_offset)
+    return CoercedColumn(typed, nothing, parsed.unparseable, "unparseable", parsed.had_offset, "offset")
 
 
 # ------------------------------------------------------------------------------------------- the schema
@@ -388,7 +463,7 @@ def _pairs(rows: Sequence[int] | np.ndarray, reasons: Sequence[str], columns: Se
 def validate_batch(
     frame: pd.DataFrame,
     contract: Contract,
-    reference_time: datetime | None,
+    as_of: datetime | None,
     existing_keys: pd.DataFrame | None = None,
 ) -> ValidationResult:
     """Coerce, check and split a batch into clean and quarantined rows; batch rules are judged separately.
@@ -396,13 +471,13 @@ def validate_batch(
     Args:
         frame: Rows as read from the source, values untouched.
         contract: The model's data contract.
-        reference_time: Now, for the future-timestamp check (None: no future check).
+        as_of: The run's clock, for the future-timestamp check (None: no future check).
         existing_keys: Key columns of rows already in the clean table; a batch row with one of these
             keys is quarantined as a duplicate across batches.
     """
     latest = None
-    if reference_time is not None:
-        latest = as_naive_utc(reference_time) + timedelta(minutes=contract.batch.future_tolerance_minutes)
+    if as_of is not None:
+        latest = as_naive_utc(as_of) + timedelta(minutes=contract.batch.future_tolerance_minutes)
     return _validate(frame, contract.columns, contract.key, contract.timestamp, latest, existing_keys)
 
 
@@ -430,11 +505,12 @@ def _validate(
         column = coerce_column(source[name], rule)
         typed_columns[name] = column.values
         coerced |= column.coerced
-        if column.failed.any():
-            failed_rows = np.flatnonzero(column.failed)
-            failure_rows.append(failed_rows)
-            failure_reasons.extend([f"{column.failure}:{name}"] * len(failed_rows))
-            failure_columns.extend([name] * len(failed_rows))
+        for mask, kind in ((column.failed, column.failure), (column.refused, column.refusal)):
+            if mask is not None and mask.any():
+                failed_rows = np.flatnonzero(mask)
+                failure_rows.append(failed_rows)
+                failure_reasons.extend([f"{kind}:{name}"] * len(failed_rows))
+                failure_columns.extend([name] * len(failed_rows))
     typed = pd.DataFrame(typed_columns, index=source.index, copy=False)  # a consolidating copy costs ~25%
     coercion_failures = _pairs(
         np.concatenate(failure_rows) if failure_rows else np.array([], dtype="int64"),
@@ -515,9 +591,8 @@ def _split(
     if len(bad_rows):
         clean = typed.loc[~bad]
         clean.index = pd.RangeIndex(len(clean))  # reset_index(drop=True) would copy every column again
-    newest_read = newest_clean = None
+    newest_clean = None
     if timestamp is not None and timestamp in typed.columns:
-        newest_read = _latest(typed[timestamp])
         newest_clean = _latest(clean[timestamp])
     return ValidationResult(
         clean=clean,
@@ -527,7 +602,6 @@ def _split(
         reasons=reason_counts,
         missing_columns=missing,
         unknown_columns=unknown,
-        newest_read=newest_read,
         newest_clean=newest_clean,
         source=source,
     )
@@ -553,14 +627,14 @@ def raw_json(source: pd.DataFrame, rows: np.ndarray) -> list[str]:
 
 
 def find_batch_violation(
-    result: ValidationResult, contract: Contract, reference_time: datetime | None
+    result: ValidationResult, contract: Contract, as_of: datetime | None
 ) -> BatchViolation | None:
     """The first batch rule the batch breaks, in the order a user would fix them, or None.
 
     Args:
         result: The validated batch.
         contract: The contract whose batch rules apply.
-        reference_time: Now, for freshness (None: no freshness check).
+        as_of: The run's clock, for freshness (None: no freshness check).
     """
     rules = contract.batch
     if result.missing_columns:
@@ -590,12 +664,12 @@ def find_batch_violation(
             "bad_share", round(share, 6), rules.max_bad_share,
             f"{result.quarantined_count} of {result.read} rows broke row rules; most common: {top}",
         )
-    if rules.max_age_hours is not None and reference_time is not None and result.newest_clean is not None:
-        oldest_allowed = as_naive_utc(reference_time) - timedelta(hours=rules.max_age_hours)
+    if rules.max_age_hours is not None and as_of is not None and result.newest_clean is not None:
+        oldest_allowed = as_naive_utc(as_of) - timedelta(hours=rules.max_age_hours)
         if result.newest_clean < oldest_allowed:
             return BatchViolation(
                 "freshness", result.newest_clean.isoformat(), f">= {oldest_allowed.isoformat()}",
-                f"the newest {contract.timestamp} is older than {rules.max_age_hours} h before {reference_time}",
+                f"the newest {contract.timestamp} is older than {rules.max_age_hours} h before {as_of}",
             )
     return None
 
@@ -618,19 +692,19 @@ def refuse_batch(result: ValidationResult, violation: BatchViolation) -> Validat
     )
 
 
-def judge_batch(result: ValidationResult, contract: Contract, reference_time: datetime | None) -> ValidationResult:
+def judge_batch(result: ValidationResult, contract: Contract, as_of: datetime | None) -> ValidationResult:
     """The batch as it will be recorded: unchanged if it keeps every batch rule, refused whole otherwise."""
-    violation = find_batch_violation(result, contract, reference_time)
+    violation = find_batch_violation(result, contract, as_of)
     return result if violation is None else refuse_batch(result, violation)
 
 
-def enforce_batch_rules(result: ValidationResult, contract: Contract, reference_time: datetime | None) -> None:
+def enforce_batch_rules(result: ValidationResult, contract: Contract, as_of: datetime | None) -> None:
     """Raise if the batch breaks a batch rule (the abort rule).
 
     Raises:
         DataContractError: naming the rule, the observed value and the limit.
     """
-    violation = result.violation or find_batch_violation(result, contract, reference_time)
+    violation = result.violation or find_batch_violation(result, contract, as_of)
     if violation is not None:
         raise violation.to_error()
 
@@ -673,18 +747,106 @@ def check_snapshot(frame: pd.DataFrame, contract: Contract, columns: Sequence[st
         )
 
 
-def new_batch_id(model: str, started_at: datetime) -> str:
-    """A readable, unique batch id: model, UTC start time and a random suffix."""
-    safe = re.sub(r"[^A-Za-z0-9]+", "-", model).strip("-").lower()
+# ------------------------------------------------------------------------------------- which rows a batch holds
+
+
+def row_fingerprint(values: Sequence[Any]) -> str:
+    """A stable fingerprint of one row's stored values, the same however the batch around it was typed.
+
+    A column read as float in one batch (because of a NULL) and as integer in the next must not change
+    the fingerprint, so whole floats are written as integers and every other value as its text.
+    """
+    canonical = [_canonical_value(value) for value in values]
+    return hashlib.sha256(json.dumps(canonical, ensure_ascii=False).encode()).hexdigest()[:32]
+
+
+def _canonical_value(value: Any) -> Any:
+    if isinstance(value, float | np.floating) and not math.isnan(value):
+        return int(value) if float(value).is_integer() else float(value)
+    if value is None or value is pd.NaT or value is pd.NA or isinstance(value, float | np.floating):
+        return None  # the only floats left are NaN
+    if isinstance(value, bool | np.bool_ | int | np.integer):
+        return value.item() if isinstance(value, np.generic) else value
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return str(value)
+
+
+def select_batch(
+    candidates: pd.DataFrame,
+    timestamp: str,
+    start: datetime | None,
+    upper: datetime,
+    end_requested: bool,
+    known_fingerprints: set[str] | frozenset[str] = frozenset(),
+) -> BatchRows:
+    """The rows of a batch covering `[start, upper)`, decided on each row's own parsed timestamp.
+
+    A row with a timestamp belongs when its instant (an offset converted to UTC) lies in the range. A
+    row without one (null or unparseable) has no place in time: it belongs to the first batch that sees it
+    and is known afterwards by its fingerprint (`known_fingerprints`: those of passed batches), so it is
+    quarantined once instead of by every batch. An open-ended batch (no requested end, `upper` is the
+    horizon) ends just after its newest row, so rows that arrive later with a timestamp between that row and
+    the horizon are still read by the next batch; rows at or after the horizon are counted as waiting.
+
+    Args:
+        candidates: Source rows as read (a superset of the batch), values as stored.
+        timestamp: The timestamp column.
+        start: First instant of the range (None: from the beginning).
+        upper: End of the range, excluded: the requested end or the horizon.
+        end_requested: Whether `upper` was asked for (then it is the range's end whatever the rows are).
+        known_fingerprints: Fingerprints of timeless rows already quarantined by passed batches.
+    """
+    frame = candidates.reset_index(drop=True)
+    times = parse_timestamps(frame[timestamp]).values.to_numpy(dtype="datetime64[ns]")
+    timeless = np.isnat(times)
+    in_range = ~timeless & (times < np.datetime64(upper, "ns"))
+    if start is not None:
+        in_range &= times >= np.datetime64(start, "ns")
+    member = in_range.copy()
+    fingerprints: dict[int, str] = {}
+    for row in np.flatnonzero(timeless):
+        fingerprint = row_fingerprint(frame.iloc[row].tolist())
+        if fingerprint not in known_fingerprints:
+            member[row] = True
+            fingerprints[int(row)] = fingerprint
+    if member.all():
+        rows = frame
+    else:
+        rows = frame.loc[member].reset_index(drop=True)
+        positions = np.cumsum(member) - 1
+        fingerprints = {int(positions[row]): value for row, value in fingerprints.items()}
+    if end_requested:
+        range_end: datetime | None = upper
+        waiting = 0
+    else:
+        newest = times[in_range].max() if in_range.any() else None
+        range_end = pd.Timestamp(newest).to_pydatetime() + timedelta(microseconds=1) if newest is not None else start
+        waiting = int((~timeless & (times >= np.datetime64(upper, "ns"))).sum())
+    return BatchRows(frame=rows, range_end=range_end, fingerprints=fingerprints, waiting=waiting)
+
+
+def check_requested_range(start: datetime | None, end: datetime | None) -> None:
+    """Refuse a requested range that holds nothing by construction, before anything is read or written.
+
+    Raises:
+        ConfigError: `start` is not before `end`.
+    """
+    if start is not None and end is not None and as_naive_utc(start) >= as_naive_utc(end):
+        raise ConfigError(
+            f"the range start {start.isoformat()} is not before its end {end.isoformat()}: the range [start, end) "
+            "holds nothing. Nothing was read or written"
+        )
+
+
+def new_batch_id(source_table: str, started_at: datetime) -> str:
+    """A readable, unique batch id: source table, UTC start time and a random suffix."""
+    safe = re.sub(r"[^A-Za-z0-9]+", "-", source_table).strip("-").lower()
     return f"{safe}-{started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
-def outcome_of(plan: BatchPlan, result: ValidationResult, flow_run_id: str | None) -> BatchOutcome:
+def outcome_of(plan: BatchPlan, rows: BatchRows, result: ValidationResult, flow_run_id: str | None) -> BatchOutcome:
     """The outcome to record and return for a validated, judged batch."""
-    range_end = plan.range_end
-    if not plan.end_requested and result.newest_read is not None:
-        # An open-ended batch covers up to its newest row; the next batch starts just after it.
-        range_end = result.newest_read + timedelta(microseconds=1)
     return BatchOutcome(
         batch_id=plan.batch_id,
         model=plan.model,
@@ -696,9 +858,12 @@ def outcome_of(plan: BatchPlan, result: ValidationResult, flow_run_id: str | Non
         reasons=dict(result.reasons),
         unknown_columns=result.unknown_columns,
         range_start=plan.range_start,
-        range_end=range_end,
+        range_end=rows.range_end,
         violation=result.violation,
         flow_run_id=flow_run_id,
+        source_table=plan.source_table,
+        waiting=rows.waiting,
+        as_of=plan.as_of,
     )
 
 
@@ -714,9 +879,10 @@ def quarantine_sample(result: ValidationResult, rows: int = ARTIFACT_SAMPLE_ROWS
 def summary_markdown(config: ModelConfig, outcome: BatchOutcome) -> str:
     """The run's markdown summary: counts, reasons and the verdict."""
     lines = [
-        f"# Ingest of `{config.name}`: batch `{outcome.batch_id}` {outcome.status}",
+        f"# Ingest of `{outcome.source_table}` (config of `{config.name}`): batch `{outcome.batch_id}` "
+        f"{outcome.status}",
         "",
-        f"Source `{config.source.table}`, range [{outcome.range_start or 'start'}, {outcome.range_end or 'open'}).",
+        f"Range [{outcome.range_start or 'start'}, {outcome.range_end or 'open'}) as of {outcome.as_of}.",
         "",
         "| rows | count |",
         "|---|---:|",
@@ -724,6 +890,7 @@ def summary_markdown(config: ModelConfig, outcome: BatchOutcome) -> str:
         f"| clean | {outcome.clean} |",
         f"| coerced | {outcome.coerced} |",
         f"| quarantined | {outcome.quarantined} |",
+        f"| waiting (dated after as_of + tolerance) | {outcome.waiting} |",
     ]
     if outcome.reasons:
         lines += ["", "| reason | rows |", "|---|---:|"]
@@ -742,6 +909,8 @@ def batch_record(outcome: BatchOutcome, plan: BatchPlan, finished_at: datetime) 
     violation = outcome.violation
     return {
         "batch_id": outcome.batch_id,
+        "source_table": plan.source_table,
+        "clean_table": plan.clean_table,
         "model": outcome.model,
         "range_start": outcome.range_start,
         "range_end": outcome.range_end,
@@ -750,6 +919,7 @@ def batch_record(outcome: BatchOutcome, plan: BatchPlan, finished_at: datetime) 
         "rows_clean": outcome.clean,
         "rows_coerced": outcome.coerced,
         "rows_quarantined": outcome.quarantined,
+        "rows_waiting": outcome.waiting,
         "status": outcome.status,
         "reasons": json.dumps(outcome.reasons),
         "unknown_columns": json.dumps(list(outcome.unknown_columns)),
@@ -758,7 +928,7 @@ def batch_record(outcome: BatchOutcome, plan: BatchPlan, finished_at: datetime) 
             {"observed": violation.observed, "limit": violation.limit, "detail": violation.detail}, default=str
         ) if violation else None,
         "flow_run_id": outcome.flow_run_id,
-        "reference_time": plan.reference_time,
+        "as_of": plan.as_of,
         "started_at": plan.started_at,
         "finished_at": finished_at,
     }
@@ -786,21 +956,33 @@ def outcome_from_record(record: dict[str, Any]) -> BatchOutcome:
         range_end=record["range_end"],
         violation=violation,
         flow_run_id=record["flow_run_id"],
+        source_table=record["source_table"],
+        waiting=int(record["rows_waiting"]),
+        as_of=record["as_of"],
     )
 
 
-def quarantine_records(batch_id: str, result: ValidationResult) -> pd.DataFrame:
-    """Quarantine rows as stored: batch id, position in the batch, reasons as a JSON list, raw row as JSON."""
+def quarantine_records(batch_id: str, result: ValidationResult, fingerprints: dict[int, str]) -> pd.DataFrame:
+    """Quarantine rows as stored: batch id, position in the batch, reasons as a JSON list, raw row as JSON, and
+    the fingerprint of rows without a usable timestamp."""
     quarantined = result.quarantined
+    positions = quarantined["source_row"].astype("int64")
     return pd.DataFrame({
         "batch_id": batch_id,
-        "source_row": quarantined["source_row"].astype("int64"),
+        "source_row": positions,
         "reasons": [json.dumps(list(reasons)) for reasons in quarantined["reasons"]],
         "raw": quarantined["raw"],
+        "fingerprint": [fingerprints.get(int(position)) for position in positions],
     })
 
 
 # ------------------------------------------------------------------------------------------------ tasks
+
+# Warehouse tasks retry only what may pass by itself (a dropped connection, a busy database); a bad config
+# or a refused batch fails the same way every time and is never retried.
+TRANSIENT_RETRIES: dict[str, Any] = {
+    "retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": warehouse.retry_if_transient,
+}
 
 
 @task(cache_policy=NO_CACHE)
@@ -809,69 +991,136 @@ def read_model_contract(config: ModelConfig) -> Contract:
     return read_contract(config.contract_path)
 
 
-@task(cache_policy=NO_CACHE)
-def count_new_rows(config: ModelConfig) -> int:
-    """Rows in the source table at or after the watermark (the end of the last passed batch).
+@task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def check_source_config(config: ModelConfig) -> warehouse.TableDescription:
+    """Check the model config against its source table and contract: the first thing a flow does.
 
-    The training flow calls this to decide whether to ingest before it trains.
+    Every configured column must exist with a usable type, the key must be a key, and the contract must
+    fit (see `tasks.contract.check_config_against_table`). Fails in well under a second with a
+    `ConfigError` naming the config file and the field, instead of after retries at the training snapshot.
     """
-    engine, schema = warehouse.get_warehouse()
-    watermark = warehouse.read_watermark(engine, config.name, schema=schema)
-    return warehouse.count_rows_since(engine, config.source.table, config.source.timestamp, watermark, schema=schema)
+    return check_model_source(config, warehouse.get_warehouse())
 
 
-@task(cache_policy=NO_CACHE)
-def plan_batch(
-    config: ModelConfig, start: datetime | None, end: datetime | None, reference_time: datetime | None
+@contextlib.contextmanager
+def source_lock(config: ModelConfig, wait_seconds: float | None = None) -> Iterator[warehouse.LockHolder]:
+    """Hold `source:<table>` for the block: one writer per source, whichever model's config started it.
+
+    Raises:
+        Busy: another run held it for longer than `wait_seconds` (default: the `lock_wait_seconds` setting).
+    """
+    from prefect.runtime import flow_run
+
+    holder = f"ingest of '{config.source.table}' for model '{config.name}' (flow run {flow_run.get_name() or '-'})"
+    with warehouse.hold_lock(
+        warehouse.get_warehouse(), f"source:{config.source.table}", wait_seconds=wait_seconds, holder=holder
+    ) as held:
+        yield held
+
+
+def _plan(
+    config: ModelConfig,
+    contract: Contract,
+    start: datetime | None,
+    end: datetime | None,
+    as_of: datetime | None,
 ) -> BatchPlan:
-    """Resolve the range to read: from `start` or the watermark, to `end` or the newest row.
-
-    A request with an end that a passed batch already covered (same end, same start if given) replays
-    that batch's outcome instead of reading again: re-running an ingest adds nothing.
-    """
-    engine, schema = warehouse.get_warehouse()
-    started_at = utc_now()
+    check_requested_range(start, end)
+    store = warehouse.get_warehouse()
+    source, clean = config.source.table, config.source.clean
     start = as_naive_utc(start) if start is not None else None
     end = as_naive_utc(end) if end is not None else None
+    moment = as_naive_utc(as_of) if as_of is not None else clock.now()
     replay = None
     if end is not None:
-        record = warehouse.find_passed_batch(engine, config.name, start, end, schema=schema)
+        record = warehouse.find_passed_batch(store, source, clean, start, end)
         replay = outcome_from_record(record) if record is not None else None
-    range_start = start if start is not None else warehouse.read_watermark(engine, config.name, schema=schema)
+    started_at = clock.wall_clock()
     return BatchPlan(
-        batch_id=new_batch_id(config.name, started_at),
+        batch_id=new_batch_id(source, started_at),
         model=config.name,
-        range_start=range_start,
+        source_table=source,
+        clean_table=clean,
+        range_start=start if start is not None else warehouse.read_watermark(store, source, clean),
         range_end=end,
-        end_requested=end is not None,
-        reference_time=as_naive_utc(reference_time) if reference_time is not None else started_at,
+        as_of=moment,
+        horizon=moment + timedelta(minutes=contract.batch.future_tolerance_minutes),
         started_at=started_at,
         replay=replay,
     )
 
 
-@task(cache_policy=NO_CACHE)
-def read_batch_rows(config: ModelConfig, plan: BatchPlan) -> pd.DataFrame:
-    """The source rows in the plan's range, every column, values exactly as stored."""
-    engine, schema = warehouse.get_warehouse()
-    frame = warehouse.read_raw_window(
-        engine, config.source.table, config.source.timestamp, plan.range_start, plan.range_end, schema=schema
-    )
-    get_run_logger().info("read %d rows of %s in [%s, %s)", len(frame), config.source.table,
-                          plan.range_start or "start", plan.range_end or "open")
-    return frame
+def _select(config: ModelConfig, plan: BatchPlan) -> BatchRows:
+    store = warehouse.get_warehouse()
+    source = config.source
+    candidates = warehouse.read_source_rows(store, source.table, source.timestamp, plan.range_start, plan.upper)
+    known = warehouse.read_known_fingerprints(store, source.table, source.clean, source.quarantine)
+    rows = select_batch(candidates, source.timestamp, plan.range_start, plan.upper, plan.end_requested, known)
+    if not plan.end_requested:
+        later = warehouse.count_rows_after(store, source.table, source.timestamp, plan.upper)
+        rows = replace(rows, waiting=rows.waiting + later)
+    return rows
 
 
-@task(cache_policy=NO_CACHE)
-def validate_new_rows(
-    config: ModelConfig, contract: Contract, plan: BatchPlan, frame: pd.DataFrame
-) -> ValidationResult:
+@task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def plan_batch(
+    config: ModelConfig,
+    contract: Contract,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    as_of: datetime | None = None,
+) -> BatchPlan:
+    """Decide the range to read: from `start` or the source's watermark, to `end` or the horizon.
+
+    A request with an end that a passed batch already covered (same end, same start if given) replays
+    that batch's outcome instead of reading again: re-running an ingest adds nothing.
+
+    Args:
+        config: The model config (its source and clean table own the watermark).
+        contract: The data contract, for the future tolerance that sets the horizon.
+        start: First instant to read; default the watermark.
+        end: Instant to read up to, excluded; default the newest row dated before the horizon.
+        as_of: The run's clock; default `retrain.clock.now()`.
+
+    Raises:
+        ConfigError: `start` is not before `end`.
+    """
+    return _plan(config, contract, start, end, as_of)
+
+
+@task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def read_batch_rows(config: ModelConfig, plan: BatchPlan) -> BatchRows:
+    """The source rows the planned batch holds, values exactly as stored, and where its range ends."""
+    rows = _select(config, plan)
+    log = get_run_logger()
+    log.info("batch %s holds %d rows of %s in [%s, %s)", plan.batch_id, rows.count, config.source.table,
+             plan.range_start or "start", rows.range_end or "open")
+    if rows.waiting:
+        log.warning("%d rows of %s are dated at or after %s (as_of + future tolerance): they wait for a later batch",
+                    rows.waiting, config.source.table, plan.horizon)
+    return rows
+
+
+@task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def count_new_rows(config: ModelConfig, as_of: datetime | None = None) -> int:
+    """Rows an open-ended ingest as of `as_of` would read, dated from the watermark up to the horizon.
+
+    Rows without a usable timestamp are not counted: alone they would make a batch of nothing but bad rows,
+    refused (and so read again) at every poll; they join the next batch that brings dated rows. Outside the
+    source lock this is only a hint; `flows.ingest.ingest_when_new_rows` counts inside it.
+    """
+    plan = _plan(config, read_contract(config.contract_path), None, None, as_of)
+    return _select(config, plan).timed_count
+
+
+@task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def validate_new_rows(config: ModelConfig, contract: Contract, plan: BatchPlan, rows: BatchRows) -> ValidationResult:
     """Validate the batch against the contract and the keys already clean, then judge its batch rules."""
-    engine, schema = warehouse.get_warehouse()
+    store = warehouse.get_warehouse()
     existing = warehouse.read_clean_keys(
-        engine, config.source.clean, contract.key, contract.timestamp, plan.range_start, plan.range_end, schema=schema
+        store, config.source.clean, contract.key, contract.timestamp, plan.range_start, rows.range_end
     )
-    result = judge_batch(validate_batch(frame, contract, plan.reference_time, existing), contract, plan.reference_time)
+    result = judge_batch(validate_batch(rows.frame, contract, plan.as_of, existing), contract, plan.as_of)
     log = get_run_logger()
     log.info("batch %s: read %d, clean %d, coerced %d, quarantined %d", plan.batch_id, result.read,
              result.clean_count, result.coerced, result.quarantined_count)
@@ -880,23 +1129,25 @@ def validate_new_rows(
     return result
 
 
-@task(cache_policy=NO_CACHE)
-def record_batch(config: ModelConfig, contract: Contract, plan: BatchPlan, result: ValidationResult) -> BatchOutcome:
+@task(cache_policy=NO_CACHE, **TRANSIENT_RETRIES)
+def record_batch(
+    config: ModelConfig, contract: Contract, plan: BatchPlan, rows: BatchRows, result: ValidationResult
+) -> BatchOutcome:
     """Write quarantine, clean rows (if passed) and the batch record in one transaction."""
     from prefect.runtime import flow_run
 
-    outcome = outcome_of(plan, result, flow_run.id)
-    engine, schema = warehouse.get_warehouse()
+    outcome = outcome_of(plan, rows, result, flow_run.id)
+    store = warehouse.get_warehouse()
     warehouse.record_batch(
-        engine,
-        record=batch_record(outcome, plan, finished_at=utc_now()),
+        store,
+        record=batch_record(outcome, plan, finished_at=clock.wall_clock()),
         clean=result.clean if result.status == PASSED else None,
         clean_table=warehouse.clean_table(
-            config.source.clean, {name: rule.type.value for name, rule in contract.columns.items()}, schema=schema
+            config.source.clean, {name: rule.type.value for name, rule in contract.columns.items()},
+            key=contract.key, schema=store.schema,
         ),
-        quarantine=quarantine_records(outcome.batch_id, result),
-        quarantine_table=warehouse.quarantine_table(config.source.quarantine, schema=schema),
-        schema=schema,
+        quarantine=quarantine_records(outcome.batch_id, result, rows.fingerprints),
+        quarantine_table=warehouse.quarantine_table(config.source.quarantine, schema=store.schema),
     )
     return outcome
 
@@ -927,8 +1178,10 @@ def announce_data_arrived(config: ModelConfig, outcome: BatchOutcome) -> None:
     emit_event(
         event="retrain.data.arrived",
         resource={"prefect.resource.id": f"retrain.model.{config.name}"},
+        related=[{"prefect.resource.id": f"retrain.source.{config.source.table}", "prefect.resource.role": "source"}],
         payload={
             "model": config.name,
+            "source": config.source.table,
             "batch_id": outcome.batch_id,
             "read": outcome.read,
             "clean": outcome.clean,

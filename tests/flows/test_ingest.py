@@ -6,14 +6,21 @@ Assertions read the returned outcome, the raised error and the warehouse tables,
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
+import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.events import Event
@@ -21,33 +28,46 @@ from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFi
 
 from flows.ingest import ingest_new_rows, ingest_when_new_rows
 from retrain.config import load_model_config
-from retrain.errors import DataContractError
+from retrain.errors import ConfigError, DataContractError
+from retrain.settings import get_settings
 from tasks.validation import BatchRefused, count_new_rows
 from tasks.warehouse import (
     BATCH_COLUMN,
+    BATCH_LEDGER,
     get_warehouse,
+    has_table,
+    hold_lock,
     read_batches,
     read_quarantine,
+    read_table,
     write_frame,
 )
-from tests.conftest import write_model_config
+from tests.conftest import REPO, write_model_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 MODEL = "flights-delay"
+SOURCE = "flights"
+KEY = ["time_hour", "carrier", "flight", "origin"]
 SPLIT = datetime(2013, 1, 3)  # about half of the 3000 rows on either side
 
 
-def load_source(frame: pd.DataFrame, if_exists: str = "replace") -> None:
-    engine, schema = get_warehouse()
-    write_frame(engine, frame, "flights", schema=schema, if_exists=if_exists)
+def load_source(frame: pd.DataFrame, if_exists: str = "replace", table: str = SOURCE) -> None:
+    write_frame(get_warehouse(), frame, table, if_exists=if_exists)
 
 
-def clean_rows() -> pd.DataFrame:
-    engine, _ = get_warehouse()
-    if not sa.inspect(engine).has_table("flights_clean"):
+def clean_rows(table: str = "flights_clean", timestamp: str = "time_hour") -> pd.DataFrame:
+    """The clean table in the order rows landed."""
+    warehouse = get_warehouse()
+    if not has_table(warehouse, table):
         return pd.DataFrame()
-    return pd.read_sql("SELECT * FROM flights_clean", engine, parse_dates=["time_hour"])
+    frame = read_table(warehouse, table)
+    frame[timestamp] = pd.to_datetime(frame[timestamp])
+    return frame
+
+
+def quarantine_rows(table: str = "flights_quarantine") -> pd.DataFrame:
+    return read_quarantine(get_warehouse(), table)
 
 
 @pytest.fixture
@@ -72,7 +92,7 @@ def test_first_batch_lands_everything_and_is_recorded(config_path: str, source: 
     landed = clean_rows()
     assert len(landed) == len(source) and set(landed[BATCH_COLUMN]) == {outcome.batch_id}
     pd.testing.assert_series_equal(landed["distance"], source["distance"].reset_index(drop=True), check_dtype=False)
-    ledger = read_batches(get_warehouse()[0], MODEL)
+    ledger = read_batches(get_warehouse(), SOURCE)
     assert ledger[["batch_id", "status", "rows_read", "rows_clean"]].values.tolist() == [
         [outcome.batch_id, "passed", len(source), len(source)]
     ]
@@ -80,7 +100,7 @@ def test_first_batch_lands_everything_and_is_recorded(config_path: str, source: 
     assert count_new_rows.fn(config) == 0
 
     arrived = wait_for_event("retrain.data.arrived", f"retrain.model.{MODEL}", outcome.batch_id)
-    assert arrived.payload == {"model": MODEL, "batch_id": outcome.batch_id, "read": len(source),
+    assert arrived.payload == {"model": MODEL, "source": SOURCE, "batch_id": outcome.batch_id, "read": len(source),
                                "clean": len(source), "coerced": 0, "quarantined": 0}
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
@@ -129,7 +149,7 @@ def test_rerunning_the_same_range_adds_nothing(config_path: str, source: pd.Data
 
     assert again == first
     assert len(clean_rows()) == first.clean == int((source["time_hour"] < end).sum())
-    assert len(read_batches(get_warehouse()[0], MODEL)) == 1
+    assert len(read_batches(get_warehouse(), SOURCE)) == 1
 
 
 def test_rerunning_with_nothing_new_is_an_empty_batch_and_adds_nothing(config_path: str) -> None:
@@ -140,7 +160,7 @@ def test_rerunning_with_nothing_new_is_an_empty_batch_and_adds_nothing(config_pa
 
     assert (raised.value.rule, raised.value.observed) == ("row_count", 0)
     assert len(clean_rows()) == first.clean
-    assert read_batches(get_warehouse()[0], MODEL)["status"].tolist() == ["passed", "refused"]
+    assert read_batches(get_warehouse(), SOURCE)["status"].tolist() == ["passed", "refused"]
 
 
 def test_a_contract_may_let_an_empty_batch_pass(config_path: str) -> None:
@@ -184,8 +204,7 @@ def test_refused_batch_is_recorded_then_lands_once_after_the_fix(
     assert (refused.status, refused.read, refused.clean, refused.quarantined) == ("refused", 3000, 0, 3000)
     assert refused.reasons == {"out_of_range:distance": 1500, "batch_refused:bad_share": 1500}
     assert clean_rows().empty
-    engine, _ = get_warehouse()
-    quarantine = read_quarantine(engine, "flights_quarantine", refused.batch_id)
+    quarantine = read_quarantine(get_warehouse(), "flights_quarantine", refused.batch_id)
     assert len(quarantine) == 3000 and quarantine["source_row"].tolist() == list(range(3000))
     assert json.loads(quarantine["raw"].iloc[0])["distance"] == -1
     assert json.loads(quarantine["reasons"].iloc[0]) == ["out_of_range:distance"]
@@ -196,7 +215,25 @@ def test_refused_batch_is_recorded_then_lands_once_after_the_fix(
     with pytest.raises(DataContractError):
         ingest_new_rows(config_path=config_path)  # nothing new: an empty batch, nothing appended
     assert len(clean_rows()) == 3000
-    assert read_batches(engine, MODEL)["status"].tolist() == ["refused", "passed", "refused"]
+    assert read_batches(get_warehouse(), SOURCE)["status"].tolist() == ["refused", "passed", "refused"]
+
+
+def test_garbage_in_a_timestamp_typed_column_is_quarantined_not_a_crash(
+    retrain_home: Path, source: pd.DataFrame
+) -> None:
+    """A TIMESTAMP column on SQLite holds whatever text is appended to it: every read takes values as stored."""
+    early, late = source[source["time_hour"] < SPLIT], source[source["time_hour"] >= SPLIT]
+    load_source(early)  # time_hour is declared TIMESTAMP
+    config_path = str(write_model_config(retrain_home.parent))
+    first = ingest_new_rows(config_path=config_path)
+    odd = late.tail(2).assign(time_hour=["garbage", "2013-01-09T20:00:00-05:00"], flight=[9991, 9992])
+    load_source(pd.concat([with_text_times(late), odd]), if_exists="append")  # text beside the stored timestamps
+
+    second = ingest_new_rows(config_path=config_path)
+
+    assert (second.range_start, second.read, second.clean, second.reasons) == (
+        first.range_end, len(late) + 2, len(late) + 1, {"unparseable:time_hour": 1})
+    assert clean_rows()["time_hour"].max() == pd.Timestamp("2013-01-10 01:00")
 
 
 def test_dirty_text_in_the_warehouse_is_coerced_or_quarantined_with_raw_values(
@@ -219,7 +256,7 @@ def test_dirty_text_in_the_warehouse_is_coerced_or_quarantined_with_raw_values(
     landed = clean_rows()
     assert len(landed) == outcome.clean == len(source) - 2
     assert landed["dep_time"].iloc[0] == 517
-    quarantine = read_quarantine(get_warehouse()[0], "flights_quarantine", outcome.batch_id)
+    quarantine = read_quarantine(get_warehouse(), "flights_quarantine", outcome.batch_id)
     raw = [json.loads(text) for text in quarantine["raw"]]
     assert [row["dep_time"] for row in raw] == ["abc", dirty["dep_time"].iloc[2]]
     assert raw[1]["time_hour"] == "not a time"
@@ -276,18 +313,366 @@ def test_ingest_on_postgresql_lands_once_and_refuses_an_overlap(
 
     assert (first.read, rest.read, rest.range_start) == (early, len(source) - early, SPLIT)
     assert raised.value.outcome.reasons["duplicate_key:across_batches"] == early
-    engine, schema = get_warehouse()
-    assert schema == postgres_warehouse
-    with engine.connect() as connection:
-        landed = connection.execute(sa.text(f'SELECT count(*) FROM "{schema}".flights_clean')).scalar_one()
+    warehouse = get_warehouse()
+    assert warehouse.schema == postgres_warehouse
+    with warehouse.engine.connect() as connection:
+        landed = connection.execute(sa.text(f'SELECT count(*) FROM "{warehouse.schema}".flights_clean')).scalar_one()
     assert landed == len(source)
-    assert read_batches(engine, MODEL, schema=schema)["status"].tolist() == ["passed", "passed", "refused"]
+    assert read_batches(warehouse, SOURCE)["status"].tolist() == ["passed", "passed", "refused"]
 
 
 def test_scheduled_poll_ingests_only_when_rows_arrived(config_path: str, source: pd.DataFrame) -> None:
     first = ingest_when_new_rows(config_path=config_path)
     assert first is not None and first.read == len(source) and first.status == "passed"
     assert ingest_when_new_rows(config_path=config_path) is None  # nothing new: no batch, no failure
-    assert len(read_batches(get_warehouse()[0], MODEL)) == 1
+    assert len(read_batches(get_warehouse(), SOURCE)) == 1
     with pytest.raises(BatchRefused):  # an explicit ingest of nothing is still refused
         ingest_new_rows(config_path=config_path)
+
+
+# ------------------------------------------------------------------ timestamps a source should not have
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_warehouse(request: pytest.FixtureRequest, retrain_home: Path) -> str:
+    """The test's warehouse: SQLite under its home, or a fresh PostgreSQL schema."""
+    if request.param == "postgres":
+        request.getfixturevalue("postgres_warehouse")
+    return str(request.param)
+
+
+def with_text_times(frame: pd.DataFrame, column: str = "time_hour") -> pd.DataFrame:
+    """Timestamps as text, the way a hand-loaded table holds them (a TEXT column on both databases)."""
+    copy = frame.copy()
+    copy[column] = copy[column].dt.strftime("%Y-%m-%d %H:%M:%S")
+    return copy.reset_index(drop=True)
+
+
+def keys_and_times(frame: pd.DataFrame) -> set[tuple]:
+    return set(zip(pd.to_datetime(frame["time_hour"]), frame["carrier"], frame["flight"], frame["origin"], strict=True))
+
+
+def test_odd_timestamps_never_move_the_watermark_and_no_row_lands_twice(
+    any_warehouse: str, retrain_home: Path, source: pd.DataFrame
+) -> None:
+    early, late = source[source["time_hour"] < SPLIT], source[source["time_hour"] >= SPLIT]
+    odd = early.iloc[:4].copy()
+    odd["flight"] = [9991, 9992, 9993, 9994]  # keys of their own
+    odd_times = [
+        "2099-01-01 00:00:00",  # far future: has not arrived yet
+        "not a time",  # sorts after every date as text
+        "2012-12-31T23:00:00-05:00",  # 2013-01-01 04:00 UTC, read before every naive row
+        "1970-01-01 00:00:00",  # far past
+    ]
+    first_load = pd.concat([with_text_times(early), with_text_times(odd).assign(time_hour=odd_times)])
+    load_source(first_load)
+    config_path = str(write_model_config(retrain_home.parent))
+
+    first = ingest_new_rows(config_path=config_path)
+
+    assert (first.read, first.clean, first.quarantined, first.waiting) == (len(early) + 3, len(early) + 2, 1, 1)
+    assert first.reasons == {"unparseable:time_hour": 1}
+    expected = keys_and_times(early) | {
+        (pd.Timestamp("2013-01-01 04:00"), odd["carrier"].iloc[2], 9993, odd["origin"].iloc[2]),
+        (pd.Timestamp("1970-01-01"), odd["carrier"].iloc[3], 9994, odd["origin"].iloc[3]),
+    }
+    assert keys_and_times(clean_rows()) == expected  # the offset converted its own value and shifted no other
+
+    lone = with_text_times(late.tail(1)).assign(time_hour="31/12/2013", flight=9995)  # a bad row arrives alone
+    load_source(lone, if_exists="append")
+    assert ingest_when_new_rows(config_path=config_path) is None  # no batch of nothing but a bad row
+    load_source(with_text_times(late), if_exists="append")
+    second = ingest_new_rows(config_path=config_path)
+
+    assert (second.range_start, second.read, second.clean) == (first.range_end, len(late) + 1, len(late))
+    assert second.reasons == {"unparseable:time_hour": 1}  # the lone row rode along with the dated ones
+    assert ingest_when_new_rows(config_path=config_path) is None  # unparseable rows are not read again
+    landed = clean_rows()
+    assert len(landed) == len(source) + 2 and not landed.duplicated(KEY).any()
+    assert keys_and_times(landed) == expected | keys_and_times(late)
+    assert len(quarantine_rows()) == 2
+
+    arrived = ingest_when_new_rows(config_path=config_path, as_of=datetime(2099, 1, 1, 0, 30))
+    assert arrived is not None and (arrived.read, arrived.clean, arrived.waiting) == (1, 1, 0)  # its time came
+    assert len(clean_rows()) == len(source) + 3 and len(quarantine_rows()) == 2
+
+
+def test_a_replay_reads_the_same_batches_as_living_through_it(
+    retrain_home: Path, flights_small: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    moments = [datetime(2013, 1, 8), datetime(2013, 1, 15, 12, 30), datetime(2013, 1, 22)]
+    config_path = str(write_model_config(retrain_home.parent))
+
+    load_source(flights_small)  # the whole period is in the table already
+    replayed = [ingest_when_new_rows(config_path=config_path, as_of=moment) for moment in moments]
+
+    monkeypatch.setenv("RETRAIN_HOME", str(retrain_home.parent / "living"))
+    get_settings.cache_clear()
+    lived = []
+    for moment in moments:  # the table as it stood at each moment: rows up to the future tolerance (1 h)
+        load_source(flights_small[flights_small["time_hour"] < moment + timedelta(hours=1)])
+        lived.append(ingest_when_new_rows(config_path=config_path, as_of=moment))
+
+    def batches(outcomes: list) -> list[tuple]:
+        return [(o.range_start, o.range_end, o.read, o.clean, o.quarantined, dict(o.reasons)) for o in outcomes]
+
+    assert batches(replayed) == batches(lived)
+    assert all(outcome.quarantined == 0 for outcome in replayed)  # rows after as_of are not "future": not arrived
+    assert replayed[0].waiting == int((flights_small["time_hour"] >= moments[0] + timedelta(hours=1)).sum())
+    assert sum(outcome.clean for outcome in replayed) == int((flights_small["time_hour"] < moments[-1]
+                                                              + timedelta(hours=1)).sum())
+
+
+# ------------------------------------------------------------------------- a table that is not flights
+
+
+RIDES_CONFIG = {
+    "name": "rides-fare",
+    "source": {"table": "rides", "timestamp": "pickup_at", "key": ["ride_id"]},
+    "target": {"column": "fare", "task": "regression"},
+    "features": {"numeric": ["passengers", "distance_km"], "categorical": ["zone"]},
+    "metric": "mae",
+    "training_window": {"start": "2024-03-01", "end": "2024-04-01"},
+}
+
+
+def rides(first_id: int, count: int) -> pd.DataFrame:
+    """Taxi rides: an id that grows, a meter that only goes up, nulls, and pickup times in mixed ISO forms."""
+    rng = np.random.default_rng(first_id)
+    ids = np.arange(first_id, first_id + count)
+    instants = pd.Timestamp("2024-03-01") + pd.to_timedelta(ids * 7, unit="min")
+    pickup = instants.strftime("%Y-%m-%d %H:%M:%S").to_numpy(dtype=object)
+    offset = ids % 9 == 0  # some written in local time with their offset, some with "T" and "Z"
+    pickup[offset] = (instants[offset] + pd.Timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%S+02:00")
+    zulu = ids % 11 == 0
+    pickup[zulu] = instants[zulu].strftime("%Y-%m-%dT%H:%M:%SZ")
+    distance = rng.gamma(2.0, 2.5, count).round(2)
+    passengers = rng.integers(1, 5, count).astype("float64")
+    passengers[ids % 13 == 0] = np.nan
+    zone = rng.choice(np.array(["north", "south", "east", "west"], dtype=object), count)
+    zone[ids % 17 == 0] = None
+    return pd.DataFrame({
+        "ride_id": ids,
+        "pickup_at": pickup,
+        "zone": zone,
+        "passengers": passengers,
+        "distance_km": distance,
+        "fare": (3.0 + 1.6 * distance + rng.normal(0, 0.5, count)).round(2),
+        "meter_km": (10_000 + np.cumsum(distance) + first_id * 5).round(2),
+    })
+
+
+def test_a_growing_id_keeps_landing_over_several_batches(retrain_home: Path) -> None:
+    from typer.testing import CliRunner
+
+    from retrain.cli import app
+
+    config_path = retrain_home.parent / "rides.yaml"
+    config_path.write_text(yaml.safe_dump(RIDES_CONFIG))
+    load_source(rides(0, 400), table="rides")
+    inferred = CliRunner().invoke(app, ["contract", "infer", "--config", str(config_path), "--json"])
+    assert inferred.exit_code == 0, inferred.output
+    contract_text = (retrain_home.parent / "rides.contract.yaml").read_text()
+    assert "  ride_id: {type: integer, nullable: false}  # key: no range" in contract_text
+    assert "  meter_km: {type: float, nullable: false, growing: true}  # grows with time" in contract_text
+    assert "  fare: {type: float, nullable: false, min: " in contract_text  # other ranges stay
+
+    outcomes = [ingest_new_rows(config_path=str(config_path))]
+    for first_id in (400, 800, 1200):
+        load_source(rides(first_id, 400), if_exists="append", table="rides")
+        outcomes.append(ingest_new_rows(config_path=str(config_path)))
+
+    assert [(o.status, o.read, o.clean, o.quarantined) for o in outcomes] == [("passed", 400, 400, 0)] * 4
+    landed = clean_rows("rides_clean", "pickup_at")
+    assert sorted(landed["ride_id"]) == list(range(1600))
+    expected = pd.Timestamp("2024-03-01") + pd.to_timedelta(landed["ride_id"] * 7, unit="min")
+    assert (landed["pickup_at"] == expected).all()  # every form of pickup time read as its instant
+
+
+# ------------------------------------------------------------------- several models, one source
+
+
+def test_both_shipped_examples_share_one_warehouse(retrain_home: Path, source: pd.DataFrame) -> None:
+    folder = retrain_home.parent / "examples"
+    folder.mkdir()
+    for name in ("flights.yaml", "flights_delayed.yaml", "flights.contract.yaml"):
+        shutil.copy(REPO / "examples" / name, folder / name)
+    load_source(source)
+
+    first = ingest_new_rows(config_path=str(folder / "flights.yaml"))
+
+    delayed = str(folder / "flights_delayed.yaml")
+    assert count_new_rows.fn(load_model_config(delayed)) == 0
+    assert ingest_when_new_rows(config_path=delayed) is None  # nothing new: the source's watermark is shared
+    assert first.clean == len(clean_rows()) == len(source)
+    assert quarantine_rows().empty
+    assert read_batches(get_warehouse(), SOURCE)["model"].tolist() == ["flights-delay"]
+
+    load_source(source, table="flights_copy")  # the same model pointed at a new table starts from its beginning
+    moved = write_model_config(retrain_home.parent, source={"table": "flights_copy"})
+    assert ingest_new_rows(config_path=str(moved)).clean == len(source)
+
+
+# ----------------------------------------------------------------------------------- the command line
+
+
+def run_cli(*args: str) -> tuple[int, dict]:
+    from typer.testing import CliRunner
+
+    from retrain.cli import app
+
+    result = CliRunner().invoke(app, [*args, "--json"])
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.output
+    return result.exit_code, json.loads(lines[0])
+
+
+def test_cli_refuses_a_start_not_before_the_end_and_writes_nothing(config_path: str) -> None:
+    code, error = run_cli("ingest", "--config", config_path, "--start", "2013-01-05", "--end", "2013-01-02")
+
+    assert code == 2 and error["error"] == "BadParameter" and "--start" in error["message"]
+    assert not has_table(get_warehouse(), BATCH_LEDGER) and clean_rows().empty
+    with pytest.raises(Exception, match="is not before its end"):  # the flow refuses it too, before any read
+        ingest_new_rows(config_path=config_path, start=datetime(2013, 1, 5), end=datetime(2013, 1, 5))
+    assert not has_table(get_warehouse(), BATCH_LEDGER)
+
+
+CHECK_SCRIPT = """
+import json, sys
+from retrain.cli import app
+code = app(sys.argv[1:], standalone_mode=False)
+sys.stderr.write("PREFECT_IMPORTED=" + json.dumps("prefect" in sys.modules) + "\\n")
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize(
+    ("edit", "field", "wrong", "hint"),
+    [
+        ({"features": {"numeric": ["sched_dep_time", "sched_arr_time", "distanse"], "categorical": ["carrier"]}},
+         "features.numeric[2]", "distanse", "did you mean 'distance'"),
+        ({"target": {"column": "arr_dealy", "task": "regression"}}, "target.column", "arr_dealy",
+         "did you mean 'arr_delay'"),
+    ],
+)
+@pytest.mark.parametrize("command", [["ingest"], ["contract", "infer"]])
+def test_a_misspelled_column_fails_before_any_flow_naming_the_field(
+    config_path: str, command: list[str], edit: dict, field: str, wrong: str, hint: str
+) -> None:
+    broken = write_model_config(Path(config_path).parent, **edit)
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK_SCRIPT, *command, "--config", str(broken), "--json"],
+        check=False, capture_output=True, text=True, timeout=120, cwd=REPO, env=dict(os.environ),
+    )
+
+    error = json.loads(result.stdout)
+    assert result.returncode == 2 and error["error"] == "ConfigError"
+    assert str(broken) in error["message"] and f"{field} '{wrong}' is not a column of table 'flights'" in error[
+        "message"] and hint in error["message"]
+    assert "PREFECT_IMPORTED=false" in result.stderr  # decided without starting any flow or server
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_ingest_is_busy_while_another_run_holds_the_source(
+    config_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RETRAIN_LOCK_WAIT_SECONDS", "0.5")
+    get_settings.cache_clear()
+    holding, done = threading.Event(), threading.Event()
+
+    def other_run() -> None:
+        with hold_lock(get_warehouse(), f"source:{SOURCE}", wait_seconds=0, holder="a backfill"):
+            holding.set()
+            done.wait(60)
+
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    try:
+        assert holding.wait(30)
+        code, error = run_cli("ingest", "--config", config_path)
+    finally:
+        done.set()
+        thread.join()
+
+    assert code == 4 and error["error"] == "Busy" and "held by a backfill" in error["message"]
+    assert clean_rows().empty and read_batches(get_warehouse(), SOURCE).empty
+
+
+# ------------------------------------------------------------------------------------------ concurrency
+
+
+def test_a_poll_counts_new_rows_inside_the_lock_so_it_finds_nothing_after_another_ingest(
+    config_path: str, source: pd.DataFrame
+) -> None:
+    """A training's ingest that starts while another ingest of the source runs waits, then finds nothing new."""
+    holding, outcomes = threading.Event(), []
+
+    def other_ingest() -> None:
+        with hold_lock(get_warehouse(), f"source:{SOURCE}", wait_seconds=0, holder="the other ingest"):
+            holding.set()
+            time.sleep(1)  # the poll below is waiting on the lock by now
+            outcomes.append(ingest_new_rows(config_path=config_path))
+
+    thread = threading.Thread(target=other_ingest)
+    thread.start()
+    assert holding.wait(30)
+    polled = ingest_when_new_rows(config_path=config_path)
+    thread.join()
+
+    assert polled is None and outcomes[0].clean == len(source)
+    assert len(clean_rows()) == len(source) and len(read_batches(get_warehouse(), SOURCE)) == 1
+
+
+def cli_environment() -> dict[str, str]:
+    """What a `retrain` process started by a test needs: this test's settings and the test Prefect server."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "RETRAIN_LOCK_WAIT_SECONDS": "120"}
+
+
+def test_two_ingests_of_one_source_started_together_land_one_copy(
+    any_warehouse: str, retrain_home: Path, flights_all: pd.DataFrame
+) -> None:
+    rows = flights_all[flights_all["time_hour"] < datetime(2013, 2, 1)]
+    load_source(rows)
+    config_path = str(write_model_config(retrain_home.parent))
+    command = [sys.executable, "-m", "retrain.cli", "ingest", "--config", config_path, "--json"]
+
+    processes = [
+        subprocess.Popen(command, cwd=REPO, env=cli_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+        for _ in range(2)
+    ]
+    results = [process.communicate(timeout=300) for process in processes]
+
+    codes = sorted(process.returncode for process in processes)
+    outputs = sorted((json.loads(stdout) for stdout, _ in results), key=lambda r: r.get("clean") or 0)
+    assert codes in ([0, 1], [0, 4]), [stderr[-2000:] for _, stderr in results]
+    assert outputs[1]["status"] == "passed" and outputs[1]["clean"] == len(rows)
+    assert outputs[0].get("read") == 0 or outputs[0].get("error") == "Busy"  # it waited, then found nothing new
+    warehouse = get_warehouse()
+    with warehouse.engine.connect() as connection:
+        clean = sa.Table("flights_clean", sa.MetaData(schema=warehouse.schema), autoload_with=connection)
+        keys = sa.select(*[clean.c[name] for name in KEY]).distinct().subquery()
+        landed = connection.execute(sa.select(sa.func.count()).select_from(clean)).scalar_one()
+        distinct = connection.execute(sa.select(sa.func.count()).select_from(keys)).scalar_one()
+    assert landed == distinct == len(rows)
+    assert read_batches(warehouse, SOURCE)["rows_clean"].sum() == len(rows)
+
+
+def test_a_bad_config_fails_the_flow_once_without_retries(config_path: str) -> None:
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+
+    broken = write_model_config(Path(config_path).parent, target={"column": "arr_dealy", "task": "regression"})
+
+    state = ingest_new_rows(config_path=str(broken), return_state=True)
+
+    assert state.is_failed()
+    with pytest.raises(ConfigError, match="target.column 'arr_dealy'"):
+        state.result()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        )
+    assert [(run.name.rsplit("-", 1)[0], run.run_count) for run in runs] == [("check_source_config", 1)]
+    assert not has_table(get_warehouse(), BATCH_LEDGER)

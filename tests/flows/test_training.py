@@ -16,16 +16,15 @@ from mlflow.tracking import MlflowClient
 from flows.training import train_model
 from retrain.errors import DataError, GateFailed
 from retrain.settings import get_settings
-from tasks.registry import AUDIT_TABLE, encode_for_model
-from tasks.warehouse import create_warehouse_engine, get_warehouse, read_table, write_frame
+from tasks.registry import encode_for_model
+from tasks.warehouse import AUDIT_TABLE, get_warehouse, open_warehouse, read_table, write_frame
 from tests.conftest import POSTGRES_URL, write_model_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 def load_source(frame: pd.DataFrame) -> None:
-    engine, schema = get_warehouse()
-    write_frame(engine, frame, "flights", schema=schema, if_exists="replace")
+    write_frame(get_warehouse(), frame, "flights", if_exists="replace")
 
 
 @dataclass(frozen=True)
@@ -49,8 +48,7 @@ def registry(model: str) -> RegistryState:
 
 
 def audit() -> pd.DataFrame:
-    engine, schema = get_warehouse()
-    return read_table(engine, AUDIT_TABLE, schema=schema)
+    return read_table(get_warehouse(), AUDIT_TABLE)
 
 
 @pytest.fixture
@@ -156,6 +154,5 @@ def test_training_flow_on_a_postgresql_warehouse(
     load_source(flights_small)
     outcome = train_model(config_path=str(write_model_config(retrain_home.parent)))
     assert outcome.decision == "champion"
-    engine = create_warehouse_engine(POSTGRES_URL)
-    assert read_table(engine, AUDIT_TABLE, schema=schema)["version"].tolist() == ["1"]
+    assert read_table(open_warehouse(POSTGRES_URL, schema), AUDIT_TABLE)["version"].tolist() == ["1"]
     assert mlflow.get_run(outcome.run_id).inputs.dataset_inputs[0].dataset.digest == outcome.fingerprint

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from retrain.config import load_model_config
+from retrain.config import ModelConfig, load_model_config
 from retrain.errors import ConfigError
 from tasks.contract import (
     ColumnType,
     Contract,
+    check_config_against_table,
     contract_from_yaml,
     contract_to_yaml,
+    grows_with_time,
     infer_column_rule,
     infer_contract,
     read_contract,
@@ -23,6 +27,7 @@ from tasks.contract import (
     write_contract,
 )
 from tasks.validation import judge_batch, validate_batch
+from tasks.warehouse import TableDescription
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = REPO / "examples" / "flights.yaml"
@@ -120,7 +125,12 @@ def test_yaml_round_trip_keeps_every_field(january_contract: Contract, tmp_path:
     [
         (lambda t: t.replace("max_bad_share: 0.05", "max_bad_share: 2"), "batch.max_bad_share"),
         (lambda t: t.replace("origin: {type: string,", "origin: {type: integer,"), "columns.origin"),
-        (lambda t: t.replace("time_hour: {type: datetime,", "time_hour: {type: string,"), "timestamp column"),
+        (lambda t: t.replace("time_hour: {type: datetime, nullable: false, offsets: convert}",
+                             "time_hour: {type: string, nullable: false}"), "timestamp column"),
+        (lambda t: t.replace("distance: {type: integer, nullable: false,",
+                             "distance: {type: integer, nullable: false, offsets: convert,"), "offsets applies"),
+        (lambda t: t.replace("distance: {type: integer, nullable: false,",
+                             "distance: {type: integer, nullable: false, growing: true,"), "growing column has no max"),
         (lambda t: t.replace("carrier: {type: string, nullable: false", "carrier: {type: string, nullable: true"),
          "must have nullable: false"),
         (lambda t: re.sub(r"max_rows: \d+", "max_rows: 0", t), "batch.max_rows"),
@@ -150,3 +160,129 @@ def test_a_missing_contract_says_how_to_write_one(tmp_path: Path) -> None:
 def test_infer_needs_the_configured_timestamp_and_key(flights_small: pd.DataFrame) -> None:
     with pytest.raises(ConfigError, match="origin"):
         infer_contract(flights_small.drop(columns=["origin"]), load_model_config(EXAMPLE_CONFIG))
+
+
+# ------------------------------------------------------------------------ keys and growing columns
+
+
+def orders(first_id: int, count: int) -> pd.DataFrame:
+    """Not flights: an order id that grows, a running total, a repeating category, odd timestamps and nulls."""
+    ids = np.arange(first_id, first_id + count)
+    placed = (pd.Timestamp("2024-05-01") + pd.to_timedelta(ids * 3, unit="min")).strftime("%Y-%m-%dT%H:%M:%SZ")
+    amount = (ids % 37).astype("float64") + 0.5
+    amount[ids % 10 == 0] = np.nan
+    return pd.DataFrame({
+        "order_id": ids,
+        "placed": placed,
+        "order_code": [f"ORD-{i:06d}" for i in ids],
+        "shop": np.array(["a", "b", "c"], dtype=object)[ids % 3],
+        "amount": amount,
+        "items_sold_total": ids * 2 + 100,
+    })
+
+
+ORDERS_CONFIG = ModelConfig.model_validate({
+    "name": "orders",
+    "source": {"table": "orders", "timestamp": "placed", "key": ["order_id", "order_code"]},
+    "target": {"column": "amount"},
+    "features": {"numeric": ["items_sold_total"], "categorical": ["shop"]},
+    "metric": "mae",
+    "training_window": {"start": "2024-05-01", "end": "2024-06-01"},
+})
+
+
+def test_keys_and_growing_columns_get_no_range_and_the_file_says_why() -> None:
+    contract = infer_contract(orders(0, 300), ORDERS_CONFIG)
+    columns = contract.columns
+
+    assert (columns["order_id"].min, columns["order_id"].max) == (None, None)
+    assert columns["order_code"].allowed is None  # every value distinct: an identifier, not a category
+    assert columns["shop"].allowed == ["a", "b", "c"]
+    assert columns["items_sold_total"].growing and columns["items_sold_total"].max is None
+    assert columns["amount"].max is not None and not columns["amount"].growing
+    assert columns["placed"].offsets == "convert"
+    text = contract_to_yaml(contract)
+    assert "  order_id: {type: integer, nullable: false}  # key: no range" in text
+    assert "  items_sold_total: {type: integer, nullable: false, growing: true}  # grows with time" in text
+    assert contract_from_yaml(text) == contract
+
+    later = judge_batch(validate_batch(orders(5_000, 300), contract, NOW), contract, NOW)  # ids far beyond
+    assert (later.status, later.quarantined_count) == ("passed", 0)
+
+
+@pytest.mark.parametrize(
+    ("numbers", "grows"),
+    [
+        (np.arange(100), True),
+        (np.arange(100)[::-1], False),  # falls with time
+        (np.arange(100) % 24, False),  # an hour of the day
+        (np.repeat([2013, 2014], 50), False),  # a year: too few distinct values to call it growing
+    ],
+)
+def test_grows_with_time(numbers: np.ndarray, grows: bool) -> None:
+    times = pd.Series(pd.date_range("2024-01-01", periods=100, freq="h"))
+    assert grows_with_time(pd.Series(numbers), times) is grows
+
+
+# ------------------------------------------------------------------- the model config against its table
+
+FLIGHTS_TABLE = TableDescription(
+    name="flights",
+    columns={"time_hour": "datetime", "carrier": "string", "flight": "integer", "origin": "string",
+             "dest": "string", "distance": "integer", "arr_delay": "float", "temp": "float", "hour": "integer",
+             "sched_dep_time": "integer", "sched_arr_time": "integer", "minute": "integer", "dewp": "float",
+             "humid": "float", "wind_dir": "float", "wind_speed": "float", "wind_gust": "float", "precip": "float",
+             "pressure": "float", "visib": "float"},
+    types={"time_hour": "TIMESTAMP", "distance": "BIGINT"},
+    sampled_rows=1000,
+)
+
+
+def config_with(**changes: object) -> ModelConfig:
+    base = load_model_config(EXAMPLE_CONFIG)
+    return base.model_copy(update={k: getattr(base, k).model_copy(update=v) for k, v in changes.items()})
+
+
+def test_the_example_config_fits_its_table_and_contract() -> None:
+    check_config_against_table(load_model_config(EXAMPLE_CONFIG), FLIGHTS_TABLE, read_contract(EXAMPLE_CONTRACT))
+
+
+@pytest.mark.parametrize(
+    ("config", "table", "message"),
+    [
+        (config_with(features={"numeric": ["sched_dep_time", "hour", "distanse"]}), FLIGHTS_TABLE,
+         "features.numeric[2] 'distanse' is not a column of table 'flights' (did you mean 'distance'?)"),
+        (config_with(target={"column": "arr_dealy"}), FLIGHTS_TABLE,
+         "target.column 'arr_dealy' is not a column of table 'flights' (did you mean 'arr_delay'?)"),
+        (config_with(features={"categorical": ["Carrier"]}), FLIGHTS_TABLE,
+         "features.categorical[0] 'Carrier' is not a column of table 'flights' (did you mean 'carrier'?)"),
+        (config_with(features={"numeric": ["time_hour"]}), FLIGHTS_TABLE,
+         "features.numeric[0] 'time_hour' is TIMESTAMP in table 'flights'; it must be a numeric column"),
+        (config_with(source={"timestamp": "distance"}), FLIGHTS_TABLE,
+         "source.timestamp 'distance' is BIGINT in table 'flights'; it must be a date/time column or ISO 8601 text"),
+        (config_with(features={"categorical": ["carrier", "distance"]}), FLIGHTS_TABLE,
+         "features.categorical[1] 'distance' is already features.numeric[2]"),
+        (config_with(source={"key": ["carrier"]}), replace(FLIGHTS_TABLE, key_duplicates=990),
+         "source.key ['carrier'] is not a key: 990 of 1,000 sampled rows (99.0%) share their key"),
+    ],
+)
+def test_a_config_that_does_not_fit_its_table_names_the_file_and_field(
+    config: ModelConfig, table: TableDescription, message: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        check_config_against_table(config, table)
+    assert str(EXAMPLE_CONFIG) in str(raised.value) and message in str(raised.value)
+    assert "The table has: time_hour, carrier" in str(raised.value)
+
+
+def test_a_config_must_fit_its_contract() -> None:
+    contract = read_contract(EXAMPLE_CONTRACT)
+    narrow = contract.model_copy(update={"columns": {k: v for k, v in contract.columns.items() if k != "temp"}})
+    config = config_with(features={"numeric": ["distance", "temp", "carrier"], "categorical": ["origin"]})
+
+    with pytest.raises(ConfigError) as raised:
+        check_config_against_table(config, FLIGHTS_TABLE, narrow)
+    message = str(raised.value)
+    assert "features.numeric[1] 'temp' is not a column of the data contract" in message
+    assert "features.numeric[2] 'carrier' is a string column in the data contract" in message
+    assert "list it under features.categorical" in message

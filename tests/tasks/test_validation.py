@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ import pandas as pd
 import pandera.pandas as pa
 import pytest
 
-from retrain.errors import DataContractError
+from retrain.errors import ConfigError, DataContractError
 from tasks.contract import ColumnRule, ColumnType, Contract, read_contract
 from tasks.validation import (
     DUPLICATE_ACROSS_BATCHES,
@@ -21,11 +21,14 @@ from tasks.validation import (
     PASSED,
     REFUSED,
     ValidationResult,
+    check_requested_range,
     check_snapshot,
     coerce_column,
     compile_schema,
     enforce_batch_rules,
     judge_batch,
+    row_fingerprint,
+    select_batch,
     validate_batch,
 )
 
@@ -122,6 +125,9 @@ CATALOGUE: dict[str, Case] = {
         reasons={"unparseable:time_hour": 2}),
     "timestamp as ISO text with an offset and spaces": Case(
         lambda f: put(f, "time_hour", [18], ["  2013-01-01T05:00:00-05:00  "]), reasons={}),
+    "timestamp with an offset the contract refuses": Case(
+        lambda f: put(f, "time_hour", [18, 19], ["2013-01-01T05:00:00-05:00", "2013-01-01T10:00:00Z"]),
+        reasons={"offset:time_hour": 2}, contract=lambda c: with_rule(c, "time_hour", offsets="refuse")),
     "duplicate keys within the batch": Case(
         lambda f: pd.concat([f, f.iloc[[20, 21]]], ignore_index=True), rows=ROWS + 2,
         reasons={DUPLICATE_IN_BATCH: 4}),
@@ -321,3 +327,68 @@ def test_check_snapshot_refuses_broken_snapshots(
     with pytest.raises(DataContractError) as raised:
         check_snapshot(mutate(flights_small.iloc[:500]), contract)
     assert raised.value.rule == rule
+
+
+def test_one_offset_never_shifts_the_other_timestamps(batch: pd.DataFrame, contract: Contract) -> None:
+    """pandas' to_datetime(utc=True) applied the first offset it met to every naive value after it."""
+    frame = put(batch.copy(), "time_hour", [0], ["2013-01-01T00:00:00+05:00"])
+    result = validate_batch(frame, contract, NOW)
+
+    expected = pd.to_datetime(batch["time_hour"]).tolist()
+    expected[0] = pd.Timestamp("2012-12-31 19:00")
+    assert result.clean["time_hour"].tolist() == expected
+
+
+# ------------------------------------------------------------------------------ which rows a batch holds
+
+START, HORIZON = datetime(2013, 1, 2), datetime(2013, 1, 4)
+
+
+def odd_candidates() -> pd.DataFrame:
+    return pd.DataFrame({
+        "ts": ["2013-01-02 00:00:00", "2013-01-03T23:00:00-05:00", "2099-01-01 00:00:00", "not a time", None,
+               "1970-01-01 00:00:00", "2013-01-03 12:00:00", "2013-01-02T01:00:00+05:00", "2013-01-03 23:59:59"],
+        "value": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0],
+    })
+
+
+def test_a_batch_holds_rows_by_their_own_instant_and_ends_after_its_newest() -> None:
+    chosen = select_batch(odd_candidates(), "ts", START, HORIZON, end_requested=False)
+
+    # 2013-01-03T23:00-05:00 is 01-04 04:00 UTC: not arrived; 2013-01-02T01:00+05:00 is 01-01 20:00: before start
+    assert chosen.frame["value"].tolist() == [1.0, 4.0, 5.0, 7.0, 9.0]
+    assert chosen.range_end == datetime(2013, 1, 3, 23, 59, 59, 1)  # just after the newest row, not the horizon
+    assert chosen.waiting == 2  # 2099 and the offset row dated after the horizon
+    assert sorted(chosen.fingerprints) == [1, 2]  # positions of "not a time" and the null in the batch
+
+
+def test_rows_without_a_usable_timestamp_join_one_batch_only() -> None:
+    first = select_batch(odd_candidates(), "ts", START, HORIZON, end_requested=False)
+    known = set(first.fingerprints.values())
+
+    later = select_batch(odd_candidates(), "ts", first.range_end, datetime(2013, 1, 10), False, known)
+
+    assert later.frame["value"].tolist() == [2.0]  # the offset row, whose time came; nothing timeless again
+    assert later.fingerprints == {}
+
+
+def test_a_requested_range_ends_where_asked_and_an_empty_one_where_it_began() -> None:
+    asked = select_batch(odd_candidates(), "ts", START, datetime(2013, 1, 3), end_requested=True)
+    assert (asked.range_end, asked.waiting) == (datetime(2013, 1, 3), 0)
+    assert asked.frame["value"].tolist() == [1.0, 4.0, 5.0]
+
+    nothing = select_batch(odd_candidates().iloc[[0]], "ts", datetime(2013, 1, 5), HORIZON + timedelta(days=2), False)
+    assert (nothing.count, nothing.range_end) == (0, datetime(2013, 1, 5))
+
+
+def test_a_rows_fingerprint_does_not_depend_on_how_its_batch_was_typed() -> None:
+    assert row_fingerprint([517.0, "not a time", None]) == row_fingerprint([517, "not a time", float("nan")])
+    assert row_fingerprint([517.5, "x"]) != row_fingerprint([517, "x"])
+    assert row_fingerprint([12, "a"]) != row_fingerprint(["12", "a"])  # a number and its text are not one value
+
+
+@pytest.mark.parametrize(("start", "end"), [(datetime(2013, 1, 5), datetime(2013, 1, 2)),
+                                            (datetime(2013, 1, 5), datetime(2013, 1, 5))])
+def test_a_range_that_holds_nothing_is_refused(start: datetime, end: datetime) -> None:
+    with pytest.raises(ConfigError, match="is not before its end"):
+        check_requested_range(start, end)

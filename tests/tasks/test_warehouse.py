@@ -1,24 +1,65 @@
-"""Warehouse reads and writes on SQLite and, where it answers, the PostgreSQL on 127.0.0.1:5432."""
+"""Warehouse reads, writes, keys and locks on SQLite and, where it answers, the PostgreSQL on 127.0.0.1:5432."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from retrain.errors import DataError
-from tasks.warehouse import append_rows, create_warehouse_engine, ledger_table, read_table, read_window, write_frame
+from retrain.errors import Busy, ConfigError, DataError, StoreUnavailable
+from tasks.validation import select_batch
+from tasks.warehouse import (
+    BATCH_LEDGER,
+    Warehouse,
+    append_rows,
+    batch_ledger,
+    clean_table,
+    count_rows_after,
+    hold_lock,
+    is_transient,
+    open_warehouse,
+    quarantine_table,
+    read_lock_holder,
+    read_source_rows,
+    read_table,
+    read_watermark,
+    read_window,
+    record_batch,
+    retry_if_transient,
+    write_frame,
+)
+from tests.conftest import REPO
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def warehouse(request: pytest.FixtureRequest, tmp_path) -> tuple[sa.Engine, str | None]:
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Warehouse:
     if request.param == "sqlite":
-        return create_warehouse_engine(f"sqlite:///{tmp_path / 'w.db'}"), None
+        return open_warehouse(f"sqlite:///{tmp_path / 'w.db'}")
     url, schema = request.getfixturevalue("postgres_schema")
-    return create_warehouse_engine(url), schema
+    return open_warehouse(url, schema)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def own_warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str | None]]:
+    """URL and schema of a warehouse no other test uses: locks and the batch ledger are per warehouse."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'w.db'}", None
+        return
+    from tests.conftest import POSTGRES_URL, fresh_postgres_schema
+
+    with fresh_postgres_schema("retrain_lock") as schema:
+        yield POSTGRES_URL, schema
 
 
 def rows() -> pd.DataFrame:
@@ -31,27 +72,25 @@ def rows() -> pd.DataFrame:
     )
 
 
-def test_read_window_is_half_open_ordered_and_typed(warehouse) -> None:
-    engine, schema = warehouse
+def test_read_window_is_half_open_ordered_and_typed(warehouse: Warehouse) -> None:
     table = f"t_{uuid.uuid4().hex[:6]}"
-    write_frame(engine, rows().iloc[::-1], table, schema=schema, if_exists="replace")
-    frame = read_window(engine, table, "ts", datetime(2013, 1, 1, 11), datetime(2013, 1, 3), schema=schema)
+    write_frame(warehouse, rows().iloc[::-1], table, if_exists="replace")
+    frame = read_window(warehouse, table, "ts", datetime(2013, 1, 1, 11), datetime(2013, 1, 3))
     assert frame["value"].tolist() == [2.0, 3.0]
     assert pd.api.types.is_datetime64_any_dtype(frame["ts"])
-    everything = read_window(engine, table, "ts", None, None, columns=["name"], schema=schema)
+    everything = read_window(warehouse, table, "ts", None, None, columns=["name"])
     assert everything["name"].tolist() == list("abcd")
 
 
-def test_values_are_bound_not_spliced(warehouse) -> None:
-    engine, schema = warehouse
+def test_values_are_bound_not_spliced(warehouse: Warehouse) -> None:
     table = f"t_{uuid.uuid4().hex[:6]}"
-    write_frame(engine, rows(), table, schema=schema, if_exists="replace")
+    write_frame(warehouse, rows(), table, if_exists="replace")
     hostile = "2013-01-01'; DROP TABLE " + table + "; --"
     try:  # SQLite compares the text as text; PostgreSQL refuses it as a timestamp: either way it is a value
-        read_window(engine, table, "ts", hostile, None, schema=schema)  # type: ignore[arg-type]
+        read_window(warehouse, table, "ts", hostile, None)  # type: ignore[arg-type]
     except sa.exc.DBAPIError:
         pass
-    assert len(read_table(engine, table, schema=schema)) == 4
+    assert len(read_table(warehouse, table)) == 4
 
 
 @pytest.mark.parametrize(
@@ -61,19 +100,218 @@ def test_values_are_bound_not_spliced(warehouse) -> None:
         ("EXISTING", ["ghost"], r"has no column\(s\) \['ghost'\]"),
     ],
 )
-def test_missing_table_or_column_is_named(warehouse, table: str, columns, message: str) -> None:
-    engine, schema = warehouse
+def test_missing_table_or_column_is_named(warehouse: Warehouse, table: str, columns, message: str) -> None:
     existing = f"t_{uuid.uuid4().hex[:6]}"
-    write_frame(engine, rows(), existing, schema=schema, if_exists="replace")
+    write_frame(warehouse, rows(), existing, if_exists="replace")
     with pytest.raises(DataError, match=message):
         name = existing if table == "EXISTING" else table
-        read_window(engine, name, "ts", None, None, columns=columns, schema=schema)
+        read_window(warehouse, name, "ts", None, None, columns=columns)
 
 
-def test_ledger_rows_keep_declared_types_even_when_first_value_is_null(warehouse) -> None:
-    engine, schema = warehouse
-    columns = (sa.Column("id", sa.Integer, primary_key=True), sa.Column("score", sa.Float))
-    table = ledger_table(f"ledger_{uuid.uuid4().hex[:6]}", columns, schema)
-    append_rows(engine, table, [{"score": None}])
-    append_rows(engine, table, [{"score": 1.5}])
-    assert read_table(engine, table.name, schema=schema)["score"].tolist()[1] == 1.5
+def test_declared_tables_keep_their_types_even_when_the_first_value_is_null(own_warehouse) -> None:
+    warehouse = open_warehouse(*own_warehouse)
+    ledger = batch_ledger(warehouse.schema)
+    first = {column.name: None for column in ledger.columns}
+    first.update(batch_id="b1", source_table="s", clean_table="c", model="m", end_requested=False, rows_read=0,
+                 rows_clean=0, rows_coerced=0, rows_quarantined=0, rows_waiting=0, status="passed", reasons="{}",
+                 unknown_columns="[]", as_of=datetime(2013, 1, 1), started_at=datetime(2013, 1, 1),
+                 finished_at=datetime(2013, 1, 1))
+    append_rows(warehouse, ledger, [first])
+    append_rows(warehouse, ledger, [{**first, "batch_id": "b2", "range_end": datetime(2013, 1, 2, 5)}])
+    assert read_watermark(warehouse, "s", "c") == datetime(2013, 1, 2, 5)
+
+
+def test_a_ledger_from_an_older_retrain_is_a_clear_error(own_warehouse) -> None:
+    warehouse = open_warehouse(*own_warehouse)
+    old = sa.Table(BATCH_LEDGER, sa.MetaData(schema=warehouse.schema), sa.Column("batch_id", sa.String(120)),
+                   sa.Column("model", sa.String(200)), sa.Column("range_end", sa.DateTime))
+    append_rows(warehouse, old, [{"batch_id": "b1", "model": "flights-delay", "range_end": datetime(2013, 1, 2)}])
+
+    with pytest.raises(DataError, match=r"written by an older version of Retrain: it has no column\(s\) \['source_t"):
+        read_watermark(warehouse, "flights", "flights_clean")
+
+
+# ---------------------------------------------------------------------------------------- unique keys
+
+
+def write_clean_batch(warehouse: Warehouse, batch_id: str, frame: pd.DataFrame) -> None:
+    ledger = batch_ledger(warehouse.schema)
+    record = {column.name: None for column in ledger.columns}
+    record.update(batch_id=batch_id, source_table="events", clean_table="events_clean", model="m",
+                  end_requested=False, rows_read=len(frame), rows_clean=len(frame), rows_coerced=0,
+                  rows_quarantined=0, rows_waiting=0, status="passed", reasons="{}", unknown_columns="[]",
+                  as_of=datetime(2013, 2, 1), started_at=datetime(2013, 2, 1), finished_at=datetime(2013, 2, 1))
+    record_batch(
+        warehouse, record=record, clean=frame,
+        clean_table=clean_table("events_clean", {"ts": "datetime", "id": "integer", "value": "float"},
+                                key=["ts", "id"], schema=warehouse.schema),
+        quarantine=pd.DataFrame(columns=["batch_id", "source_row", "reasons", "raw", "fingerprint"]),
+        quarantine_table=quarantine_table("events_quarantine", warehouse.schema),
+    )
+
+
+def test_the_clean_tables_unique_key_refuses_a_second_copy_without_any_lock(own_warehouse) -> None:
+    """Two writers that both validated the same rows (no lock, no duplicate check): one copy lands, never two."""
+    warehouse = open_warehouse(*own_warehouse)
+    frame = pd.DataFrame({"ts": pd.to_datetime(["2013-01-01 05:00", "2013-01-01 06:00"]), "id": [1, 2],
+                          "value": [0.5, 1.5]})
+    write_clean_batch(warehouse, "first", frame)
+
+    with pytest.raises(Busy, match="another ingest wrote rows with the same keys"):
+        write_clean_batch(warehouse, "second", frame.iloc[::-1])
+
+    landed = read_table(warehouse, "events_clean")
+    assert len(landed) == 2 and set(landed["_batch_id"]) == {"first"}
+    assert read_table(warehouse, BATCH_LEDGER)["batch_id"].tolist() == ["first"]  # the whole batch rolled back
+
+
+# ------------------------------------------------------------------------------------------ source reads
+
+
+def odd_source() -> pd.DataFrame:
+    """Timestamps as a warehouse full of hand-loaded data holds them, in a column without a declared type."""
+    return pd.DataFrame({
+        "ts": [
+            "2013-01-01 00:30:00",  # plain
+            "2013-01-01T20:00:00-05:00",  # 2013-01-02 01:00 UTC: sorts a day early as text
+            "2013-01-02T03:00:00",  # "T" sorts after " "
+            "2013-01-02 04:00:00+05:00",  # 2013-01-01 23:00 UTC: sorts after its instant as text
+            "  2013-01-02 05:00:00  ",  # spaces around it
+            "yesterday",  # unparseable, sorts after every date
+            "01/02/2013",  # not ISO 8601, sorts before every date
+            None,
+            "2099-01-01 00:00:00",  # far future
+            "1970-01-01 00:00:00",  # far past
+        ],
+        "id": range(10),
+    })
+
+
+def write_untyped(warehouse: Warehouse, frame: pd.DataFrame, table: str) -> None:
+    """SQLite: a column with no declared type keeps text as text (STACK.md: numeric affinity would not)."""
+    columns = (sa.Column("ts", sa.Text), sa.Column("id", sa.Integer))
+    target = sa.Table(table, sa.MetaData(schema=warehouse.schema), *columns)
+    with warehouse.engine.begin() as connection:
+        if warehouse.dialect == "sqlite":
+            connection.execute(sa.text(f'CREATE TABLE "{table}" (ts, id INTEGER)'))
+        else:
+            target.create(connection)
+        connection.execute(sa.insert(target), frame.to_dict("records"))
+
+
+def test_a_range_read_of_text_timestamps_misses_no_row_that_belongs(warehouse: Warehouse) -> None:
+    table = f"odd_{uuid.uuid4().hex[:6]}"
+    write_untyped(warehouse, odd_source(), table)
+    start, end = datetime(2013, 1, 1, 23), datetime(2013, 1, 2, 4, 30)
+
+    candidates = read_source_rows(warehouse, table, "ts", start, end)
+    chosen = select_batch(candidates, "ts", start, end, end_requested=True)
+
+    # the instants in range, whatever their text: 01-02 01:00 (offset), 01-02 03:00 ("T"), 01-01 23:00 (offset)
+    # and the three rows without a usable timestamp, which no range can place
+    assert sorted(chosen.frame["id"]) == [1, 2, 3, 5, 6, 7]
+    assert sorted(chosen.fingerprints) == sorted(
+        position for position, value in enumerate(chosen.frame["ts"]) if value in ("yesterday", "01/02/2013", None)
+    )
+    assert count_rows_after(warehouse, table, "ts", end) == 1  # 2099 (text dates two days past `end` and later)
+
+
+# ------------------------------------------------------------------------------------------------ locks
+
+
+def test_a_lock_is_exclusive_reentrant_and_names_its_holder(own_warehouse) -> None:
+    warehouse = open_warehouse(*own_warehouse)
+    with hold_lock(warehouse, "source:flights", wait_seconds=0, holder="ingest A") as held:
+        with hold_lock(warehouse, "source:flights", wait_seconds=0) as again:  # the same block: re-entrant
+            assert again == held
+        assert read_lock_holder(warehouse, "source:flights").holder == "ingest A"
+        errors: list[BaseException] = []
+
+        def other_thread() -> None:  # a thread of its own is another holder, not a re-entry
+            try:
+                with hold_lock(warehouse, "source:flights", wait_seconds=0.5, holder="ingest B"):
+                    pass
+            except Busy as error:
+                errors.append(error)
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+        assert len(errors) == 1 and "'source:flights' is held by ingest A (pid" in str(errors[0])
+        assert errors[0].exit_code == 4
+        with hold_lock(warehouse, "model:flights-delay", wait_seconds=0):  # another name is another lock
+            pass
+    with hold_lock(warehouse, "source:flights", wait_seconds=0, holder="ingest B"):  # released
+        assert read_lock_holder(warehouse, "source:flights").holder == "ingest B"
+
+
+HOLDER_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {repo!r})
+    from tasks.warehouse import hold_lock, open_warehouse
+    with hold_lock(open_warehouse({url!r}, {schema!r}), "source:flights", wait_seconds=30, holder="killed run"):
+        print("held", flush=True)
+        time.sleep(600)
+    """
+)
+
+
+def test_a_holder_killed_mid_run_does_not_block_the_next_one(own_warehouse) -> None:
+    url, schema = own_warehouse
+    script = HOLDER_SCRIPT.format(repo=str(REPO), url=url, schema=schema)
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        warehouse = open_warehouse(url, schema)
+        with pytest.raises(Busy, match="held by killed run"):
+            with hold_lock(warehouse, "source:flights", wait_seconds=0.5):
+                pass
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+
+        with hold_lock(warehouse, "source:flights", wait_seconds=30, holder="next run") as held:
+            assert read_lock_holder(warehouse, "source:flights") == held
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (sa.exc.OperationalError("SELECT 1", {}, Exception("database is locked")), True),
+        (sa.exc.OperationalError("connect", {}, Exception("connection refused")), True),
+        (StoreUnavailable("the warehouse did not answer"), True),
+        (sa.exc.IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed")), False),
+        (ConfigError("features.numeric[2] 'distanse' is not a column"), False),
+        (DataError("table 'flights' has no column 'x'"), False),
+        (Busy("'source:flights' is held by another run"), False),  # it has waited already
+    ],
+)
+def test_only_transient_failures_are_retried(error: Exception, transient: bool) -> None:
+    from prefect.states import Failed
+
+    assert is_transient(error) is transient
+    assert retry_if_transient(None, None, Failed(data=error)) is transient
+
+
+def test_a_postgresql_timestamptz_source_is_read_as_instants(postgres_schema: tuple[str, str]) -> None:
+    url, schema = postgres_schema
+    # sessions in another time zone than UTC must not move the range
+    engine = sa.create_engine(url, connect_args={"options": "-c timezone=Asia/Tokyo"})
+    warehouse = Warehouse(engine, schema)
+    table = f"tz_{uuid.uuid4().hex[:6]}"
+    instants = pd.Series(pd.to_datetime(["2013-01-01 22:00", "2013-01-02 01:00", "2013-01-02 03:00"]))
+    frame = pd.DataFrame({"ts": instants.dt.tz_localize("UTC").dt.tz_convert("America/New_York"), "id": [1, 2, 3]})
+    try:
+        write_frame(warehouse, frame, table)  # TIMESTAMP WITH TIME ZONE
+        candidates = read_source_rows(warehouse, table, "ts", datetime(2013, 1, 2), datetime(2013, 1, 2, 2))
+        chosen = select_batch(candidates, "ts", datetime(2013, 1, 2), datetime(2013, 1, 2, 2), end_requested=True)
+        after = count_rows_after(warehouse, table, "ts", datetime(2013, 1, 2, 2))
+    finally:
+        engine.dispose()
+
+    assert candidates["id"].tolist() == [2] and chosen.frame["id"].tolist() == [2]
+    assert after == 1
