@@ -159,7 +159,8 @@ def finish(result: dict[str, Any], as_json: bool, render: Callable[[dict[str, An
 def load_example(
     config: ConfigOption,
     until: Annotated[
-        datetime | None, typer.Option(help="Only flights scheduled before this UTC time (simulates arrival).")
+        datetime | None,
+        typer.Option(help="Only flights scheduled before this New York time, as the data dates them (arrival)."),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:

@@ -15,6 +15,7 @@ import pandas as pd
 from retrain.errors import DataError
 
 WEATHER_JOIN_KEYS = ["origin", "time_hour"]
+LOCAL_TIME_ZONE = "America/New_York"  # the three origin airports; the data's year/month/day/hour are local
 
 
 def example_data_folder() -> Path:
@@ -31,7 +32,9 @@ def read_flights_example(until: datetime | None = None) -> pd.DataFrame:
     and PostgreSQL compare it the same way.
 
     Args:
-        until: Keep only flights scheduled before this (naive UTC) time, to simulate data arriving.
+        until: Keep only flights scheduled before this New York time, to simulate data arriving: a
+            "flight of March 1" is one the data itself dates March 1 (its local `year`/`month`/`day`),
+            while `time_hour` stays UTC like every timestamp in the warehouse.
     """
     folder = example_data_folder()
     flights = pd.read_csv(folder / "flights.csv.zip")
@@ -41,5 +44,6 @@ def read_flights_example(until: datetime | None = None) -> pd.DataFrame:
     joined = joined[joined["arr_delay"].notna()]
     joined["time_hour"] = pd.to_datetime(joined["time_hour"], utc=True).dt.tz_localize(None)
     if until is not None:
-        joined = joined[joined["time_hour"] < pd.Timestamp(until)]
+        local = joined["time_hour"].dt.tz_localize("UTC").dt.tz_convert(LOCAL_TIME_ZONE).dt.tz_localize(None)
+        joined = joined[local < pd.Timestamp(until)]
     return joined.sort_values(["time_hour", "carrier", "flight"], kind="stable").reset_index(drop=True)
