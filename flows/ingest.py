@@ -11,6 +11,7 @@ from datetime import datetime
 from prefect import flow
 
 from retrain.config import load_model_config
+from tasks.stores import WAREHOUSE, verify_stores
 from tasks.validation import (
     REFUSED,
     BatchOutcome,
@@ -47,6 +48,8 @@ def ingest_new_rows(
         DataContractError: (as `BatchRefused`, carrying the outcome) the batch broke a batch rule; its
             rows were quarantined and recorded, nothing was appended to the clean table.
     """
+    verify_stores((WAREHOUSE,))  # the warehouse answers, or the run fails here in seconds saying so
+
     # configuration and contract
     config = load_model_config(config_path)
     contract = read_model_contract(config)
@@ -83,6 +86,7 @@ def ingest_when_new_rows(config_path: str) -> BatchOutcome | None:
     Args:
         config_path: The model config YAML; the data contract is found beside it.
     """
+    verify_stores((WAREHOUSE,))
     config = load_model_config(config_path)
     if not count_new_rows(config):
         return None

@@ -26,6 +26,7 @@ import typer.core
 
 from retrain.config import load_model_config
 from retrain.errors import ExitCode, GateFailed, RetrainError
+from retrain.redaction import redact_text
 from retrain.settings import get_settings
 
 
@@ -56,7 +57,7 @@ class RetrainCommands(typer.core.TyperGroup):
         except RetrainError as error:
             code = report_error(type(error).__name__, str(error), error.exit_code, as_json)
         except Exception as error:  # noqa: BLE001 - a real fault: its traceback goes to stderr, then the JSON
-            traceback.print_exc(file=sys.stderr)
+            sys.stderr.write(redact_text("".join(traceback.format_exception(error)), known_secrets()))
             code = report_error(type(error).__name__, str(error), ExitCode.FAILURE, as_json)
         code = int(code or 0)
         if standalone_mode:
@@ -75,7 +76,11 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 def report_error(
     kind: str, message: str, code: ExitCode, as_json: bool, show: Callable[[], None] | None = None
 ) -> ExitCode:
-    """One line on stderr (or click's own usage text) and, under `--json`, one JSON object on stdout."""
+    """One line on stderr (or click's own usage text) and, under `--json`, one JSON object on stdout.
+
+    The message is redacted here too: an error from a library may quote a URL with its password.
+    """
+    message = redact_text(message, known_secrets())
     if as_json:
         sys.stdout.write(json.dumps({"error": kind, "message": message, "exit_code": int(code)}) + "\n")
         sys.stdout.flush()
@@ -84,6 +89,30 @@ def report_error(
     else:
         typer.echo(f"error: {message}", err=True)
     return code
+
+
+def known_secrets() -> tuple[str, ...]:
+    """The secrets to mask in what we print; none when the settings themselves cannot be read."""
+    try:
+        return get_settings().known_secrets()
+    except RetrainError:
+        return ()
+
+
+def check_stores_first(*stores: str) -> None:
+    """Check the stores a command needs before it starts any work (or Prefect's temporary server), then
+    mask passwords in every log line of this process from here on.
+
+    An outage then ends the command in about a second with `StoreUnavailable` (exit 3) naming the store,
+    not after the tuning it would otherwise have done first. The flows check again for runs that do not
+    come through this CLI (deployments on a worker).
+    """
+    from retrain.redaction import install_redaction
+    from tasks.stores import check_stores
+
+    settings = get_settings()
+    install_redaction(settings.known_secrets())
+    check_stores(settings, stores)
 
 
 def prepare_environment() -> None:
@@ -165,11 +194,12 @@ def load_example(
 ) -> None:
     """Write the NYC flights 2013 example into the warehouse as the model's source table (idempotent)."""
     prepare_environment()
+    model = load_model_config(config)
     with stdout_to_stderr():
+        check_stores_first("warehouse")
         from tasks.example_data import read_flights_example
         from tasks.warehouse import get_warehouse, write_frame
 
-        model = load_model_config(config)
         engine, schema = get_warehouse()
         frame = read_flights_example(until=until)
         rows = write_frame(engine, frame, model.source.table, schema=schema, if_exists="replace")
@@ -200,6 +230,8 @@ def train(
     prepare_environment()
     model = load_model_config(config)
     threshold = _threshold_override(model.lower_is_better, model.metric, max_metric, min_metric)
+    with stdout_to_stderr():
+        check_stores_first("warehouse", "mlflow", "optuna", "prefect")
     try:
         with stdout_to_stderr():
             from flows.training import train_model
@@ -260,6 +292,7 @@ def contract_infer(
         result = {"contract": path, "written": False, "columns": None, "rows": None}
         finish(result, as_json, lambda r: f"kept the existing contract {r['contract']} (use --force to overwrite)")
     with stdout_to_stderr():
+        check_stores_first("warehouse")
         from tasks.contract import infer_contract, write_contract
         from tasks.warehouse import get_warehouse, read_window
 
@@ -283,6 +316,7 @@ def ingest(
     prepare_environment()
     model = load_model_config(config)
     with stdout_to_stderr():
+        check_stores_first("warehouse", "prefect")
         from flows.ingest import ingest_new_rows
         from tasks.validation import BatchRefused
 
