@@ -115,6 +115,21 @@ def check_stores_first(*stores: str) -> None:
     check_stores(settings, stores)
 
 
+@contextlib.contextmanager
+def prefect_api() -> Iterator[None]:
+    """Flows of this command run against `PREFECT_API_URL`, or a temporary server that ends with the command."""
+    from retrain.prefect_server import temporary_prefect_server
+
+    with temporary_prefect_server() as url:
+        if url:
+            typer.echo(
+                f"temporary Prefect server {url} (ends with this command; set PREFECT_API_URL to keep runs "
+                "on a server of your own)",
+                err=True,
+            )
+        yield
+
+
 def prepare_environment() -> None:
     """Point Prefect at a home under ours and keep it offline, before anything imports Prefect."""
     home = get_settings().resolved_home
@@ -233,7 +248,7 @@ def train(
     with stdout_to_stderr():
         check_stores_first("warehouse", "mlflow", "optuna", "prefect")
     try:
-        with stdout_to_stderr():
+        with stdout_to_stderr(), prefect_api():
             from flows.training import train_model
 
             outcome = train_model(
@@ -321,7 +336,8 @@ def ingest(
         from tasks.validation import BatchRefused
 
         try:
-            outcome = ingest_new_rows(config_path=str(config), start=start, end=end)
+            with prefect_api():
+                outcome = ingest_new_rows(config_path=str(config), start=start, end=end)
             code = ExitCode.OK
         except BatchRefused as refusal:
             outcome, code = refusal.outcome, refusal.exit_code

@@ -18,7 +18,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterable, Iterator, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
@@ -237,8 +237,8 @@ def check_stores(settings: Settings, stores: Iterable[str] = STORES) -> tuple[St
     unknown = set(stores) - set(checks)
     if unknown:
         raise ValueError(f"unknown stores {sorted(unknown)}: choose from {sorted(checks)}")
-    statuses = (checks[store]() for store in stores)
-    return tuple(status for status in statuses if status is not None)
+    statuses = ((store, checks[store]()) for store in stores)
+    return tuple(replace(status, store=store) for store, status in statuses if status is not None)
 
 
 def _host_credentials(bare: str, username: str | None, password: str | None) -> MlflowHostCreds:
