@@ -112,14 +112,28 @@ def crash_automation(flow_names: tuple[str, ...], heartbeat: int, missed: int = 
 
 
 def apply_automation(automation: Automation) -> Automation:
-    """Create the automation, or update the one of the same name in place (one copy, however often run)."""
+    """Create the automation, or bring the one of the same name up to date (one copy, however often run).
+
+    An unchanged automation is left alone: Prefect gives an updated trigger a new id, and its open windows
+    ("buckets": each watched run's last heartbeat and when it expires) belong to the old one, so updating
+    for nothing would forget every run being watched, the very runs killed since the last apply.
+    """
     try:
         existing = Automation.read(name=automation.name)
     except ValueError:  # Prefect's "Automation with name ... not found"
         return automation.create()
+    if _definition(automation) == _definition(existing):
+        return existing
     updated = automation.model_copy(update={"id": existing.id})
     updated.update()
     return updated
+
+
+def _definition(automation: Automation) -> dict[str, object]:
+    return automation.model_dump(
+        mode="json", include={"name", "description", "enabled", "trigger", "actions", "actions_on_trigger",
+                              "actions_on_resolve"}
+    )
 
 
 def deployed_models(prefect_yaml: Path) -> tuple[str, ...]:

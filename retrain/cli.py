@@ -25,7 +25,7 @@ import typer
 import typer.core
 
 from retrain.config import load_model_config
-from retrain.errors import ExitCode, GateFailed, RetrainError
+from retrain.errors import ConfigError, ExitCode, GateFailed, RetrainError
 from retrain.redaction import redact_text
 from retrain.settings import get_settings
 
@@ -127,7 +127,23 @@ def prefect_api() -> Iterator[None]:
                 "on a server of your own)",
                 err=True,
             )
+            watch_for_crashed_runs()
         yield
+
+
+def watch_for_crashed_runs() -> None:
+    """Put the crashed-run automation on the temporary server's database (once; later calls update it).
+
+    A command killed mid-run leaves its flow run Running in `PREFECT_HOME`'s database; with the automation
+    there, a later command's server marks it Crashed once its heartbeats have been missing long enough.
+    """
+    from deployments.operations import apply_automation, crash_automation, heartbeat_seconds, retrain_flow_names
+
+    try:
+        heartbeat = heartbeat_seconds()
+    except ConfigError:  # heartbeats are off: no run could be told apart from a dead one
+        return
+    apply_automation(crash_automation(retrain_flow_names(), heartbeat))
 
 
 def prepare_environment() -> None:

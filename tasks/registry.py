@@ -181,6 +181,13 @@ def configure_mlflow(settings: Settings, experiment: str) -> str:
     with store_errors("MLflow tracking store", uri):
         existing = mlflow.get_experiment_by_name(experiment)
         if existing is not None:
+            if settings.resolved_artifact_location() is None and existing.artifact_location.startswith("file:"):
+                logger.warning(
+                    "experiment '%s' keeps its artifacts in %s, on the machine that created it: other machines "
+                    "cannot load its models through the tracking server. MLflow cannot move an experiment's "
+                    "artifact root; rename or delete the experiment so Retrain creates it on the server's.",
+                    experiment, existing.artifact_location,
+                )
             return existing.experiment_id
         try:
             return mlflow.create_experiment(experiment, artifact_location=settings.resolved_artifact_location())

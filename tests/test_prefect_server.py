@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -60,12 +61,19 @@ def test_a_configured_api_is_used_and_no_server_is_started() -> None:
         assert url is None
 
 
+def run_states(database: Path) -> dict[str, str]:
+    with sqlite3.connect(database) as connection:
+        return dict(connection.execute("select name, state_type from flow_run"))
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are a Linux feature")
-def test_the_temporary_server_ends_within_a_minute_of_a_killed_training(tmp_path: Path) -> None:
+def test_a_killed_training_leaves_no_server_and_its_run_ends_crashed(tmp_path: Path) -> None:
+    """kill -9 of `retrain train`: its temporary server ends within a minute; the run it left Running is
+    marked Crashed by the crashed-run automation once a later command's server sees its heartbeats missing."""
     config = write_model_config(tmp_path, tuning={"trials": 200, "seed": 7, "max_rounds": 400})
     home = tmp_path / "home"
-    environment = command_environment(home)
+    environment = command_environment(home, PREFECT_FLOWS_HEARTBEAT_FREQUENCY="30")  # 90 s without one: crashed
     loaded = subprocess.run([RETRAIN, "load-example", "--config", str(config), "--until", "2013-01-25"],
                             env=environment, cwd=tmp_path, capture_output=True, timeout=300, check=False)
     assert loaded.returncode == 0, loaded.stderr
@@ -84,6 +92,7 @@ def test_the_temporary_server_ends_within_a_minute_of_a_killed_training(tmp_path
                 break
         assert server_pid is not None and not gone_within(server_pid, 0)
         training.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
         training.wait(10)
         assert gone_within(server_pid, 60), "the temporary Prefect server outlived its killed command"
     finally:
@@ -91,3 +100,16 @@ def test_the_temporary_server_ends_within_a_minute_of_a_killed_training(tmp_path
             training.kill()
         if server_pid is not None and not gone_within(server_pid, 0):
             os.kill(server_pid, signal.SIGKILL)
+
+    database = home / "prefect" / "prefect.db"
+    assert "RUNNING" in run_states(database).values()
+    time.sleep(max(0.0, killed_at + 95 - time.monotonic()))  # past the 90 s window
+    outputs = []
+    for _ in range(2):  # the next command's server evaluates the automation every few seconds while it runs
+        later = subprocess.run([RETRAIN, "train", "--config", str(config), "--trials", "3", "--json"],
+                               env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False)
+        outputs.append(later.stderr[-2000:])
+        if "RUNNING" not in run_states(database).values():
+            break
+    states = run_states(database)
+    assert "CRASHED" in states.values() and "RUNNING" not in states.values(), (states, outputs)

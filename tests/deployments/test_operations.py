@@ -32,6 +32,13 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
+def trigger_ids() -> list[str]:
+    """The server-side id of the crashed-run trigger (its watch windows are stored under it)."""
+    with get_client(sync_client=True) as client:
+        automations = client.request("POST", "/automations/filter", json={}).json()
+    return [automation["trigger"]["id"] for automation in automations if automation["name"] == CRASH_AUTOMATION]
+
+
 @pytest.fixture
 def heartbeats_every_30_seconds() -> Iterator[None]:
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
@@ -49,8 +56,10 @@ def test_models_come_from_the_deployments_config_paths() -> None:
 @pytest.mark.usefixtures("heartbeats_every_30_seconds")
 def test_applying_twice_leaves_one_automation_and_one_limit_per_model() -> None:
     first = apply_operations(REPO / "prefect.yaml")
+    watching = trigger_ids()
     second = apply_operations(REPO / "prefect.yaml")
     assert first.automation_id == second.automation_id
+    assert trigger_ids() == watching  # untouched: the runs it watches are not forgotten
     assert second.window_seconds == 90 and second.limits == {"retrain-model-flights-delay": 1}
 
     with get_client(sync_client=True) as client:
