@@ -140,10 +140,11 @@ def watch_for_crashed_runs() -> None:
     from deployments.operations import apply_automation, crash_automation, heartbeat_seconds, retrain_flow_names
 
     try:
-        heartbeat = heartbeat_seconds()
+        apply_automation(crash_automation(retrain_flow_names(), heartbeat_seconds()))
     except ConfigError:  # heartbeats are off: no run could be told apart from a dead one
         return
-    apply_automation(crash_automation(retrain_flow_names(), heartbeat))
+    except Exception as error:  # noqa: BLE001 - housekeeping for earlier runs must not fail this one
+        typer.echo(f"warning: crashed-run automation not applied to the temporary server: {error}", err=True)
 
 
 def prepare_environment() -> None:
