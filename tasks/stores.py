@@ -110,6 +110,10 @@ def store_errors(store: str, location: str) -> Iterator[None]:
             "Check that the server runs and the URI is right."
         ) from None
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
+        # Raised while connecting (no statement) or on a dropped connection: the store is gone. An error
+        # from a statement (a lock, a schema race) is the database answering, and stays what it was.
+        if error.statement is not None and not error.connection_invalidated:
+            raise
         raise _database_error(store, location, error) from None
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import sqlalchemy as sa
 from mlflow.exceptions import MlflowException
 from prefect import flow
 from prefect.client.orchestration import get_client
@@ -212,3 +213,18 @@ def test_a_run_fails_on_the_check_and_prefect_keeps_no_password(
     assert any("did not answer" in log.message for log in logs)
     assert not any(PASSWORD in log.message or "Traceback" in log.message for log in logs)
     assert PASSWORD not in (run.state.message or "")
+
+
+def test_an_answer_from_the_database_is_not_taken_for_an_outage(tmp_path: Path) -> None:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    with engine.begin() as connection:
+        connection.execute(sa.text("create table t (step integer)"))
+    with pytest.raises(sa.exc.OperationalError, match="duplicate column name"):
+        with store_errors("MLflow tracking store", str(engine.url)), engine.begin() as connection:
+            connection.execute(sa.text("alter table t add column step integer"))
+    engine.dispose()
+    unreachable = sa.create_engine(UNREACHABLE_POSTGRES)
+    with pytest.raises(StoreUnavailable, match="did not answer") as raised:
+        with store_errors("warehouse", UNREACHABLE_POSTGRES), unreachable.connect():
+            pass
+    assert_masked(raised.value)
