@@ -3,10 +3,14 @@ per model, read back through Prefect's client; the automation marks a run withou
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from prefect import flow
@@ -120,3 +124,13 @@ def test_a_run_whose_heartbeats_stop_is_marked_crashed() -> None:
         assert state.type is StateType.CRASHED and "no heartbeat for 10 s" in state.message
     finally:
         Automation.read(id=automation.id).delete()
+
+
+def test_applying_without_a_server_is_refused(tmp_path: Path) -> None:
+    """Without PREFECT_API_URL Prefect would apply everything to a temporary server of its own, then lose it."""
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API")}
+    environment["PREFECT_HOME"] = str(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "deployments.operations"], env=environment, cwd=REPO,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode != 0 and "set PREFECT_API_URL" in result.stderr
+    assert not (tmp_path / "prefect.db").exists()
