@@ -64,6 +64,7 @@ class StoreStatus:
 
 
 def is_http(uri: str) -> bool:
+    """A tracking server (REST over HTTP), as opposed to a database or folder MLflow opens itself."""
     return uri.lower().startswith(HTTP_SCHEMES)
 
 

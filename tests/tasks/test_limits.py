@@ -64,7 +64,7 @@ def test_a_waiting_run_gets_the_slot_when_the_holder_finishes() -> None:
         with hold_model_slot(model, wait_seconds=30):
             holding.set()
             order.append("first starts")
-            threading.Event().wait(2)
+            threading.Event().wait(1)
             order.append("first ends")
 
     thread = threading.Thread(target=first_run)
