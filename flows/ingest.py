@@ -13,6 +13,7 @@ from prefect import flow
 
 from retrain.config import ModelConfig, load_model_config
 from tasks.contract import Contract
+from tasks.stores import WAREHOUSE, verify_stores
 from tasks.validation import (
     REFUSED,
     BatchOutcome,
@@ -56,6 +57,8 @@ def ingest_new_rows(
         DataContractError: (as `BatchRefused`, carrying the outcome) the batch broke a batch rule; its
             rows were quarantined and recorded, nothing was appended to the clean table.
     """
+    verify_stores((WAREHOUSE,))  # the warehouse answers, or the run fails here in seconds saying so
+
     # configuration, checked against the table and contract before any work
     config = load_model_config(config_path)
     check_source_config(config)
@@ -92,6 +95,7 @@ def ingest_when_new_rows(config_path: str, as_of: datetime | None = None) -> Bat
     Raises:
         ConfigError, Busy, DataContractError: as `ingest_new_rows`.
     """
+    verify_stores((WAREHOUSE,))
     config = load_model_config(config_path)
     check_source_config(config)
     contract = read_model_contract(config)

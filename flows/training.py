@@ -18,6 +18,7 @@ from tasks.registry import (
     score_current_champion,
     verify_logged_model,
 )
+from tasks.stores import verify_stores
 from tasks.training import fit_final_model
 from tasks.tuning import tune_hyperparameters
 from tasks.validation import count_new_rows, read_model_contract
@@ -38,6 +39,7 @@ def train_model(
         timeout_seconds: Tuning budget in seconds, overriding the config.
         threshold: Absolute gate on the holdout metric, overriding the config.
     """
+    verify_stores()  # warehouse, MLflow and Optuna answer, or the run fails here in seconds naming which
     config = load_model_config(config_path).with_overrides(
         trials=trials, timeout_seconds=timeout_seconds, threshold=threshold
     )

@@ -25,7 +25,8 @@ import typer
 import typer.core
 
 from retrain.config import load_model_config
-from retrain.errors import ExitCode, GateFailed, RetrainError
+from retrain.errors import ConfigError, ExitCode, GateFailed, RetrainError
+from retrain.redaction import redact_text
 from retrain.settings import get_settings
 
 
@@ -56,7 +57,7 @@ class RetrainCommands(typer.core.TyperGroup):
         except RetrainError as error:
             code = report_error(type(error).__name__, str(error), error.exit_code, as_json)
         except Exception as error:  # noqa: BLE001 - a real fault: its traceback goes to stderr, then the JSON
-            traceback.print_exc(file=sys.stderr)
+            sys.stderr.write(redact_text("".join(traceback.format_exception(error)), known_secrets()))
             code = report_error(type(error).__name__, str(error), ExitCode.FAILURE, as_json)
         code = int(code or 0)
         if standalone_mode:
@@ -75,7 +76,11 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object 
 def report_error(
     kind: str, message: str, code: ExitCode, as_json: bool, show: Callable[[], None] | None = None
 ) -> ExitCode:
-    """One line on stderr (or click's own usage text) and, under `--json`, one JSON object on stdout."""
+    """One line on stderr (or click's own usage text) and, under `--json`, one JSON object on stdout.
+
+    The message is redacted here too: an error from a library may quote a URL with its password.
+    """
+    message = redact_text(message, known_secrets())
     if as_json:
         sys.stdout.write(json.dumps({"error": kind, "message": message, "exit_code": int(code)}) + "\n")
         sys.stdout.flush()
@@ -84,6 +89,62 @@ def report_error(
     else:
         typer.echo(f"error: {message}", err=True)
     return code
+
+
+def known_secrets() -> tuple[str, ...]:
+    """The secrets to mask in what we print; none when the settings themselves cannot be read."""
+    try:
+        return get_settings().known_secrets()
+    except RetrainError:
+        return ()
+
+
+def check_stores_first(*stores: str) -> None:
+    """Check the stores a command needs before it starts any work (or Prefect's temporary server), then
+    mask passwords in every log line of this process from here on.
+
+    An outage then ends the command in about a second with `StoreUnavailable` (exit 3) naming the store,
+    not after the tuning it would otherwise have done first. The flows check again for runs that do not
+    come through this CLI (deployments on a worker).
+    """
+    from retrain.redaction import install_redaction
+    from tasks.stores import check_stores
+
+    settings = get_settings()
+    install_redaction(settings.known_secrets())
+    check_stores(settings, stores)
+
+
+@contextlib.contextmanager
+def prefect_api() -> Iterator[None]:
+    """Flows of this command run against `PREFECT_API_URL`, or a temporary server that ends with the command."""
+    from retrain.prefect_server import temporary_prefect_server
+
+    with temporary_prefect_server() as url:
+        if url:
+            typer.echo(
+                f"temporary Prefect server {url} (ends with this command; set PREFECT_API_URL to keep runs "
+                "on a server of your own)",
+                err=True,
+            )
+            watch_for_crashed_runs()
+        yield
+
+
+def watch_for_crashed_runs() -> None:
+    """Put the crashed-run automation on the temporary server's database (once; later calls update it).
+
+    A command killed mid-run leaves its flow run Running in `PREFECT_HOME`'s database; with the automation
+    there, a later command's server marks it Crashed once its heartbeats have been missing long enough.
+    """
+    from deployments.operations import apply_automation, crash_automation, heartbeat_seconds, retrain_flow_names
+
+    try:
+        apply_automation(crash_automation(retrain_flow_names(), heartbeat_seconds()))
+    except ConfigError:  # heartbeats are off: no run could be told apart from a dead one
+        return
+    except Exception as error:  # noqa: BLE001 - housekeeping for earlier runs must not fail this one
+        typer.echo(f"warning: crashed-run automation not applied to the temporary server: {error}", err=True)
 
 
 def prepare_environment() -> None:
@@ -166,11 +227,12 @@ def load_example(
 ) -> None:
     """Write the NYC flights 2013 example into the warehouse as the model's source table (idempotent)."""
     prepare_environment()
+    model = load_model_config(config)
     with stdout_to_stderr():
+        check_stores_first("warehouse")
         from tasks.example_data import read_flights_example
         from tasks.warehouse import get_warehouse, write_frame
 
-        model = load_model_config(config)
         frame = read_flights_example(until=until)
         rows = write_frame(get_warehouse(), frame, model.source.table, if_exists="replace")
     result = {
@@ -200,8 +262,10 @@ def train(
     prepare_environment()
     model = load_model_config(config)
     threshold = _threshold_override(model.lower_is_better, model.metric, max_metric, min_metric)
+    with stdout_to_stderr():
+        check_stores_first("warehouse", "mlflow", "optuna", "prefect")
     try:
-        with stdout_to_stderr():
+        with stdout_to_stderr(), prefect_api():
             from flows.training import train_model
 
             outcome = train_model(
@@ -259,6 +323,7 @@ def contract_infer(
     prepare_environment()
     model = load_model_config(config)
     with stdout_to_stderr():
+        check_stores_first("warehouse")
         from tasks.contract import check_model_source, infer_contract, write_contract
         from tasks.warehouse import get_warehouse, read_source_rows
 
@@ -301,6 +366,7 @@ def ingest(
             param_hint="--start",
         )
     with stdout_to_stderr():
+        check_stores_first("warehouse", "prefect")
         from tasks.contract import check_model_source
         from tasks.warehouse import get_warehouse
 
@@ -309,7 +375,8 @@ def ingest(
         from tasks.validation import BatchRefused
 
         try:
-            outcome = ingest_new_rows(config_path=str(config), start=start, end=end, as_of=as_of)
+            with prefect_api():
+                outcome = ingest_new_rows(config_path=str(config), start=start, end=end, as_of=as_of)
             code = ExitCode.OK
         except BatchRefused as refusal:
             outcome, code = refusal.outcome, refusal.exit_code

@@ -7,18 +7,27 @@ demo or a test never writes into the user's home or into another test's files.
 
 from __future__ import annotations
 
+import difflib
 import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+import yaml
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
-from sqlalchemy.engine import make_url
+
+from retrain.errors import ConfigError
+from retrain.redaction import redact_url, secret_values
+
+__all__ = ["Settings", "get_settings", "load_settings", "redact_url"]
+
+# Where MLflow keeps a user's credentials when they are not in the tracking URI: masked like any password.
+MLFLOW_SECRET_VARIABLES = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 class Settings(BaseSettings):
@@ -27,7 +36,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RETRAIN_",
         yaml_file=os.environ.get("RETRAIN_SETTINGS_FILE", "retrain.yaml"),
-        extra="ignore",
+        # A misspelt key (`warehouse_ur:`) must not fall back silently to the embedded SQLite.
+        extra="forbid",
     )
 
     home: Path = Field(default=Path(".retrain"), description="Folder for every embedded store.")
@@ -37,9 +47,20 @@ class Settings(BaseSettings):
     warehouse_schema: str | None = Field(
         default=None, description="Schema for every table we read and write (PostgreSQL)."
     )
-    mlflow_tracking_uri: SecretStr | None = None
-    mlflow_artifact_location: str | None = None
-    optuna_storage: SecretStr | None = None
+    mlflow_tracking_uri: SecretStr | None = Field(
+        default=None, description="MLflow tracking URI; defaults to a SQLite file under home."
+    )
+    mlflow_artifact_location: str | None = Field(
+        default=None,
+        description="Artifact root of new experiments; default: the tracking server decides, or a folder "
+        "under home for a local store.",
+    )
+    optuna_storage: SecretStr | None = Field(
+        default=None, description="Optuna RDB storage URL; defaults to a SQLite file under home."
+    )
+    store_timeout_seconds: float = Field(
+        default=10, gt=0, description="How long the start-of-run check waits for each store to answer."
+    )
     actor: str = Field(default_factory=lambda: os.environ.get("USER", "retrain"))
     lock_wait_seconds: float = Field(
         default=300.0,
@@ -73,8 +94,18 @@ class Settings(BaseSettings):
             return self.mlflow_tracking_uri.get_secret_value()
         return f"sqlite:///{self.resolved_home / 'mlflow.db'}"
 
-    def resolved_artifact_location(self) -> str:
-        return self.mlflow_artifact_location or (self.resolved_home / "mlartifacts").as_uri()
+    def resolved_artifact_location(self) -> str | None:
+        """Where new experiments keep their artifacts; None lets the tracking server decide.
+
+        A tracking server (`http(s)://`) serves artifacts to every machine from its own artifact root
+        (`--artifacts-destination` / `--default-artifact-root`); a folder on the training machine would
+        make its models unloadable anywhere else. Only a local store gets our folder under home.
+        """
+        if self.mlflow_artifact_location:
+            return self.mlflow_artifact_location
+        if self.resolved_tracking_uri().lower().startswith(("http://", "https://", "databricks")):
+            return None
+        return (self.resolved_home / "mlartifacts").as_uri()
 
     def resolved_optuna_storage(self) -> str:
         if self.optuna_storage is not None:
@@ -95,18 +126,59 @@ class Settings(BaseSettings):
             "optuna": redact_url(self.resolved_optuna_storage()),
         }
 
+    def known_secrets(self) -> tuple[str, ...]:
+        """Every secret value this process knows of, for `retrain.redaction.redact_text` to mask."""
+        urls = (self.resolved_warehouse_url(), self.resolved_tracking_uri(), self.resolved_optuna_storage())
+        return secret_values(urls, extra=(os.environ.get(name) for name in MLFLOW_SECRET_VARIABLES))
 
-def redact_url(url: str) -> str:
-    """Hide the password of a database URL; anything that is not one passes through unchanged."""
+
+def settings_file() -> Path:
+    """The `retrain.yaml` this process reads (relative to the working directory)."""
+    return Path(str(Settings.model_config.get("yaml_file") or "retrain.yaml"))
+
+
+def load_settings() -> Settings:
+    """Read the settings; a malformed or misspelt `retrain.yaml` is a ConfigError naming file and key.
+
+    Raises:
+        ConfigError: the file is not YAML, not a mapping, names a key Retrain does not know (with the
+            closest known keys), or a value (from the file or a `RETRAIN_*` variable) is invalid.
+    """
+    path = settings_file()
+    if path.is_file():
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise ConfigError(f"settings file {path.resolve()} is not valid YAML: {error}") from None
+        if raw is not None and not isinstance(raw, dict):
+            raise ConfigError(
+                f"settings file {path.resolve()} must be a mapping of settings (key: value), got {type(raw).__name__}"
+            )
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a SQLAlchemy URL (e.g. http://), nothing to hide
-        return url
+        return Settings()
+    except ValidationError as error:
+        raise ConfigError(describe_settings_error(error, path)) from None
+
+
+def describe_settings_error(error: ValidationError, path: Path) -> str:
+    """One sentence per problem, without the offending values (they may be secrets)."""
+    known = sorted(Settings.model_fields)
+    problems = []
+    for problem in error.errors():
+        key = ".".join(str(part) for part in problem["loc"])
+        if problem["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(repr(name) for name in close)}?" if close else f"known keys: {known}"
+            problems.append(f"unknown key '{key}' in {path.resolve()} ({hint})")
+        else:
+            variable = f"RETRAIN_{key.upper()}"
+            problems.append(f"setting '{key}' ({variable} or {path}): {problem['msg']}")
+    return "invalid settings: " + "; ".join(problems)
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The settings of this process, read once; tests call `get_settings.cache_clear()` after env changes."""
-    settings = Settings()
+    settings = load_settings()
     settings.resolved_home.mkdir(parents=True, exist_ok=True)
     return settings

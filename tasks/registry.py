@@ -37,6 +37,7 @@ from retrain.errors import GateFailed
 from retrain.settings import Settings, get_settings, redact_url
 from tasks.comparison import Decision, Verdict
 from tasks.features import PreparedData, encode_features
+from tasks.stores import connect_mlflow, store_errors
 from tasks.training import LIGHTGBM_METRIC, FittedModel, feature_importance
 from tasks.tuning import TuningResult
 from tasks.warehouse import Warehouse, append_rows, audit_table, get_warehouse, open_warehouse, read_window
@@ -154,16 +155,29 @@ class TrainingOutcome:
 
 
 def configure_mlflow(settings: Settings, experiment: str) -> str:
-    """Point MLflow at our store and return the experiment id, creating it with our artifact root."""
-    mlflow.set_tracking_uri(settings.resolved_tracking_uri())
-    existing = mlflow.get_experiment_by_name(experiment)
-    if existing is not None:
-        return existing.experiment_id
-    try:
-        return mlflow.create_experiment(experiment, artifact_location=settings.resolved_artifact_location())
-    except MlflowException:
-        # Another process created it between our look-up and our create.
-        return mlflow.get_experiment_by_name(experiment).experiment_id
+    """Point MLflow at our store and return the experiment id, creating it where its artifacts belong.
+
+    With a tracking server the server picks the artifact root (unless the settings name one), so every
+    machine loads models through it; only a local store gets a folder under our home. An outage while
+    looking the experiment up is a `StoreUnavailable`, with the password masked.
+    """
+    uri = connect_mlflow(settings)
+    with store_errors("MLflow tracking store", uri):
+        existing = mlflow.get_experiment_by_name(experiment)
+        if existing is not None:
+            if settings.resolved_artifact_location() is None and existing.artifact_location.startswith("file:"):
+                logger.warning(
+                    "experiment '%s' keeps its artifacts in %s, on the machine that created it: other machines "
+                    "cannot load its models through the tracking server. MLflow cannot move an experiment's "
+                    "artifact root; rename or delete the experiment so Retrain creates it on the server's.",
+                    experiment, existing.artifact_location,
+                )
+            return existing.experiment_id
+        try:
+            return mlflow.create_experiment(experiment, artifact_location=settings.resolved_artifact_location())
+        except MlflowException:
+            # Another process created it between our look-up and our create.
+            return mlflow.get_experiment_by_name(experiment).experiment_id
 
 
 def snapshot_dataset_input(

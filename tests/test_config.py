@@ -9,7 +9,7 @@ import yaml
 
 from retrain.config import TaskType, load_model_config
 from retrain.errors import ConfigError
-from retrain.settings import Settings, get_settings
+from retrain.settings import Settings, get_settings, load_settings
 from tests.conftest import EXAMPLE_CONFIG, REPO
 
 
@@ -92,3 +92,64 @@ def test_errors_survive_pickling_with_their_fields() -> None:
                                                                                   "fix the source")
     gate = pickle.loads(pickle.dumps(GateFailed("absolute", "mae", 30.0, 1.0, "too high", outcome={"a": 1})))
     assert (gate.gate, gate.value, gate.threshold, gate.outcome) == ("absolute", 30.0, 1.0, {"a": 1})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("warehouse_ur: sqlite:///x.db\n", r"unknown key 'warehouse_ur' .*did you mean 'warehouse_url'"),
+        ("surprise: 1\n", r"unknown key 'surprise' .*known keys: \["),
+        ("home: [1, 2\n", "is not valid YAML"),
+        ("- home\n- x\n", "must be a mapping of settings"),
+        ("store_timeout_seconds: -1\n", r"setting 'store_timeout_seconds' \(RETRAIN_STORE_TIMEOUT_SECONDS or"),
+    ],
+)
+def test_bad_settings_file_is_refused_naming_file_and_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "retrain.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_settings()
+    assert raised.value.exit_code == 2 and raised.value.__cause__ is None
+    if "unknown key" in message:
+        assert str(tmp_path / "retrain.yaml") in str(raised.value)
+
+
+def test_a_bad_value_is_named_without_quoting_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RETRAIN_STORE_TIMEOUT_SECONDS", "postgresql://bob:s3cret@db/x")
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert "store_timeout_seconds" in str(raised.value) and "s3cret" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("tracking", "artifacts", "expected"),
+    [
+        ("http://user:pw@mlflow:5000", None, None),  # the tracking server decides
+        ("https://mlflow.example.com", None, None),
+        ("http://mlflow:5000", "s3://bucket/mlflow", "s3://bucket/mlflow"),  # the settings win when given
+        (None, None, "file:///tmp/retrain-home/mlartifacts"),  # a local store: our folder
+        ("sqlite:////tmp/elsewhere/mlflow.db", None, "file:///tmp/retrain-home/mlartifacts"),
+    ],
+)
+def test_artifact_location_follows_the_tracking_store(
+    monkeypatch: pytest.MonkeyPatch, tracking: str | None, artifacts: str | None, expected: str | None
+) -> None:
+    monkeypatch.setenv("RETRAIN_HOME", "/tmp/retrain-home")
+    for name, value in (("RETRAIN_MLFLOW_TRACKING_URI", tracking), ("RETRAIN_MLFLOW_ARTIFACT_LOCATION", artifacts)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert Settings().resolved_artifact_location() == expected
+
+
+def test_known_secrets_cover_every_url_and_mlflow_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETRAIN_WAREHOUSE_URL", "postgresql+psycopg://bob:wh-secret@db/wh")
+    monkeypatch.setenv("RETRAIN_MLFLOW_TRACKING_URI", "http://alice:ml%2Fsecret@mlflow:5000")
+    monkeypatch.setenv("RETRAIN_OPTUNA_STORAGE", "postgresql+psycopg://bob:opt-secret@db/optuna")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "token-secret")
+    secrets = Settings().known_secrets()
+    assert {"wh-secret", "ml/secret", "ml%2Fsecret", "opt-secret", "token-secret"} <= set(secrets)
