@@ -12,8 +12,9 @@ from datetime import datetime
 from prefect import flow
 
 from retrain.config import ModelConfig, load_model_config
+from retrain.stores import WAREHOUSE
 from tasks.contract import Contract
-from tasks.stores import WAREHOUSE, verify_stores
+from tasks.stores import verify_stores
 from tasks.validation import (
     REFUSED,
     BatchOutcome,

@@ -108,7 +108,7 @@ def check_stores_first(*stores: str) -> None:
     come through this CLI (deployments on a worker).
     """
     from retrain.redaction import install_redaction
-    from tasks.stores import check_stores
+    from retrain.stores import check_stores
 
     settings = get_settings()
     install_redaction(settings.known_secrets())
@@ -366,11 +366,12 @@ def ingest(
             param_hint="--start",
         )
     with stdout_to_stderr():
-        check_stores_first("warehouse", "prefect")
+        check_stores_first("warehouse")
         from tasks.contract import check_model_source
         from tasks.warehouse import get_warehouse
 
-        check_model_source(model, get_warehouse())
+        check_model_source(model, get_warehouse())  # a config that does not fit fails before Prefect loads
+        check_stores_first("prefect")
         from flows.ingest import ingest_new_rows
         from tasks.validation import BatchRefused
 

@@ -7,7 +7,7 @@ its own (percent-encoded in a URL, or from `MLFLOW_TRACKING_PASSWORD`). `redact_
 (stderr) and its API handler, which is how run logs reach the Prefect database.
 
 Redacting at the handlers is the second line: the first is that no secret is put where a library
-quotes it (see `tasks.stores.connect_mlflow`, which hands MLflow its credentials through MLflow's own
+quotes it (see `retrain.stores.connect_mlflow`, which hands MLflow its credentials through MLflow's own
 environment variables instead of the URI it prints in every error).
 """
 

@@ -35,9 +35,9 @@ from prefect.runtime import flow_run
 from retrain.config import FeaturesConfig, ModelConfig
 from retrain.errors import GateFailed
 from retrain.settings import Settings, get_settings, redact_url
+from retrain.stores import connect_mlflow, store_errors
 from tasks.comparison import Decision, Verdict
 from tasks.features import PreparedData, encode_features
-from tasks.stores import connect_mlflow, store_errors
 from tasks.training import LIGHTGBM_METRIC, FittedModel, feature_importance
 from tasks.tuning import TuningResult
 from tasks.warehouse import Warehouse, append_rows, audit_table, get_warehouse, open_warehouse, read_window

@@ -22,7 +22,7 @@ from prefect.logging.handlers import APILogWorker
 
 from retrain.errors import ConfigError, ExitCode, StoreUnavailable
 from retrain.settings import get_settings
-from tasks.stores import (
+from retrain.stores import (
     MLFLOW_REQUEST_DEFAULTS,
     WAREHOUSE,
     check_database,
@@ -30,8 +30,8 @@ from tasks.stores import (
     check_stores,
     connect_mlflow,
     store_errors,
-    verify_stores,
 )
+from tasks.stores import verify_stores
 from tests.conftest import POSTGRES_URL, fresh_postgres_schema
 
 PASSWORD = "S3cretPW42"
