@@ -129,11 +129,25 @@ def apply_automation(automation: Automation) -> Automation:
     return updated
 
 
-def _definition(automation: Automation) -> dict[str, object]:
-    return automation.model_dump(
-        mode="json", include={"name", "description", "enabled", "trigger", "actions", "actions_on_trigger",
-                              "actions_on_resolve"}
+def _definition(automation: Automation) -> object:
+    """What the automation does, comparable across reads: Prefect keeps a trigger's `expect`, `after` and
+    `for_each` as sets, so they come back in any order (measured: an unchanged automation compared unequal
+    in one apply of four until sorted)."""
+    return _sorted_sets(
+        automation.model_dump(
+            mode="json", include={"name", "description", "enabled", "trigger", "actions", "actions_on_trigger",
+                                  "actions_on_resolve"}
+        )
     )
+
+
+def _sorted_sets(value: object) -> object:
+    if isinstance(value, dict):
+        return {key: _sorted_sets(item) for key, item in value.items()}
+    if isinstance(value, list):
+        items = [_sorted_sets(item) for item in value]
+        return sorted(items) if all(isinstance(item, str) for item in items) else items
+    return value
 
 
 def deployed_models(prefect_yaml: Path) -> tuple[str, ...]:
