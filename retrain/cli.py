@@ -24,8 +24,9 @@ from typing import Annotated, Any
 import typer
 import typer.core
 
+from retrain.clock import parse_instant
 from retrain.config import load_model_config
-from retrain.errors import ExitCode, GateFailed, RetrainError
+from retrain.errors import ExitCode, RetrainError
 from retrain.settings import get_settings
 
 
@@ -186,7 +187,19 @@ def load_example(
 @app.command()
 def train(
     config: ConfigOption,
-    trials: Annotated[int | None, typer.Option(help="Optuna trials (overrides the config).", min=1)] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="Train as of this time (ISO 8601, UTC unless it carries an offset): the window is the lookback "
+            "before it. Default: just after the newest clean row.",
+        ),
+    ] = None,
+    trials: Annotated[
+        int | None,
+        typer.Option(help="Finished Optuna trials the snapshot's study must hold (a re-run adds only the missing).",
+                     min=1),
+    ] = None,
     timeout: Annotated[float | None, typer.Option(help="Tuning budget in seconds.", min=1)] = None,
     max_metric: Annotated[
         float | None, typer.Option(help="Absolute gate for a lower-is-better metric (e.g. MAE).")
@@ -196,23 +209,31 @@ def train(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Tune, train, gate and register a model; prints version, metric vs threshold vs champion, decision."""
+    """Ingest, tune, train, gate and register a model: champion or challenger (exit 0), skipped because
+    nothing is new (exit 0), or rejected by a gate (exit 1, with the reason)."""
     prepare_environment()
     model = load_model_config(config)
     threshold = _threshold_override(model.lower_is_better, model.metric, max_metric, min_metric)
-    try:
-        with stdout_to_stderr():
-            from flows.training import train_model
+    instant = _parse_as_of(as_of)
+    with stdout_to_stderr():
+        from flows.training import train_model
 
-            outcome = train_model(
-                config_path=str(config), trials=trials, timeout_seconds=timeout, threshold=threshold
-            )
-        code = ExitCode.OK
-    except GateFailed as rejection:
-        if rejection.outcome is None:
-            raise
-        outcome, code = rejection.outcome, rejection.exit_code
+        outcome = train_model(
+            config_path=str(config), as_of=instant, trials=trials, timeout_seconds=timeout, threshold=threshold
+        )
+    code = ExitCode.REFUSED if outcome.rejected else ExitCode.OK
+    if code and not as_json:
+        typer.echo(f"rejected: {outcome.reason}", err=True)
     finish(outcome.summary(), as_json, _render_training, code)
+
+
+def _parse_as_of(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_instant(value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--as-of") from None
 
 
 def _threshold_override(
@@ -226,17 +247,24 @@ def _threshold_override(
 
 
 def _render_training(result: dict[str, Any]) -> str:
-    metric = result["metric"]
-    champion = result["champion_metric"]
+    window = result["window"]
     lines = [
-        f"model      {result['model']}  run {result['run_id']}",
-        f"holdout    {metric['name']} = {metric['value']:.4f}  (threshold {result['threshold']},"
-        f" champion {'none' if champion is None else f'{champion:.4f}'},"
-        f" baseline {result['baseline_metric']:.4f})",
-        f"decision   {result['decision']}"
-        + (f" -> version {result['version']}" if result["version"] is not None else " (nothing registered)"),
-        f"reason     {result['reason']}",
+        f"model      {result['model']}  run {result['run_id'] or '(none)'}",
+        f"window     [{window['start']}, {window['end']})  as of {window['as_of']} ({window['as_of_source']}),"
+        f" {result['rows']:,} rows, snapshot {result['fingerprint']}",
     ]
+    if result["decision"] != "skipped":
+        metric, champion = result["metric"], result["champion_metric"]
+        lines.append(
+            f"holdout    {metric['name']} = {metric['value']:.4f}  (baseline {result['baseline_metric']:.4f},"
+            f" champion {'none' if champion is None else f'{champion:.4f}'}, threshold {result['threshold']})"
+        )
+        trials = result["trials"]
+        lines.append(
+            f"tuning     {trials['run_now']} trial(s) run now, {trials['in_study']} in study {result['study']}"
+        )
+    registered = f" -> version {result['version']}" if result["version"] is not None else " (nothing registered)"
+    lines += [f"decision   {result['decision']}{registered}", f"reason     {result['reason']}"]
     return "\n".join(lines)
 
 

@@ -919,14 +919,33 @@ def publish_batch_report(config: ModelConfig, outcome: BatchOutcome, result: Val
         )
 
 
+def ingesting_flow() -> str | None:
+    """The flow that started this ingest: the parent flow when the ingest runs as a subflow (the training
+    flow's own ingest, or the scheduled `ingest-when-new-rows`), else the ingest flow itself."""
+    from prefect import get_client
+    from prefect.runtime import flow_run
+
+    parent = flow_run.get_parent_flow_run_id()
+    if parent is None:
+        return flow_run.get_flow_name()
+    with get_client(sync_client=True) as client:
+        return client.read_flow(client.read_flow_run(parent).flow_id).name
+
+
 @task(cache_policy=NO_CACHE)
 def announce_data_arrived(config: ModelConfig, outcome: BatchOutcome) -> None:
-    """Emit `retrain.data.arrived` for the model, which deployments can trigger on."""
+    """Emit `retrain.data.arrived` for the model, which deployments can trigger on.
+
+    The event's resource carries `retrain.ingested-by`, the flow that started the ingest, so a training
+    deployment's trigger can ignore the rows a training ingested itself (it trains on them already):
+    `match: {retrain.ingested-by: "!train-model"}`.
+    """
     from prefect.events import emit_event
 
     emit_event(
         event="retrain.data.arrived",
-        resource={"prefect.resource.id": f"retrain.model.{config.name}"},
+        resource={"prefect.resource.id": f"retrain.model.{config.name}",
+                  "retrain.ingested-by": ingesting_flow() or "unknown"},
         payload={
             "model": config.name,
             "batch_id": outcome.batch_id,

@@ -405,3 +405,22 @@ def read_quarantine(
         if limit is not None:
             query = query.limit(limit)
         return pd.read_sql(query, connection)
+
+
+# --- training reads -------------------------------------------------------------------------------------
+
+
+def read_newest_timestamp(
+    engine: Engine, table: str, timestamp_column: str, schema: str | None = None
+) -> datetime | None:
+    """The newest timestamp of `table` (None when it holds no row): where a training's `as_of` defaults to.
+
+    Raises:
+        DataError: the table or the timestamp column does not exist.
+    """
+    source = reflect_table(engine, table, schema)
+    if timestamp_column not in source.c:
+        raise DataError(f"table '{table}' has no column '{timestamp_column}'; it has {[c.name for c in source.c]}")
+    with engine.connect() as connection:
+        value = connection.execute(sa.select(sa.func.max(source.c[timestamp_column]))).scalar()
+    return _as_datetime(value)
