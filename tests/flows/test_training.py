@@ -4,11 +4,13 @@ outcome, the flow run's state, the registry and the MLflow store, never log text
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import httpx
 import mlflow
 import numpy as np
 import optuna
@@ -308,7 +311,9 @@ def test_a_training_killed_during_tuning_resumes_without_repeating_trials(
     environment = {**os.environ, "RETRAIN_HOME": str(retrain_home)}
     command = [str(REPO / ".venv" / "bin" / "retrain"), "train", "--config", config, "--json"]
     storage = f"sqlite:///{retrain_home / 'optuna.db'}"
-    process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    # Its own process group, so the kill takes the temporary Prefect server it started along with it.
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and process.poll() is None:
@@ -320,8 +325,9 @@ def test_a_training_killed_during_tuning_resumes_without_repeating_trials(
                     break
             time.sleep(0.2)
         assert process.poll() is None, "the training ended before it could be killed mid-trial"
-        os.kill(process.pid, signal.SIGKILL)
     finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=60)
     study_name = optuna.get_all_study_summaries(storage)[0].study_name
     before = optuna.load_study(study_name=study_name, storage=storage).trials
@@ -340,6 +346,52 @@ def test_a_training_killed_during_tuning_resumes_without_repeating_trials(
     mlflow.set_tracking_uri(get_settings().resolved_tracking_uri())
     statuses = sorted(runs()["status"])
     assert statuses == ["FINISHED", "KILLED"]  # the killed run was closed by the next training
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_raw_json_records(
+    retrain_home: Path, flights_small: pd.DataFrame, tmp_path: Path
+) -> None:
+    """`mlflow models serve --env-manager local` on loopback, fed the table's rows as JSON records."""
+    load_source(flights_small)
+    outcome = train_model(config_path=str(write_model_config(retrain_home.parent, tuning=QUICK)))
+    assert outcome.decision == "champion"
+    champion = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    rows = flights_small.tail(20)[champion.metadata.get_input_schema().input_names()].reset_index(drop=True)
+    rows.loc[0, "carrier"] = "NEVER-SEEN"
+    rows.loc[1] = [np.nan] * 14 + [None] * 3
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": get_settings().resolved_tracking_uri(),
+                   "PATH": f"{REPO / '.venv' / 'bin'}:{os.environ['PATH']}"}
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        env=environment, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if httpx.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        body = {"dataframe_records": json.loads(rows.to_json(orient="records"))}
+        response = httpx.post(f"{url}/invocations", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        served = np.asarray(response.json()["predictions"], dtype="float64")
+        assert np.array_equal(served, np.asarray(champion.predict(rows), dtype="float64"))
+        assert np.isfinite(served).all()
+        wrong = httpx.post(f"{url}/invocations", json={"dataframe_records": [{"nonsense": 1}]}, timeout=60)
+        assert wrong.status_code == 400 and "distance" in wrong.text
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
 
 
 def test_binary_classification_config_passes_the_same_flow(retrain_home: Path, flights_small: pd.DataFrame) -> None:
