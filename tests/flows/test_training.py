@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -388,6 +389,14 @@ def test_mlflow_models_serve_answers_raw_json_records(
         assert np.isfinite(served).all()
         wrong = httpx.post(f"{url}/invocations", json={"dataframe_records": [{"nonsense": 1}]}, timeout=60)
         assert wrong.status_code == 400 and "distance" in wrong.text
+        # Loading and scoring the registered model needs none of the training stack.
+        script = ("import sys, mlflow, pandas as pd\n"
+                  f"rows = pd.read_json(sys.stdin, orient='records')\n"
+                  f"mlflow.pyfunc.load_model('models:/{MODEL}@champion').predict(rows)\n"
+                  "print(sorted(m for m in ('prefect', 'optuna', 'pandera') if m in sys.modules))\n")
+        loaded = subprocess.run([sys.executable, "-c", script], input=rows.to_json(orient="records"), env=environment,
+                                capture_output=True, text=True, timeout=300, check=True)
+        assert loaded.stdout.strip().splitlines()[-1] == "[]"
     finally:
         server.terminate()
         server.wait(timeout=30)
