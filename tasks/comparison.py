@@ -48,10 +48,19 @@ class Decision:
     champion_value: float | None = None
     p_value: float | None = None
     baseline_value: float | None = None
+    champion_version: str | None = None
 
     @property
     def passed(self) -> bool:
         return self.verdict is not Verdict.REJECTED
+
+    @property
+    def settled(self) -> bool:
+        """A rejection the same model would meet again against the same champion: a gate that compared
+        numbers (threshold, baseline, a bootstrap against a scored champion), not a store that failed."""
+        return self.verdict is Verdict.REJECTED and (
+            self.gate in ("absolute", "baseline") or (self.gate == "relative" and self.p_value is not None)
+        )
 
 
 def check_threshold(metric: str, value: float, threshold: float | None) -> Decision | None:
@@ -237,5 +246,6 @@ def decide_release(fitted: FittedModel, champion: ChampionScore | None, config: 
             baseline=metrics.baseline,
             baseline_margin=gates.baseline_margin,
         )
+    decision = replace(decision, champion_version=None if champion is None else champion.version)
     get_run_logger().info("gates: %s (%s)", decision.verdict, decision.reason)
     return decision

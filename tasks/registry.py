@@ -6,7 +6,9 @@ alias history) and emits a Prefect event that automations can trigger on. MLflow
 model are `tasks.tracking`'s.
 
 A training is skipped when the champion or the challenger was trained on the same snapshot (fingerprint)
-with the same settings (`ModelConfig.settings_digest`): it would fit the same model and tie.
+with the same settings (`ModelConfig.settings_digest`): it would fit the same model and tie. It is also
+skipped when a training on that snapshot with those settings was rejected by a gate that compared numbers
+against the same champion: the same model would be rejected again, and the runs list would only grow.
 """
 
 from __future__ import annotations
@@ -76,11 +78,15 @@ class ChampionScore:
 
 @dataclass(frozen=True)
 class EarlierTraining:
-    """A registered version trained on the same snapshot with the same settings as this training."""
+    """An earlier training on the same snapshot with the same settings: the champion's, the challenger's,
+    or a rejection against the current champion (then `version` is None)."""
 
-    alias: str
-    version: str
+    decision: str
+    version: str | None
     run_id: str | None
+
+    def summary(self) -> dict[str, Any]:
+        return {"decision": self.decision, "version": self.version, "run_id": self.run_id}
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,7 @@ class TrainingOutcome:
     metric_value: float | None = None
     threshold: float | None = None
     champion_metric: float | None = None
+    champion_version: str | None = None
     baseline_metric: float | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
     baseline: Mapping[str, float] = field(default_factory=dict)
@@ -113,6 +120,7 @@ class TrainingOutcome:
     trials: Mapping[str, int] = field(default_factory=dict)
     same_as: EarlierTraining | None = None
     flow_run_id: str | None = None
+    settled: bool = False  # a rejection the same model would meet again against the same champion
 
     @property
     def rejected(self) -> bool:
@@ -130,6 +138,7 @@ class TrainingOutcome:
             "metrics": dict(self.metrics),
             "threshold": self.threshold,
             "champion_metric": self.champion_metric,
+            "champion_version": self.champion_version,
             "baseline_metric": self.baseline_metric,
             "baseline": dict(self.baseline),
             "p_value": self.p_value,
@@ -139,9 +148,7 @@ class TrainingOutcome:
             "settings": self.settings,
             "study": self.study,
             "trials": dict(self.trials),
-            "same_as": None if self.same_as is None else {
-                "alias": self.same_as.alias, "version": self.same_as.version, "run_id": self.same_as.run_id,
-            },
+            "same_as": None if self.same_as is None else self.same_as.summary(),
             "flow_run_id": self.flow_run_id,
         }
 
@@ -164,9 +171,9 @@ def get_aliases(client: MlflowClient, model_name: str) -> dict[str, str]:
 
 
 def find_same_training(
-    client: MlflowClient, model_name: str, fingerprint: str, settings: str
+    client: MlflowClient, model_name: str, experiment_id: str, fingerprint: str, settings: str
 ) -> EarlierTraining | None:
-    """The champion or challenger trained on this snapshot with these settings, if either was."""
+    """The champion, the challenger or a settled rejection trained on this snapshot with these settings."""
     aliases = get_aliases(client, model_name)
     for alias in ("champion", "challenger"):
         version = aliases.get(alias)
@@ -175,7 +182,18 @@ def find_same_training(
         registered = client.get_model_version(model_name, version)
         tags = registered.tags
         if tags.get("retrain.fingerprint") == fingerprint and tags.get("retrain.settings") == settings:
-            return EarlierTraining(alias=alias, version=version, run_id=registered.run_id)
+            return EarlierTraining(decision=alias, version=version, run_id=registered.run_id)
+    rejected = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.`retrain.fingerprint` = '{fingerprint}' and tags.`retrain.settings` = '{settings}' "
+            "and tags.`retrain.decision` = 'rejected' and tags.`retrain.settled` = 'true'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if rejected and rejected[0].data.tags.get("retrain.champion_version") == aliases.get("champion", "none"):
+        return EarlierTraining(decision="rejected", version=None, run_id=rejected[0].info.run_id)
     return None
 
 
@@ -307,6 +325,7 @@ def trained_outcome(
         metric_value=fitted.metrics.value,
         threshold=decision.threshold,
         champion_metric=decision.champion_value,
+        champion_version=decision.champion_version,
         baseline_metric=fitted.metrics.baseline,
         metrics=dict(fitted.metrics.all),
         baseline=dict(fitted.metrics.baseline_all),
@@ -314,17 +333,23 @@ def trained_outcome(
         study=tuning.study_name,
         trials=tuning.counts(),
         flow_run_id=flow_run.get_id(),
+        settled=decision.settled,
     )
 
 
 def skipped_outcome(config: ModelConfig, data: PreparedData, earlier: EarlierTraining) -> TrainingOutcome:
     """The outcome of a training with nothing new to learn from: no tuning, no run, no version."""
+    what = (
+        f"the {earlier.decision} (version {earlier.version}) was trained on"
+        if earlier.version is not None
+        else f"a training rejected against the same champion (run {earlier.run_id}) was trained on"
+    )
     return TrainingOutcome(
         model=config.name,
         decision=SKIPPED,
         reason=(
-            f"nothing new: the {earlier.alias} (version {earlier.version}) was trained on this snapshot "
-            f"({data.fingerprint}, window {data.window}) with the same settings ({config.settings_digest()})"
+            f"nothing new: {what} this snapshot ({data.fingerprint}, window {data.window}) with the same "
+            f"settings ({config.settings_digest()})"
         ),
         fingerprint=data.fingerprint,
         rows=data.rows,
@@ -342,10 +367,14 @@ def skipped_outcome(config: ModelConfig, data: PreparedData, earlier: EarlierTra
 
 @task(name="find-earlier-training", cache_policy=NO_CACHE)
 def find_earlier_training(data: PreparedData, config: ModelConfig) -> TrainingOutcome | None:
-    """A skipped outcome when the champion or challenger was trained on this snapshot with these settings."""
-    if find_experiment(get_settings(), config.name) is None:
+    """A skipped outcome when the champion, the challenger or a settled rejection was trained on this snapshot
+    with these settings."""
+    experiment_id = find_experiment(get_settings(), config.name)
+    if experiment_id is None:
         return None  # nothing was ever trained for this model
-    earlier = find_same_training(MlflowClient(), config.name, data.fingerprint, config.settings_digest())
+    earlier = find_same_training(
+        MlflowClient(), config.name, experiment_id, data.fingerprint, config.settings_digest()
+    )
     if earlier is None:
         return None
     outcome = skipped_outcome(config, data, earlier)

@@ -421,7 +421,9 @@ def training_report_markdown(summary: Mapping[str, Any], link: str | None) -> st
         ]
     else:
         same = summary["same_as"] or {}
-        lines.append(f"- already trained: {same.get('alias')} version {same.get('version')} (run {same.get('run_id')})")
+        lines.append(
+            f"- already trained: {same.get('decision')}, version {same.get('version')}, run {same.get('run_id')}"
+        )
     if link:
         lines.append(f"- MLflow: {link}")
     return "\n".join(lines)
@@ -566,6 +568,8 @@ def finish_training_run(
     passed = outcome.decision in (Verdict.CHAMPION, Verdict.CHALLENGER)
     tags = [
         RunTag("retrain.decision", outcome.decision),
+        RunTag("retrain.champion_version", outcome.champion_version or "none"),
+        RunTag("retrain.settled", "true" if outcome.settled else "false"),
         RunTag("retrain.gate", str(outcome.gate)),
         RunTag("retrain.reason", outcome.reason[:5000]),
         RunTag(MLFLOW_RUN_NOTE, run_description(config, data, tuning, outcome.decision, outcome.reason,

@@ -144,6 +144,7 @@ def test_champion_serves_raw_rows_then_same_data_skips_then_a_gate_rejects(
     skipped = skipped_state.result()
     assert (skipped_state.type.value, skipped_state.name) == ("COMPLETED", "Skipped")
     assert (skipped.decision, skipped.run_id, skipped.same_as.version) == ("skipped", None, "1")
+    assert skipped.same_as.decision == "champion"
     assert skipped.fingerprint == first.fingerprint and len(runs()) == 1
 
     # A gate says no: the run keeps its metrics but no model; the flow run is Completed, named Rejected.
@@ -157,11 +158,16 @@ def test_champion_serves_raw_rows_then_same_data_skips_then_a_gate_rejects(
     assert "holdout_mae" in kept.data.metrics and not kept.outputs.model_outputs
     assert registry(MODEL).release == (["1"], {"champion": "1"})
     assert audit()["event"].tolist() == ["retrain.model.promoted", "retrain.model.rejected"]
+    # The same rejection would follow against the same champion: skipped, no second rejected run.
+    repeated = train_model(config_path=str(model_config), threshold=0.0001)
+    assert (repeated.decision, repeated.same_as.decision, repeated.same_as.run_id) == (
+        "skipped", "rejected", rejected.run_id)
+    assert len(runs()) == 2
 
     # The Prefect runs are named and tagged after the model, each with its markdown report.
     with get_client(sync_client=True) as prefect:
         flow_runs = {run.name: run for run in prefect.read_flow_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[uuid.UUID(o.flow_run_id) for o in (first, skipped, rejected)])))}
+            id=FlowRunFilterId(any_=[uuid.UUID(o.flow_run_id) for o in (first, skipped, rejected, repeated)])))}
         assert set(flow_runs) == {"flights-delay 2013-01-25"}
         assert all(f"model:{MODEL}" in run.tags for run in flow_runs.values())
         reports = prefect.read_artifacts(artifact_filter=ArtifactFilter(
@@ -428,6 +434,8 @@ def test_unscorable_champion_fails_closed(model_config: Path, retrain_home: Path
     assert rejected.decision == "rejected" and rejected.gate == "relative"
     assert "could not be scored" in rejected.reason
     assert registry(first.model).release == (["1"], {"champion": "1"})
+    # A champion that could not be read is no verdict on the model: the next training tries again.
+    assert train_model(config_path=str(model_config), threshold=1000.0).decision == "rejected"
 
 
 def test_empty_window_is_refused_before_training(retrain_home: Path, flights_small: pd.DataFrame) -> None:
