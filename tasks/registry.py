@@ -35,7 +35,7 @@ from retrain.config import ModelConfig
 from retrain.settings import get_settings
 from tasks.comparison import Decision, Verdict
 from tasks.features import PreparedData, TrainingWindow
-from tasks.tracking import LoggedRun, find_experiment
+from tasks.tracking import LoggedRun, find_experiment, run_name
 from tasks.training import FittedModel
 from tasks.tuning import TuningResult
 from tasks.warehouse import append_rows, get_warehouse, ledger_table
@@ -408,7 +408,7 @@ def release_model(
     """Register a passing model and give it its alias; record a rejection in the audit log."""
     client = MlflowClient()
     engine, schema = get_warehouse()
-    actor = f"flow run {flow_run.get_name()} ({get_settings().actor})"
+    actor = f"flow run '{run_name(config.name, data.window)}' ({get_settings().actor})"
     metrics = {f"holdout_{name}": value for name, value in fitted.metrics.all.items()}
     if not decision.passed or logged.model_uri is None:
         record_decision(

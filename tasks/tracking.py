@@ -452,6 +452,7 @@ def start_training_run(config: ModelConfig, snapshot: pd.DataFrame, data: Prepar
     experiment_id = configure_mlflow(settings, config.name)
     client = MlflowClient()
     window = data.window
+    name = run_name(config.name, window)
     tags = {
         "retrain.model": config.name,
         "retrain.fingerprint": data.fingerprint,
@@ -460,13 +461,12 @@ def start_training_run(config: ModelConfig, snapshot: pd.DataFrame, data: Prepar
         "retrain.as_of": window.as_of.isoformat(),
         "retrain.decision": RUNNING_DECISION,
         "prefect.flow_run_id": str(flow_run.get_id()),
-        "prefect.flow_run_name": str(flow_run.get_name()),
+        "prefect.flow_run_name": name,  # the flow run was renamed so (label_training_run)
         MLFLOW_RUN_NOTE: run_description(config, data),
     }
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    name = run_name(config.name, window)
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     params = {
         "retrain.window_start": window.start.isoformat(),
