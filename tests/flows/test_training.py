@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -40,7 +40,13 @@ from prefect.client.schemas.filters import (
     TaskRunFilterName,
 )
 from prefect.events import DeploymentEventTrigger, Event
-from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter, EventResourceFilter
+from prefect.events.filters import (
+    EventFilter,
+    EventNameFilter,
+    EventOccurredFilter,
+    EventRelatedFilter,
+    EventResourceFilter,
+)
 
 from flows.ingest import ingest_when_new_rows
 from flows.training import train_model
@@ -204,12 +210,16 @@ def test_the_window_follows_as_of_and_new_rows_are_trained_on(
     assert predicted["time_hour"].min() >= january_18  # the holdout is made of the rows that just arrived
 
 
-def wait_for_events(prefect, name: str, resource: str, count: int, seconds: float = 60) -> list[Event]:
-    """Events as the server stored them; events are sent in the background, so poll briefly."""
+def wait_for_events(
+    prefect, name: str, resource: str, since: datetime, count: int, seconds: float = 60
+) -> list[Event]:
+    """Events as the server stored them since `since` (earlier tests share the server); events are sent
+    in the background, so poll briefly."""
     deadline = time.monotonic() + seconds
     while True:
         found = prefect.read_events(filter=EventFilter(
-            event=EventNameFilter(name=[name]), resource=EventResourceFilter(id=[resource])), limit=50).events
+            event=EventNameFilter(name=[name]), resource=EventResourceFilter(id=[resource]),
+            occurred=EventOccurredFilter(since=since)), limit=50).events
         if len(found) >= count or time.monotonic() > deadline:
             return found
         time.sleep(0.5)
@@ -240,11 +250,12 @@ def test_one_data_arrived_event_starts_exactly_one_training(retrain_home: Path, 
     times = flights_small["time_hour"]
     config = str(write_model_config(retrain_home.parent, training_window={"lookback": "7d"}, tuning=QUICK))
     resource = f"retrain.model.{MODEL}"
+    since = datetime.now(UTC)
     try:
         with get_client(sync_client=True) as prefect:
             load_source(flights_small[times < pd.Timestamp("2013-01-12")])
             ingest_when_new_rows(config_path=config)  # the scheduled ingest: event 1
-            scheduled = wait_for_events(prefect, "retrain.data.arrived", resource, 1)[0]
+            scheduled = wait_for_events(prefect, "retrain.data.arrived", resource, since, 1)[0]
             assert len(wait_for_actions(prefect, scheduled)) == 1
 
             load_source(flights_small[(times >= pd.Timestamp("2013-01-12")) & (times < pd.Timestamp("2013-01-19"))],
@@ -252,7 +263,8 @@ def test_one_data_arrived_event_starts_exactly_one_training(retrain_home: Path, 
             train_model(config_path=config)  # its own ingest: event 2
             load_source(flights_small[times >= pd.Timestamp("2013-01-19")], if_exists="append")
             ingest_when_new_rows(config_path=config)  # the next scheduled ingest: event 3
-            events = sorted(wait_for_events(prefect, "retrain.data.arrived", resource, 3), key=lambda e: e.occurred)
+            events = sorted(wait_for_events(prefect, "retrain.data.arrived", resource, since, 3),
+                            key=lambda event: event.occurred)
             assert [e.resource["retrain.ingested-by"] for e in events] == [
                 "ingest-when-new-rows", "train-model", "ingest-when-new-rows"]
             # The server evaluates events in order: once event 3 has its action, event 2 has been judged.
