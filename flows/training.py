@@ -1,70 +1,135 @@
-"""The training flow: from new warehouse rows to a gated, registered LightGBM model.
+"""The training flow: from new warehouse rows to a gated, registered LightGBM model, or a reasoned skip.
 
 Wiring only: every step is a task in `tasks/`; this file reads like the table of contents of a run.
+A run ends in one of three normal outcomes, each a Completed flow run: a registered model (champion or
+challenger), `Skipped` (nothing new to learn from) or `Rejected` (a gate said no, with the reason).
+Failed is for real failures.
 """
 
 from __future__ import annotations
 
-from prefect import flow
+from datetime import datetime
 
-from flows.ingest import ingest_new_rows
+from prefect import flow
+from prefect.states import Completed, State
+
+from flows.ingest import ingest_when_new_rows
 from retrain.config import load_model_config
 from tasks.comparison import decide_release
-from tasks.features import check_training_snapshot, load_training_snapshot, prepare_training_data
+from tasks.features import (
+    check_training_snapshot,
+    load_training_snapshot,
+    prepare_training_data,
+    resolve_training_window,
+)
+from tasks.limits import hold_model
 from tasks.registry import (
+    SKIPPED,
     TrainingOutcome,
-    log_training_run,
+    find_earlier_training,
     release_model,
     score_current_champion,
-    verify_logged_model,
 )
 from tasks.stores import verify_stores
+from tasks.tracking import (
+    close_abandoned_training_runs,
+    close_runs_of_failed_training,
+    finish_training_run,
+    label_training_run,
+    log_training_results,
+    publish_training_report,
+    start_training_run,
+    verify_logged_model,
+)
 from tasks.training import fit_final_model
 from tasks.tuning import tune_hyperparameters
-from tasks.validation import count_new_rows, read_model_contract
+from tasks.validation import check_source_config, count_new_rows, read_model_contract
 
 
-@flow(name="train-model", log_prints=False)
+def outcome_state(outcome: TrainingOutcome) -> State:
+    """How the flow run ends: Completed, named `Skipped` or `Rejected` when it is one of those.
+
+    A rejection is a normal outcome, not a failure: a Failed state would be retried by flow retries and
+    fire failure alerts. Calling the flow returns the outcome itself (the state's data).
+    """
+    name = {SKIPPED: "Skipped", "rejected": "Rejected"}.get(outcome.decision, "Completed")
+    return Completed(name=name, message=outcome.reason, data=outcome)
+
+
+@flow(
+    name="train-model",
+    log_prints=False,
+    on_failure=[close_runs_of_failed_training],
+    on_crashed=[close_runs_of_failed_training],
+)
 def train_model(
     config_path: str = "examples/flights.yaml",
+    as_of: datetime | None = None,
     trials: int | None = None,
     timeout_seconds: float | None = None,
     threshold: float | None = None,
 ) -> TrainingOutcome:
-    """Tune, fit, gate and register one model.
+    """Tune, fit, gate and register one model on the training window as of `as_of`.
 
     Args:
-        config_path: The model config YAML (source table, target, features, metric, budget, gates).
-        trials: Optuna trials, overriding the config.
-        timeout_seconds: Tuning budget in seconds, overriding the config.
-        threshold: Absolute gate on the holdout metric, overriding the config.
+        config_path: The model config YAML (source table, target, features, metric, window, budget, gates).
+        as_of: Train as of this instant (naive UTC): the window is the lookback before it. Empty: just
+            after the newest clean row, so new rows move the window and nothing new skips.
+        trials: Finished Optuna trials the snapshot's study must hold (empty: the config's `tuning.trials`).
+        timeout_seconds: Tuning budget in seconds (empty: the config's).
+        threshold: Absolute gate on the holdout metric (empty: the config's).
     """
     verify_stores()  # warehouse, MLflow and Optuna answer, or the run fails here in seconds naming which
     config = load_model_config(config_path).with_overrides(
         trials=trials, timeout_seconds=timeout_seconds, threshold=threshold
     )
+    check_source_config(config)  # every configured column exists with a usable type, before any work
 
-    # Ingest: rows that arrived since the last batch pass the data contract before training sees them;
-    # a refused batch fails this run here, before any training starts. Counted first so a run with
-    # nothing new does not pay for a subflow (~1 s).
-    if count_new_rows(config):
-        ingest_new_rows(config_path=config_path)
+    # One training of a model at a time, whoever started it: its Prefect slot and its warehouse lock.
+    with hold_model(config):
+        # Start: runs of this model that a killed training left open are closed.
+        close_abandoned_training_runs(config=config)
 
-    # Data: the training window of clean rows, checked against the contract, fingerprinted, split in time.
-    contract = read_model_contract(config)
-    snapshot = load_training_snapshot(config)
-    check_training_snapshot(snapshot, contract, config)
-    data = prepare_training_data(snapshot, config)
+        # Ingest: rows that arrived since the last batch (up to as_of) pass the data contract first; a refused
+        # batch fails this run here. Counted first so a run with nothing new pays for no subflow, and counted
+        # again under the source's lock, so rows another run has just ingested are "nothing new", not a refusal.
+        if count_new_rows(config, as_of=as_of):
+            ingest_when_new_rows(config_path=config_path, as_of=as_of)
 
-    # Model: Optuna search on train/validation, then the final fit scored on the holdout.
-    tuning = tune_hyperparameters(data, config)
-    fitted = fit_final_model(data, config, tuning.best_params, tuning.best_rounds)
+        # Window: as of the given instant, or just after the newest clean row; the run is named after it.
+        window = resolve_training_window(config=config, as_of=as_of)
+        label_training_run(config=config, window=window)
 
-    # Gates: absolute threshold, champion on the identical holdout rows, then the model must load.
-    champion = score_current_champion(data, config)
-    decision = decide_release(fitted, champion, config)
-    run = log_training_run(config, snapshot, data, tuning, fitted, decision)
-    decision = verify_logged_model(run, fitted, decision)
+        # Data: the window of clean rows, checked against the contract, fingerprinted, split in time.
+        contract = read_model_contract(config)
+        snapshot = load_training_snapshot(config=config, window=window)
+        check_training_snapshot(snapshot=snapshot, contract=contract, config=config)
+        data = prepare_training_data(snapshot=snapshot, config=config, window=window, contract=contract)
 
-    # Release: register and alias a passing model; mark a failing one rejected and fail the run.
-    return release_model(config, run, data, tuning, fitted, decision)
+        # Nothing new: the champion or challenger was trained on this snapshot with these settings.
+        skipped = find_earlier_training(data=data, config=config)
+        if skipped is not None:
+            publish_training_report(config=config, outcome=skipped)
+            return outcome_state(skipped)
+
+        # Model: one MLflow run spans the Optuna search and the final fit scored on the holdout.
+        run = start_training_run(config=config, snapshot=snapshot, data=data)
+        tuning = tune_hyperparameters(data=data, config=config)
+        fitted = fit_final_model(data=data, config=config, params=tuning.best_params, rounds=tuning.best_rounds)
+
+        # Gates: absolute threshold, naive baseline, champion on the identical raw holdout rows, then the
+        # logged model must load and predict those rows exactly.
+        champion = score_current_champion(data=data, config=config)
+        decision = decide_release(fitted=fitted, champion=champion, config=config)
+        logged = log_training_results(
+            run=run, config=config, data=data, tuning=tuning, fitted=fitted, decision=decision
+        )
+        decision = verify_logged_model(logged=logged, data=data, fitted=fitted, decision=decision)
+
+        # Release: register and alias a passing model, record a rejection; close the run, report.
+        outcome = release_model(
+            config=config, logged=logged, data=data, tuning=tuning, fitted=fitted, decision=decision
+        )
+        finish_training_run(run=run, config=config, data=data, tuning=tuning, outcome=outcome)
+        publish_training_report(config=config, outcome=outcome, run=run)
+        return outcome_state(outcome)

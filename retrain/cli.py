@@ -24,8 +24,9 @@ from typing import Annotated, Any
 import typer
 import typer.core
 
+from retrain.clock import parse_instant
 from retrain.config import load_model_config
-from retrain.errors import ConfigError, ExitCode, GateFailed, RetrainError
+from retrain.errors import ConfigError, ExitCode, RetrainError
 from retrain.redaction import redact_text
 from retrain.settings import get_settings
 
@@ -248,7 +249,19 @@ def load_example(
 @app.command()
 def train(
     config: ConfigOption,
-    trials: Annotated[int | None, typer.Option(help="Optuna trials (overrides the config).", min=1)] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            help="Train as of this time (ISO 8601, UTC unless it carries an offset): the window is the lookback "
+            "before it. Default: just after the newest clean row.",
+        ),
+    ] = None,
+    trials: Annotated[
+        int | None,
+        typer.Option(help="Finished Optuna trials the snapshot's study must hold (a re-run adds only the missing).",
+                     min=1),
+    ] = None,
     timeout: Annotated[float | None, typer.Option(help="Tuning budget in seconds.", min=1)] = None,
     max_metric: Annotated[
         float | None, typer.Option(help="Absolute gate for a lower-is-better metric (e.g. MAE).")
@@ -258,25 +271,39 @@ def train(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Tune, train, gate and register a model; prints version, metric vs threshold vs champion, decision."""
+    """Ingest, tune, train, gate and register a model: champion or challenger (exit 0), skipped because
+    nothing is new (exit 0), or rejected by a gate (exit 1, with the reason)."""
     prepare_environment()
     model = load_model_config(config)
     threshold = _threshold_override(model.lower_is_better, model.metric, max_metric, min_metric)
+    instant = parse_instant_option(as_of, "--as-of")
     with stdout_to_stderr():
-        check_stores_first("warehouse", "mlflow", "optuna", "prefect")
-    try:
-        with stdout_to_stderr(), prefect_api():
+        check_stores_first("warehouse")
+        from tasks.contract import check_model_source
+        from tasks.warehouse import get_warehouse
+
+        check_model_source(model, get_warehouse())  # a config that does not fit fails before Prefect loads
+        check_stores_first("mlflow", "optuna", "prefect")
+        with prefect_api():
             from flows.training import train_model
 
             outcome = train_model(
-                config_path=str(config), trials=trials, timeout_seconds=timeout, threshold=threshold
+                config_path=str(config), as_of=instant, trials=trials, timeout_seconds=timeout, threshold=threshold
             )
-        code = ExitCode.OK
-    except GateFailed as rejection:
-        if rejection.outcome is None:
-            raise
-        outcome, code = rejection.outcome, rejection.exit_code
+    code = ExitCode.REFUSED if outcome.rejected else ExitCode.OK
+    if code and not as_json:
+        typer.echo(f"rejected: {outcome.reason}", err=True)
     finish(outcome.summary(), as_json, _render_training, code)
+
+
+def parse_instant_option(value: str | None, option: str) -> datetime | None:
+    """An instant option (`--as-of`, `--start`, `--end`): ISO 8601, UTC unless it carries an offset."""
+    if value is None:
+        return None
+    try:
+        return parse_instant(value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint=option) from None
 
 
 def _threshold_override(
@@ -290,17 +317,24 @@ def _threshold_override(
 
 
 def _render_training(result: dict[str, Any]) -> str:
-    metric = result["metric"]
-    champion = result["champion_metric"]
+    window = result["window"]
     lines = [
-        f"model      {result['model']}  run {result['run_id']}",
-        f"holdout    {metric['name']} = {metric['value']:.4f}  (threshold {result['threshold']},"
-        f" champion {'none' if champion is None else f'{champion:.4f}'},"
-        f" baseline {result['baseline_metric']:.4f})",
-        f"decision   {result['decision']}"
-        + (f" -> version {result['version']}" if result["version"] is not None else " (nothing registered)"),
-        f"reason     {result['reason']}",
+        f"model      {result['model']}  run {result['run_id'] or '(none)'}",
+        f"window     [{window['start']}, {window['end']})  as of {window['as_of']} ({window['as_of_source']}),"
+        f" {result['rows']:,} rows, snapshot {result['fingerprint']}",
     ]
+    if result["decision"] != "skipped":
+        metric, champion = result["metric"], result["champion_metric"]
+        lines.append(
+            f"holdout    {metric['name']} = {metric['value']:.4f}  (baseline {result['baseline_metric']:.4f},"
+            f" champion {'none' if champion is None else f'{champion:.4f}'}, threshold {result['threshold']})"
+        )
+        trials = result["trials"]
+        lines.append(
+            f"tuning     {trials['run_now']} trial(s) run now, {trials['in_study']} in study {result['study']}"
+        )
+    registered = f" -> version {result['version']}" if result["version"] is not None else " (nothing registered)"
+    lines += [f"decision   {result['decision']}{registered}", f"reason     {result['reason']}"]
     return "\n".join(lines)
 
 
@@ -344,25 +378,28 @@ def contract_infer(
 def ingest(
     config: ConfigOption,
     start: Annotated[
-        datetime | None, typer.Option(help="First UTC timestamp to read (default: the source's watermark).")
+        str | None, typer.Option(help="First instant to read, ISO 8601 (default: the source's watermark).")
     ] = None,
-    end: Annotated[datetime | None, typer.Option(help="UTC timestamp to read up to, excluded.")] = None,
+    end: Annotated[str | None, typer.Option(help="Instant to read up to, excluded, ISO 8601.")] = None,
     as_of: Annotated[
-        datetime | None,
-        typer.Option("--as-of", help="The run's clock (UTC): rows dated later have not arrived yet (default: now)."),
+        str | None,
+        typer.Option("--as-of", help="The run's clock, ISO 8601: rows dated later have not arrived (default: now)."),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Validate the source rows that arrived since the last batch; append the clean ones, quarantine the rest.
 
-    Exits 0 when the batch passed, 1 when it was refused, 2 on a config that does not fit the table (checked
-    before any flow starts), 4 when another ingest of the source held its lock for too long.
+    Instants are UTC unless they carry an offset. Exits 0 when the batch passed, 1 when it was refused, 2 on
+    a config that does not fit the table (checked before any flow starts), 4 when another ingest of the
+    source held its lock for too long.
     """
     prepare_environment()
     model = load_model_config(config)
-    if start is not None and end is not None and start >= end:
+    first, until = parse_instant_option(start, "--start"), parse_instant_option(end, "--end")
+    instant = parse_instant_option(as_of, "--as-of")
+    if first is not None and until is not None and first >= until:
         raise typer.BadParameter(
-            f"{start.isoformat()} is not before --end {end.isoformat()}: nothing was read or written",
+            f"{first.isoformat()} is not before --end {until.isoformat()}: nothing was read or written",
             param_hint="--start",
         )
     with stdout_to_stderr():
@@ -377,7 +414,7 @@ def ingest(
 
         try:
             with prefect_api():
-                outcome = ingest_new_rows(config_path=str(config), start=start, end=end, as_of=as_of)
+                outcome = ingest_new_rows(config_path=str(config), start=first, end=until, as_of=instant)
             code = ExitCode.OK
         except BatchRefused as refusal:
             outcome, code = refusal.outcome, refusal.exit_code

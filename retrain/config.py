@@ -5,13 +5,17 @@ These are the model's knobs; infrastructure (URLs, folders, secrets) lives in `r
 
 from __future__ import annotations
 
-from datetime import datetime
+import hashlib
+import json
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
+from retrain.clock import Window, format_duration, parse_duration, parse_instant
 from retrain.errors import ConfigError
 
 
@@ -79,17 +83,54 @@ class FeaturesConfig(_Frozen):
 
 
 class WindowConfig(_Frozen):
-    start: datetime
-    end: datetime
+    """Which rows a training reads: a lookback that ends at `as_of` (it moves with the data), or fixed dates.
+
+    `{lookback: 60d}` is what a continuous trainer wants: every training reads the 60 days before its
+    `as_of`, so new rows change the snapshot. `{start, end}` pins one snapshot (a reproduction, a study).
+    """
+
+    lookback: timedelta | None = Field(default=None, description="Duration before as_of: 60d, 36h, 90m.")
+    start: datetime | None = None
+    end: datetime | None = None
+
+    @field_validator("lookback", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> timedelta | None:
+        return None if value is None else parse_duration(value)
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _instant(cls, value: Any) -> datetime | None:
+        # Naive UTC like every timestamp in Retrain; an offset is converted, never dropped.
+        return None if value is None else parse_instant(value)
+
+    @field_serializer("lookback")
+    def _duration_text(self, value: timedelta | None) -> str | None:
+        return None if value is None else format_duration(value)
 
     @model_validator(mode="after")
-    def _ordered(self) -> WindowConfig:
-        if self.end <= self.start:
-            raise ValueError(f"window end {self.end} must be after its start {self.start}")
+    def _one_form(self) -> WindowConfig:
+        absolute = self.start is not None or self.end is not None
+        if self.lookback is not None and absolute:
+            raise ValueError("give either lookback (e.g. 60d) or start and end, not both")
+        if self.lookback is None:
+            if self.start is None or self.end is None:
+                raise ValueError("give lookback (e.g. {lookback: 60d}) or both start and end")
+            if self.end <= self.start:
+                raise ValueError(f"window end {self.end} must be after its start {self.start}")
         return self
 
+    def ending_at(self, as_of: datetime) -> Window:
+        """The window a training as of `as_of` reads; a fixed window ignores `as_of`."""
+        if self.lookback is not None:
+            return Window.ending_at(as_of, self.lookback)
+        assert self.start is not None and self.end is not None  # the validator guarantees both
+        return Window(self.start, self.end)
+
     def __str__(self) -> str:
-        return f"[{self.start.isoformat()}, {self.end.isoformat()})"
+        if self.lookback is not None:
+            return f"the {format_duration(self.lookback)} before as_of"
+        return f"[{self.start.isoformat()}, {self.end.isoformat()})"  # type: ignore[union-attr]
 
 
 class SplitConfig(_Frozen):
@@ -118,6 +159,12 @@ class GatesConfig(_Frozen):
         description="Absolute gate: below it for lower-is-better metrics, above it otherwise.",
     )
     margin: float = Field(default=0.0, ge=0, description="How much the challenger must beat the champion by.")
+    baseline_margin: float | None = Field(
+        default=0.0,
+        ge=0,
+        description="How much the model must beat the naive baseline (median, mean or base rate) by on the "
+        "holdout; null turns this gate off.",
+    )
     bootstrap_resamples: int = Field(default=1000, ge=100)
     significance: float = Field(default=0.05, gt=0, lt=1)
 
@@ -159,6 +206,23 @@ class ModelConfig(_Frozen):
         base = self.config_path.parent if self.config_path else Path.cwd()
         name = self.contract or f"{self.config_path.stem if self.config_path else self.name}.contract.yaml"
         return (base / name).resolve()
+
+    def settings_digest(self) -> str:
+        """8 hex digits naming every knob that changes the model or its verdict (not the data, not the name).
+
+        Two trainings with the same snapshot fingerprint and the same digest fit the same model and reach
+        the same verdict, so the second is skipped. Resource limits (timeout) are left out: they bound the
+        work, they do not define it.
+        """
+        knobs = {
+            "metric": self.metric,
+            "target": self.target.model_dump(mode="json"),
+            "features": self.features.model_dump(mode="json"),
+            "split": self.split.model_dump(mode="json"),
+            "tuning": self.tuning.model_dump(mode="json", exclude={"timeout_seconds"}),
+            "gates": self.gates.model_dump(mode="json"),
+        }
+        return hashlib.blake2b(json.dumps(knobs, sort_keys=True).encode(), digest_size=4).hexdigest()
 
     def with_overrides(
         self,

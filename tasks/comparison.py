@@ -1,4 +1,9 @@
-"""Release gates as pure decisions: absolute threshold, then champion vs challenger on identical rows.
+"""Release gates as pure decisions: absolute threshold, the naive baseline, then the champion on identical rows.
+
+The baseline gate asks the least a model must do: beat, on the holdout, the constant its metric rewards
+(the median for MAE, the mean for RMSE, the base rate for a binary task) by `gates.baseline_margin`.
+It moves with the data, where a fixed threshold goes stale: a drifting target can make a fixed
+threshold looser than the median, so a model worse than a constant could become champion.
 
 The relative gate is a seeded paired bootstrap: rows are resampled together for both models, so the
 noise they share cancels, and the challenger passes only when it beats the champion by more than the
@@ -42,10 +47,20 @@ class Decision:
     threshold: float | None
     champion_value: float | None = None
     p_value: float | None = None
+    baseline_value: float | None = None
+    champion_version: str | None = None
 
     @property
     def passed(self) -> bool:
         return self.verdict is not Verdict.REJECTED
+
+    @property
+    def settled(self) -> bool:
+        """A rejection the same model would meet again against the same champion: a gate that compared
+        numbers (threshold, baseline, a bootstrap against a scored champion), not a store that failed."""
+        return self.verdict is Verdict.REJECTED and (
+            self.gate in ("absolute", "baseline") or (self.gate == "relative" and self.p_value is not None)
+        )
 
 
 def check_threshold(metric: str, value: float, threshold: float | None) -> Decision | None:
@@ -60,6 +75,25 @@ def check_threshold(metric: str, value: float, threshold: float | None) -> Decis
         metric=metric,
         value=value,
         threshold=threshold,
+    )
+
+
+def check_baseline(metric: str, value: float, baseline: float | None, margin: float | None) -> Decision | None:
+    """The baseline gate; None when it passes (or is turned off with `baseline_margin: null`)."""
+    if margin is None or baseline is None or is_improvement(value, baseline, metric, margin):
+        return None
+    relation = "below" if LOWER_IS_BETTER[metric] else "above"
+    return Decision(
+        verdict=Verdict.REJECTED,
+        gate="baseline",
+        reason=(
+            f"holdout {metric} {value:.4f} is not {relation} the naive baseline's {baseline:.4f} by the margin "
+            f"{margin}: the model does no better than a constant"
+        ),
+        metric=metric,
+        value=value,
+        threshold=None,
+        baseline_value=baseline,
     )
 
 
@@ -115,28 +149,38 @@ def compare_with_champion(
     resamples: int,
     significance: float,
     seed: int,
+    baseline: float | None = None,
+    baseline_margin: float | None = None,
 ) -> Decision:
-    """All gates but the infra check, in order: absolute, then relative against the champion.
+    """All gates but the infra check, in order: absolute, baseline, then relative against the champion.
 
     Args:
         champion: The champion's predictions on the same rows, or None when there is no champion.
+        baseline: The naive baseline's score on the same rows.
+        baseline_margin: How much the challenger must beat the baseline by; None turns the gate off.
     """
     y_true = np.asarray(y_true, dtype="float64")
     challenger = np.asarray(challenger, dtype="float64")
     function = METRIC_FUNCTIONS[metric]
     value = function(y_true, challenger)
     failed = check_threshold(metric, value, threshold)
+    if failed is None:
+        failed = check_baseline(metric, value, baseline, baseline_margin)
     if failed is not None:
         champion_value = None if champion is None else function(y_true, np.asarray(champion, dtype="float64"))
-        return replace(failed, champion_value=champion_value)
+        return replace(failed, champion_value=champion_value, threshold=threshold, baseline_value=baseline)
     if champion is None:
+        passed = [] if threshold is None else [f"the threshold {threshold}"]
+        if baseline is not None and baseline_margin is not None:
+            passed.append(f"the naive baseline's {baseline:.4f} (margin {baseline_margin})")
         return Decision(
             verdict=Verdict.CHAMPION,
-            gate="absolute",
-            reason=f"no champion yet; holdout {metric} {value:.4f} passes the threshold {threshold}",
+            gate="baseline" if baseline_margin is not None else "absolute",
+            reason=f"no champion yet; holdout {metric} {value:.4f} beats " + (" and ".join(passed) or "no gate"),
             metric=metric,
             value=value,
             threshold=threshold,
+            baseline_value=baseline,
         )
     champion = np.asarray(champion, dtype="float64")
     champion_value = function(y_true, champion)
@@ -155,6 +199,7 @@ def compare_with_champion(
         threshold=threshold,
         champion_value=champion_value,
         p_value=p_value,
+        baseline_value=baseline,
     )
 
 
@@ -177,9 +222,16 @@ def champion_unscorable(metric: str, value: float, threshold: float | None, erro
 def decide_release(fitted: FittedModel, champion: ChampionScore | None, config: ModelConfig) -> Decision:
     """Apply the gates to the challenger's holdout predictions and the champion's, on the same rows."""
     gates = config.gates
+    metrics = fitted.metrics
     if champion is not None and champion.error is not None:
-        failed = check_threshold(config.metric, fitted.metrics.value, gates.threshold)
-        decision = failed or champion_unscorable(config.metric, fitted.metrics.value, gates.threshold, champion.error)
+        failed = check_threshold(config.metric, metrics.value, gates.threshold) or check_baseline(
+            config.metric, metrics.value, metrics.baseline, gates.baseline_margin
+        )
+        decision = replace(
+            failed or champion_unscorable(config.metric, metrics.value, gates.threshold, champion.error),
+            threshold=gates.threshold,
+            baseline_value=metrics.baseline,
+        )
     else:
         decision = compare_with_champion(
             fitted.holdout_target,
@@ -191,6 +243,9 @@ def decide_release(fitted: FittedModel, champion: ChampionScore | None, config: 
             gates.bootstrap_resamples,
             gates.significance,
             seed=config.tuning.seed,
+            baseline=metrics.baseline,
+            baseline_margin=gates.baseline_margin,
         )
+    decision = replace(decision, champion_version=None if champion is None else champion.version)
     get_run_logger().info("gates: %s (%s)", decision.verdict, decision.reason)
     return decision

@@ -1,8 +1,9 @@
-"""From a training snapshot to model inputs: checks, target, time-ordered split, fingerprint, encoding.
+"""From a training window to model inputs: as_of, window, checks, target, time-ordered split, fingerprint.
 
-Categorical columns become integer codes with a vocabulary stored in the model's MLflow metadata:
-MLflow's pyfunc schema has no categorical type, and LightGBM refuses string columns, so codes are
-the one representation that loads and predicts the same way in training, the registry and serving.
+The window a training reads ends at its `as_of`: given by the caller (a replay, a backtest, an
+operator), or just after the newest clean row, never the wall clock, so the same data gives the same
+snapshot whenever it runs. Encoding raw rows into LightGBM inputs is the model package's job
+(`retrain.model_package`): training and serving share that one piece of code.
 """
 
 from __future__ import annotations
@@ -10,18 +11,50 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from retrain.config import FeaturesConfig, ModelConfig, TargetConfig, TaskType
-from retrain.errors import DataError
+from retrain.clock import as_naive_utc, format_duration
+from retrain.config import ModelConfig, TargetConfig, TaskType
+from retrain.errors import ConfigError, DataError
+from retrain.model_package import Encoding, build_encoding
 from tasks.contract import Contract
+from tasks.retries import retry_when_transient
 from tasks.validation import check_snapshot
 
-UNKNOWN_CODE = -1  # LightGBM treats negative categorical values as missing
+JUST_AFTER = timedelta(microseconds=1)  # the window is half-open: as_of = newest + 1 µs includes the newest row
+
+
+@dataclass(frozen=True)
+class TrainingWindow:
+    """The rows one training reads, `[start, end)`, and the instant it trains as of.
+
+    `as_of_given` tells a replay or an operator's choice from the default (just after the newest
+    clean row); `lookback` is None for a fixed window.
+    """
+
+    start: datetime
+    end: datetime
+    as_of: datetime
+    as_of_given: bool
+    lookback: timedelta | None
+
+    def __str__(self) -> str:
+        return f"[{self.start.isoformat()}, {self.end.isoformat()})"
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "as_of": self.as_of.isoformat(),
+            "as_of_source": "given" if self.as_of_given else "newest clean row",
+            "lookback": None if self.lookback is None else format_duration(self.lookback),
+        }
 
 
 @dataclass(frozen=True)
@@ -35,22 +68,66 @@ class Split:
 
 @dataclass(frozen=True)
 class PreparedData:
-    """What tuning, fitting and scoring need, computed once from one snapshot."""
+    """What tuning, fitting, scoring and packaging need, computed once from one snapshot.
+
+    The parts of the split hold raw rows as read from the clean table; `encoding` (fixed from the
+    training part) turns them into model inputs, and `input_types` gives each feature's contract type
+    (integer, float, string) for the model's signature.
+    """
 
     fingerprint: str
     rows: int
+    window: TrainingWindow
     split: Split
-    vocabulary: Mapping[str, tuple[str, ...]]
-    feature_names: tuple[str, ...]
+    encoding: Encoding
+    input_types: Mapping[str, str]
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.encoding.features
 
 
-def check_training_frame(frame: pd.DataFrame, config: ModelConfig, where: str) -> None:
+def resolve_as_of(as_of: datetime | None, newest: datetime | None, table: str) -> datetime:
+    """The instant a training runs as of: the given one (naive UTC), or just after the newest clean row.
+
+    Raises:
+        DataError: nothing given and the clean table holds no row, so there is nothing to train on.
+    """
+    if as_of is not None:
+        return as_naive_utc(as_of)
+    if newest is None:
+        raise DataError(f"table '{table}' holds no clean row yet: run `retrain ingest` first, or pass --as-of")
+    return newest + JUST_AFTER
+
+
+def training_window(config: ModelConfig, as_of: datetime, as_of_given: bool) -> TrainingWindow:
+    """The window of a training as of `as_of`: the lookback before it, or the config's fixed dates.
+
+    Raises:
+        ConfigError: a fixed window that ends after a given `as_of` would read rows from the future of
+            the instant being replayed.
+    """
+    window = config.training_window.ending_at(as_of)
+    if as_of_given and config.training_window.lookback is None and window.end > as_of:
+        raise ConfigError(
+            f"model '{config.name}' trains on the fixed window {window}, which ends after as_of "
+            f"{as_of.isoformat()}: use training_window: {{lookback: 60d}} to train as of a moving instant"
+        )
+    return TrainingWindow(
+        start=window.start,
+        end=window.end,
+        as_of=as_of,
+        as_of_given=as_of_given,
+        lookback=config.training_window.lookback,
+    )
+
+
+def check_training_frame(frame: pd.DataFrame, config: ModelConfig, where: str, window: TrainingWindow) -> None:
     """Refuse a snapshot that cannot be trained on, before any training starts.
 
     Raises:
         DataError: naming the table, the column and the window that were wrong.
     """
-    window = config.training_window
     needed = [config.source.timestamp, config.target.column, *config.features.all]
     missing = [column for column in needed if column not in frame.columns]
     if missing:
@@ -130,31 +207,34 @@ def fingerprint_frame(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def build_vocabulary(frame: pd.DataFrame, categorical: list[str]) -> dict[str, tuple[str, ...]]:
-    """Sorted distinct values per categorical column: the code of a value is its position."""
-    return {
-        column: tuple(sorted(str(value) for value in frame[column].dropna().unique())) for column in categorical
-    }
+def input_types(frame: pd.DataFrame, features: list[str], contract: Contract | None) -> dict[str, str]:
+    """Each feature's type as the contract declares it (integer, float, string), else as the frame holds it.
 
-
-def encode_features(
-    frame: pd.DataFrame, features: FeaturesConfig, vocabulary: Mapping[str, tuple[str, ...]]
-) -> pd.DataFrame:
-    """Model inputs, all float64: numeric columns as they are, categorical columns as codes (unknown → -1).
-
-    Codes are whole numbers stored as float64 so the MLflow signature has no integer column (which
-    could not hold a missing value a serving client sends).
+    The contract is the better witness: an integer column with a NULL in the window reads back as floats.
     """
-    encoded = {column: pd.to_numeric(frame[column], errors="coerce").astype("float64") for column in features.numeric}
-    for column in features.categorical:
-        codes = {value: code for code, value in enumerate(vocabulary[column])}
-        encoded[column] = frame[column].astype("string").map(codes).fillna(UNKNOWN_CODE).astype("float64")
-    return pd.DataFrame(encoded, index=frame.index)
+    types: dict[str, str] = {}
+    for column in features:
+        rule = contract.columns.get(column) if contract is not None else None
+        if rule is not None:
+            types[column] = rule.type.value
+        elif pd.api.types.is_integer_dtype(frame[column]):
+            types[column] = "integer"
+        elif pd.api.types.is_numeric_dtype(frame[column]):
+            types[column] = "float"
+        else:
+            types[column] = "string"
+    return types
 
 
-def prepare_data(frame: pd.DataFrame, config: ModelConfig, where: str) -> PreparedData:
-    """Check, fingerprint and split a snapshot, and fix the vocabulary from its training part only."""
-    check_training_frame(frame, config, where)
+def prepare_data(
+    frame: pd.DataFrame,
+    config: ModelConfig,
+    where: str,
+    window: TrainingWindow,
+    contract: Contract | None = None,
+) -> PreparedData:
+    """Check, fingerprint and split a snapshot, and fix the encoding from its training part only."""
+    check_training_frame(frame, config, where, window)
     labelled = frame[frame[config.target.column].notna()]
     split = split_by_time(
         labelled,
@@ -162,44 +242,76 @@ def prepare_data(frame: pd.DataFrame, config: ModelConfig, where: str) -> Prepar
         config.split.validation_fraction,
         config.split.holdout_fraction,
         config.split.min_rows,
-        where=f"table '{where}' in window {config.training_window}",
+        where=f"table '{where}' in window {window}",
     )
     return PreparedData(
         fingerprint=fingerprint_frame(frame),
         rows=len(frame),
+        window=window,
         split=split,
-        vocabulary=build_vocabulary(split.train, config.features.categorical),
-        feature_names=tuple(config.features.all),
+        encoding=build_encoding(split.train, config.features.numeric, config.features.categorical),
+        input_types=input_types(frame, config.features.all, contract),
     )
+
+
+def snapshot_columns(config: ModelConfig) -> list[str]:
+    """What a snapshot reads: timestamp, key, target and features, each once."""
+    return list(dict.fromkeys([config.source.timestamp, *config.source.key, config.target.column,
+                               *config.features.all]))
 
 
 # --- Prefect tasks -------------------------------------------------------------------------------
 
 
-@task(name="load-training-snapshot", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def load_training_snapshot(config: ModelConfig) -> pd.DataFrame:
-    """The training window of the clean (validated) table; retried because a warehouse can blink."""
+@task(name="resolve-training-window", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+      retry_condition_fn=retry_when_transient)
+def resolve_training_window(config: ModelConfig, as_of: datetime | None) -> TrainingWindow:
+    """The window this training reads: as of the given instant, or just after the newest clean row."""
+    from tasks.warehouse import get_warehouse, read_newest_timestamp
+
+    newest = None
+    if as_of is None:
+        newest = read_newest_timestamp(get_warehouse(), config.source.clean, config.source.timestamp)
+    resolved = resolve_as_of(as_of, newest, config.source.clean)
+    window = training_window(config, resolved, as_of_given=as_of is not None)
+    get_run_logger().info(
+        "training '%s' as of %s (%s): window %s", config.name, window.as_of.isoformat(),
+        window.summary()["as_of_source"], window,
+    )
+    return window
+
+
+@task(name="load-training-snapshot", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+      retry_condition_fn=retry_when_transient)
+def load_training_snapshot(config: ModelConfig, window: TrainingWindow) -> pd.DataFrame:
+    """The training window of the clean (validated) table; a lost connection is retried, a wrong column not."""
     from tasks.warehouse import get_warehouse, read_window
 
-    columns = list(dict.fromkeys([config.source.timestamp, *config.source.key, config.target.column,
-                                  *config.features.all]))
-    window = config.training_window
     frame = read_window(
         get_warehouse(),
         config.source.clean,
         config.source.timestamp,
         window.start,
         window.end,
-        columns=columns,
+        columns=snapshot_columns(config),
         tie_breakers=config.source.key,
     )
     get_run_logger().info("read %d rows of '%s' in window %s", len(frame), config.source.clean, window)
     return frame
 
 
+@task(name="check-snapshot-contract", cache_policy=NO_CACHE)
+def check_training_snapshot(snapshot: pd.DataFrame, contract: Contract, config: ModelConfig) -> None:
+    """Refuse to train on a snapshot that breaks the contract (e.g. rows landed before it was tightened)."""
+    check_snapshot(snapshot, contract, columns=list(snapshot.columns))
+    get_run_logger().info("snapshot of %d rows keeps the data contract of '%s'", len(snapshot), config.name)
+
+
 @task(name="prepare-training-data", cache_policy=NO_CACHE)
-def prepare_training_data(snapshot: pd.DataFrame, config: ModelConfig) -> PreparedData:
-    data = prepare_data(snapshot, config, where=config.source.clean)
+def prepare_training_data(
+    snapshot: pd.DataFrame, config: ModelConfig, window: TrainingWindow, contract: Contract
+) -> PreparedData:
+    data = prepare_data(snapshot, config, where=config.source.clean, window=window, contract=contract)
     get_run_logger().info(
         "snapshot %s: %d rows → train %d, validation %d, holdout %d",
         data.fingerprint,
@@ -209,12 +321,3 @@ def prepare_training_data(snapshot: pd.DataFrame, config: ModelConfig) -> Prepar
         len(data.split.holdout),
     )
     return data
-
-
-
-
-@task(name="check-snapshot-contract", cache_policy=NO_CACHE)
-def check_training_snapshot(snapshot: pd.DataFrame, contract: Contract, config: ModelConfig) -> None:
-    """Refuse to train on a snapshot that breaks the contract (e.g. rows landed before it was tightened)."""
-    check_snapshot(snapshot, contract, columns=list(snapshot.columns))
-    get_run_logger().info("snapshot of %d rows keeps the data contract of '%s'", len(snapshot), config.name)

@@ -8,6 +8,10 @@ and both become it. Both flows hold the model's slot instead: one global concurr
 that finds the slot taken waits for it, up to a bound, and then fails with `Busy` (exit 4) saying which
 model and limit; nothing was changed.
 
+`hold_model` adds the model's lock on the warehouse (`model:<name>`, `tasks.warehouse.hold_lock`), which
+holds on every path, with or without a Prefect server that knows the limit (two CLI commands with
+temporary servers of their own, a worker on another server).
+
 Slots are leases: the holder renews its lease while it runs, and a holder that was killed loses the slot
 when the lease expires (`LEASE_SECONDS`), so a crash never blocks a model for good.
 """
@@ -27,7 +31,10 @@ from prefect.exceptions import MissingContextError, ObjectAlreadyExists, ObjectN
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
+from retrain.config import ModelConfig
 from retrain.errors import Busy
+from retrain.settings import get_settings
+from tasks.warehouse import get_warehouse, hold_lock
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +98,20 @@ def hold_model_slot(model: str, wait_seconds: float | None) -> Iterator[None]:
         waited = time.monotonic() - started
         if waited >= 1:
             log.info("waited %.0f s for model '%s' (limit '%s') held by another run", waited, model, name)
+        yield
+
+
+@contextlib.contextmanager
+def hold_model(config: ModelConfig) -> Iterator[None]:
+    """One training of a model at a time: its Prefect slot (seen in the UI), then its warehouse lock.
+
+    Both wait up to the `lock_wait_seconds` setting, then raise `Busy` naming who holds the model.
+    """
+    wait = get_settings().lock_wait_seconds
+    holder = f"training of '{config.name}' (flow run {flow_run.get_name() or '-'})"
+    with hold_model_slot(config.name, wait_seconds=wait), hold_lock(
+        get_warehouse(), f"model:{config.name}", wait_seconds=wait, holder=holder
+    ):
         yield
 
 

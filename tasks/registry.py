@@ -1,46 +1,43 @@
-"""MLflow runs, model versions and release state.
+"""Model versions, aliases and the audit record; the champion's score and what a training decided.
 
 Release state is the registry's aliases (champion, challenger, canary, previous). `move_alias` is the
 only code that moves one: it also writes an audit record to the warehouse (open-source MLflow keeps no
-alias history) and emits a Prefect event that automations can trigger on.
+alias history) and emits a Prefect event that automations can trigger on. MLflow runs and the packaged
+model are `tasks.tracking`'s.
+
+A training is skipped when the champion or the challenger was trained on the same snapshot (fingerprint)
+with the same settings (`ModelConfig.settings_digest`): it would fit the same model and tie. It is also
+skipped when a training on that snapshot with those settings was rejected by a gate that compared numbers
+against the same champion: the same model would be rejected again, and the runs list would only grow.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import mlflow
 import numpy as np
 import pandas as pd
-import sqlalchemy as sa
-from mlflow.data.dataset_source import DatasetSource
-from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
-from retrain.config import FeaturesConfig, ModelConfig
-from retrain.errors import GateFailed
-from retrain.settings import Settings, get_settings, redact_url
-from retrain.stores import connect_mlflow, store_errors
+from retrain.clock import now
+from retrain.config import ModelConfig
+from retrain.settings import get_settings
 from tasks.comparison import Decision, Verdict
-from tasks.features import PreparedData, encode_features
-from tasks.training import LIGHTGBM_METRIC, FittedModel, feature_importance
+from tasks.features import PreparedData, TrainingWindow
+from tasks.tracking import LoggedRun, find_experiment, run_name
+from tasks.training import FittedModel
 from tasks.tuning import TuningResult
-from tasks.warehouse import Warehouse, append_rows, audit_table, get_warehouse, open_warehouse, read_window
+from tasks.warehouse import Warehouse, append_rows, audit_table, get_warehouse
 
 logger = logging.getLogger(__name__)
 
@@ -51,59 +48,7 @@ EVENT_FOR_ALIAS = {
     "canary": "retrain.model.canary",
     "previous": "retrain.model.retired",
 }
-MODEL_METADATA_KEY = "retrain"
-SCHEMA_SAMPLE_ROWS = 10_000
-
-
-class WarehouseDatasetSource(DatasetSource):
-    """Where a training snapshot came from: a warehouse table and window (URL without password)."""
-
-    def __init__(self, url: str, table: str, timestamp: str, start: str, end: str, schema: str | None = None) -> None:
-        self.url, self.table, self.timestamp, self.start, self.end = url, table, timestamp, start, end
-        self.schema = schema
-
-    @staticmethod
-    def _get_source_type() -> str:
-        return "warehouse"
-
-    def load(self, **_: Any) -> pd.DataFrame:
-        """Read the snapshot again (the fingerprint tells whether it still has the same content)."""
-        return read_window(
-            open_warehouse(self.url, self.schema),
-            self.table,
-            self.timestamp,
-            datetime.fromisoformat(self.start),
-            datetime.fromisoformat(self.end),
-        )
-
-    @staticmethod
-    def _can_resolve(raw_source: Any) -> bool:
-        return False
-
-    @classmethod
-    def _resolve(cls, raw_source: Any) -> WarehouseDatasetSource:
-        raise MlflowException(f"a warehouse source is built from its fields, not parsed from {raw_source!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "url": self.url,
-            "schema": self.schema,
-            "table": self.table,
-            "timestamp": self.timestamp,
-            "start": self.start,
-            "end": self.end,
-        }
-
-    @classmethod
-    def from_dict(cls, source_dict: dict[Any, Any]) -> WarehouseDatasetSource:
-        return cls(**source_dict)
-
-
-@dataclass(frozen=True)
-class LoggedRun:
-    run_id: str
-    model_uri: str
-    input_example: pd.DataFrame
+SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)
@@ -116,159 +61,142 @@ class ChampionScore:
 
 
 @dataclass(frozen=True)
+class EarlierTraining:
+    """An earlier training on the same snapshot with the same settings: the champion's, the challenger's,
+    or a rejection against the current champion (then `version` is None)."""
+
+    decision: str
+    version: str | None
+    run_id: str | None
+
+    def summary(self) -> dict[str, Any]:
+        return {"decision": self.decision, "version": self.version, "run_id": self.run_id}
+
+
+@dataclass(frozen=True)
 class TrainingOutcome:
-    """What one training run decided: the CLI's and the API's answer."""
+    """What one training decided (champion, challenger, rejected or skipped): the CLI's and the API's answer.
+
+    `run_id` is None for a skipped training (nothing was logged), `version` is None unless a version was
+    registered; `same_as` names the version a skipped training would have repeated.
+    """
 
     model: str
-    run_id: str
-    version: str | None
     decision: str
-    gate: str
     reason: str
-    metric_name: str
-    metric_value: float
-    threshold: float | None
-    champion_metric: float | None
-    baseline_metric: float
-    p_value: float | None
     fingerprint: str
-    study: str
+    rows: int
+    window: TrainingWindow
+    settings: str
+    metric_name: str
+    run_id: str | None = None
+    version: str | None = None
+    gate: str | None = None
+    metric_value: float | None = None
+    threshold: float | None = None
+    champion_metric: float | None = None
+    champion_version: str | None = None
+    baseline_metric: float | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    baseline: Mapping[str, float] = field(default_factory=dict)
+    p_value: float | None = None
+    study: str | None = None
     trials: Mapping[str, int] = field(default_factory=dict)
+    same_as: EarlierTraining | None = None
+    flow_run_id: str | None = None
+    settled: bool = False  # a rejection the same model would meet again against the same champion
+
+    @property
+    def rejected(self) -> bool:
+        return self.decision == Verdict.REJECTED
 
     def summary(self) -> dict[str, Any]:
         return {
             "model": self.model,
+            "decision": self.decision,
+            "reason": self.reason,
             "run_id": self.run_id,
             "version": self.version,
-            "decision": self.decision,
             "gate": self.gate,
-            "reason": self.reason,
             "metric": {"name": self.metric_name, "value": self.metric_value},
+            "metrics": dict(self.metrics),
             "threshold": self.threshold,
             "champion_metric": self.champion_metric,
+            "champion_version": self.champion_version,
             "baseline_metric": self.baseline_metric,
+            "baseline": dict(self.baseline),
             "p_value": self.p_value,
             "fingerprint": self.fingerprint,
+            "rows": self.rows,
+            "window": self.window.summary(),
+            "settings": self.settings,
             "study": self.study,
             "trials": dict(self.trials),
+            "same_as": None if self.same_as is None else self.same_as.summary(),
+            "flow_run_id": self.flow_run_id,
         }
-
-
-def configure_mlflow(settings: Settings, experiment: str) -> str:
-    """Point MLflow at our store and return the experiment id, creating it where its artifacts belong.
-
-    With a tracking server the server picks the artifact root (unless the settings name one), so every
-    machine loads models through it; only a local store gets a folder under our home. An outage while
-    looking the experiment up is a `StoreUnavailable`, with the password masked.
-    """
-    uri = connect_mlflow(settings)
-    with store_errors("MLflow tracking store", uri):
-        existing = mlflow.get_experiment_by_name(experiment)
-        if existing is not None:
-            if settings.resolved_artifact_location() is None and existing.artifact_location.startswith("file:"):
-                logger.warning(
-                    "experiment '%s' keeps its artifacts in %s, on the machine that created it: other machines "
-                    "cannot load its models through the tracking server. MLflow cannot move an experiment's "
-                    "artifact root; rename or delete the experiment so Retrain creates it on the server's.",
-                    experiment, existing.artifact_location,
-                )
-            return existing.experiment_id
-        try:
-            return mlflow.create_experiment(experiment, artifact_location=settings.resolved_artifact_location())
-        except MlflowException:
-            # Another process created it between our look-up and our create.
-            return mlflow.get_experiment_by_name(experiment).experiment_id
-
-
-def snapshot_dataset_input(
-    snapshot: pd.DataFrame, source: DatasetSource, name: str, targets: str, digest: str
-) -> DatasetInput:
-    """The training snapshot as an MLflow dataset input: our fingerprint as digest, the full row count.
-
-    MLflow infers a dataset's schema by walking every value of every object column (1.3 s on 100k
-    flights rows, 10x that on 1M); column types are the same in a sample, so the schema comes from one
-    and the profile from the whole snapshot.
-    """
-    sample = snapshot.head(SCHEMA_SAMPLE_ROWS)
-    with warnings.catch_warnings():
-        # The dataset schema describes the raw snapshot, whose integer columns are real; MLflow's hint
-        # about integers and missing values is for model signatures, and ours hold only float64.
-        warnings.filterwarnings("ignore", message=".*Integer columns in Python cannot represent missing")
-        described = mlflow.data.from_pandas(sample, source=source, name=name, targets=targets, digest=digest).to_dict()
-    profile = json.dumps({"num_rows": len(snapshot), "num_elements": int(snapshot.size)})
-    dataset = Dataset(
-        name=described["name"],
-        digest=digest,
-        source_type=described["source_type"],
-        source=described["source"],
-        schema=described["schema"],
-        profile=profile,
-    )
-    return DatasetInput(dataset=dataset, tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value="training")])
-
-
-def git_commit() -> str | None:
-    """The commit of the code that trained the model, when it runs from a git checkout."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None
-
-
-def model_metadata(config: ModelConfig, vocabulary: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
-    """What a loader needs besides the booster to turn raw rows into model inputs."""
-    return {
-        MODEL_METADATA_KEY: {
-            "features": config.features.model_dump(mode="json"),
-            "vocabulary": {column: list(values) for column, values in vocabulary.items()},
-            "task": str(config.target.task),
-            "target": config.target.model_dump(mode="json"),
-            "metric": config.metric,
-        }
-    }
-
-
-def encode_for_model(frame: pd.DataFrame, metadata: Mapping[str, Any]) -> pd.DataFrame:
-    """Raw rows → inputs of a logged model, with that model's own features and vocabulary."""
-    spec = metadata[MODEL_METADATA_KEY]
-    features = FeaturesConfig.model_validate(spec["features"])
-    vocabulary = {column: tuple(values) for column, values in spec["vocabulary"].items()}
-    return encode_features(frame, features, vocabulary)
 
 
 def get_alias_version(client: MlflowClient, model_name: str, alias: str) -> str | None:
     """The version an alias points to, None when the model or the alias does not exist."""
+    aliases = get_aliases(client, model_name)
+    return aliases.get(alias)
+
+
+def get_aliases(client: MlflowClient, model_name: str) -> dict[str, str]:
+    """Every alias of the model and its version; empty when the model is not registered yet."""
     try:
         registered = client.get_registered_model(model_name)
     except MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
+            return {}
         raise
-    version = registered.aliases.get(alias)
-    return None if version is None else str(version)
+    return {alias: str(version) for alias, version in registered.aliases.items()}
+
+
+def find_same_training(
+    client: MlflowClient, model_name: str, experiment_id: str, fingerprint: str, settings: str
+) -> EarlierTraining | None:
+    """The champion, the challenger or a settled rejection trained on this snapshot with these settings."""
+    aliases = get_aliases(client, model_name)
+    for alias in ("champion", "challenger"):
+        version = aliases.get(alias)
+        if version is None:
+            continue
+        registered = client.get_model_version(model_name, version)
+        tags = registered.tags
+        if tags.get("retrain.fingerprint") == fingerprint and tags.get("retrain.settings") == settings:
+            return EarlierTraining(decision=alias, version=version, run_id=registered.run_id)
+    rejected = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"tags.`retrain.fingerprint` = '{fingerprint}' and tags.`retrain.settings` = '{settings}' "
+            "and tags.`retrain.decision` = 'rejected' and tags.`retrain.settled` = 'true'"
+        ),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if rejected and rejected[0].data.tags.get("retrain.champion_version") == aliases.get("champion", "none"):
+        return EarlierTraining(decision="rejected", version=None, run_id=rejected[0].info.run_id)
+    return None
 
 
 def score_champion(client: MlflowClient, model_name: str, holdout: pd.DataFrame) -> ChampionScore | None:
-    """Predict the holdout rows with the current champion; None when there is no champion.
+    """Predict the raw holdout rows with the current champion; None when there is no champion.
 
-    Any failure to load or predict comes back as an error, which the gate treats as a failure:
-    a challenger is never released because the champion happened to be unreadable.
+    The champion gets the rows as they are in the table, like any user of the registered model, and
+    takes the columns its own signature names. Any failure to load or predict comes back as an error,
+    which the gate treats as a failure: a challenger is never released because the champion happened
+    to be unreadable.
     """
     version = get_alias_version(client, model_name, "champion")
     if version is None:
         return None
     try:
         champion = mlflow.pyfunc.load_model(f"models:/{model_name}@champion")
-        inputs = encode_for_model(holdout, champion.metadata.metadata or {})
-        predictions = np.asarray(champion.predict(inputs), dtype="float64").ravel()
+        schema = champion.metadata.get_input_schema()
+        rows = holdout[schema.input_names()] if schema is not None else holdout
+        predictions = np.asarray(champion.predict(rows), dtype="float64").ravel()
     except Exception as error:  # noqa: BLE001 - every failure means "cannot compare": fail closed
         return ChampionScore(version=version, error=f"champion v{version}: {type(error).__name__}: {error}")
     if len(predictions) != len(holdout):
@@ -277,42 +205,9 @@ def score_champion(client: MlflowClient, model_name: str, holdout: pd.DataFrame)
     return ChampionScore(version=version, predictions=predictions)
 
 
-def check_model_loads(model_uri: str, input_example: pd.DataFrame, expected: np.ndarray) -> str | None:
-    """The infra gate: the logged model loads through pyfunc and reproduces its predictions; None if fine."""
-    try:
-        predictions = np.asarray(mlflow.pyfunc.load_model(model_uri).predict(input_example), dtype="float64").ravel()
-    except Exception as error:  # noqa: BLE001 - the gate reports any failure to load or predict
-        return f"the logged model {model_uri} does not load and predict through mlflow.pyfunc: {error}"
-    if predictions.shape != expected.shape or not np.allclose(predictions, expected, rtol=1e-6, atol=1e-9):
-        return f"the logged model {model_uri} predicts {predictions[:3]} where the trained one gave {expected[:3]}"
-    return None
-
-
-def log_model_with_signature(
-    booster: Any, input_example: pd.DataFrame, metadata: Mapping[str, Any]
-) -> str:
-    """Log the booster in the active run with its signature and example; returns the model URI."""
-    signature = infer_signature(input_example, booster.predict(input_example))
-    info = mlflow.lightgbm.log_model(
-        booster,
-        name="model",
-        signature=signature,
-        input_example=input_example,
-        metadata=dict(metadata),
-        # Stated, not inferred: inference starts a subprocess that re-imports the model (3 s a run) to
-        # find what we already know: a LightGBM model read as pandas in, numpy out.
-        pip_requirements=[
-            *mlflow.lightgbm.get_default_pip_requirements(),
-            f"pandas=={pd.__version__}",
-            f"numpy=={np.__version__}",
-        ],
-    )
-    return info.model_uri
-
-
 def move_alias(
     client: MlflowClient,
-    engine: sa.Engine,
+    warehouse: Warehouse,
     model_name: str,
     alias: str,
     version: str | None,
@@ -321,7 +216,6 @@ def move_alias(
     reason: str,
     run_id: str | None = None,
     metrics: Mapping[str, float] | None = None,
-    schema: str | None = None,
 ) -> dict[str, Any]:
     """Point `alias` at `version` (or remove it when version is None); the only code that moves aliases.
 
@@ -337,7 +231,7 @@ def move_alias(
     else:
         client.set_registered_model_alias(model_name, alias, version)
     return record_decision(
-        engine,
+        warehouse,
         model_name,
         EVENT_FOR_ALIAS[alias],
         actor=actor,
@@ -347,12 +241,11 @@ def move_alias(
         previous_version=previous,
         run_id=run_id,
         metrics=metrics,
-        schema=schema,
     )
 
 
 def record_decision(
-    engine: sa.Engine,
+    warehouse: Warehouse,
     model_name: str,
     event: str,
     *,
@@ -363,11 +256,10 @@ def record_decision(
     previous_version: str | None = None,
     run_id: str | None = None,
     metrics: Mapping[str, float] | None = None,
-    schema: str | None = None,
 ) -> dict[str, Any]:
     """Write one audit record and emit the matching Prefect event (resource `retrain.model.<name>`)."""
     record = {
-        "recorded_at": datetime.now(UTC).replace(tzinfo=None),
+        "recorded_at": now(),
         "model": model_name,
         "event": event,
         "alias": alias,
@@ -379,7 +271,7 @@ def record_decision(
         "flow_run_id": flow_run.get_id(),
         "metrics": json.dumps(dict(metrics or {}), sort_keys=True),
     }
-    append_rows(Warehouse(engine, schema), audit_table(schema), [record])
+    append_rows(warehouse, audit_table(warehouse.schema), [record])
     emit_event(
         event=event,
         resource={"prefect.resource.id": f"retrain.model.{model_name}", "prefect.resource.name": model_name},
@@ -389,24 +281,91 @@ def record_decision(
     return record
 
 
-def describe_source(settings: Settings, config: ModelConfig, table: str) -> WarehouseDatasetSource:
-    window = config.training_window
-    return WarehouseDatasetSource(
-        url=redact_url(settings.resolved_warehouse_url()),
-        table=table,
-        schema=settings.warehouse_schema,
-        timestamp=config.source.timestamp,
-        start=window.start.isoformat(),
-        end=window.end.isoformat(),
+def trained_outcome(
+    config: ModelConfig,
+    data: PreparedData,
+    tuning: TuningResult,
+    fitted: FittedModel,
+    decision: Decision,
+    run_id: str,
+    version: str | None,
+) -> TrainingOutcome:
+    """The outcome of a training that ran: every number behind its decision."""
+    return TrainingOutcome(
+        model=config.name,
+        decision=str(decision.verdict),
+        reason=decision.reason,
+        fingerprint=data.fingerprint,
+        rows=data.rows,
+        window=data.window,
+        settings=config.settings_digest(),
+        metric_name=config.metric,
+        run_id=run_id,
+        version=version,
+        gate=decision.gate,
+        metric_value=fitted.metrics.value,
+        threshold=decision.threshold,
+        champion_metric=decision.champion_value,
+        champion_version=decision.champion_version,
+        baseline_metric=fitted.metrics.baseline,
+        metrics=dict(fitted.metrics.all),
+        baseline=dict(fitted.metrics.baseline_all),
+        p_value=decision.p_value,
+        study=tuning.study_name,
+        trials=tuning.counts(),
+        flow_run_id=flow_run.get_id(),
+        settled=decision.settled,
+    )
+
+
+def skipped_outcome(config: ModelConfig, data: PreparedData, earlier: EarlierTraining) -> TrainingOutcome:
+    """The outcome of a training with nothing new to learn from: no tuning, no run, no version."""
+    what = (
+        f"the {earlier.decision} (version {earlier.version}) was trained on"
+        if earlier.version is not None
+        else f"a training rejected against the same champion (run {earlier.run_id}) was trained on"
+    )
+    return TrainingOutcome(
+        model=config.name,
+        decision=SKIPPED,
+        reason=(
+            f"nothing new: {what} this snapshot ({data.fingerprint}, window {data.window}) with the same "
+            f"settings ({config.settings_digest()})"
+        ),
+        fingerprint=data.fingerprint,
+        rows=data.rows,
+        window=data.window,
+        settings=config.settings_digest(),
+        metric_name=config.metric,
+        threshold=config.gates.threshold,
+        same_as=earlier,
+        flow_run_id=flow_run.get_id(),
     )
 
 
 # --- Prefect tasks -------------------------------------------------------------------------------
 
 
+@task(name="find-earlier-training", cache_policy=NO_CACHE)
+def find_earlier_training(data: PreparedData, config: ModelConfig) -> TrainingOutcome | None:
+    """A skipped outcome when the champion, the challenger or a settled rejection was trained on this snapshot
+    with these settings."""
+    experiment_id = find_experiment(get_settings(), config.name)
+    if experiment_id is None:
+        return None  # nothing was ever trained for this model
+    earlier = find_same_training(
+        MlflowClient(), config.name, experiment_id, data.fingerprint, config.settings_digest()
+    )
+    if earlier is None:
+        return None
+    outcome = skipped_outcome(config, data, earlier)
+    get_run_logger().info("skipped: %s", outcome.reason)
+    return outcome
+
+
 @task(name="score-champion", cache_policy=NO_CACHE)
 def score_current_champion(data: PreparedData, config: ModelConfig) -> ChampionScore | None:
-    configure_mlflow(get_settings(), config.name)
+    find_experiment(get_settings(), config.name)  # points MLflow at our store
     score = score_champion(MlflowClient(), config.name, data.split.holdout)
     log = get_run_logger()
     if score is None:
@@ -414,139 +373,50 @@ def score_current_champion(data: PreparedData, config: ModelConfig) -> ChampionS
     elif score.error:
         log.warning("champion cannot be scored: %s", score.error)
     else:
-        log.info("champion v%s scored on the same %d holdout rows", score.version, len(score.predictions))
+        log.info("champion v%s scored on the same %d raw holdout rows", score.version, len(score.predictions))
     return score
-
-
-@task(name="log-training-run", cache_policy=NO_CACHE)
-def log_training_run(
-    config: ModelConfig,
-    snapshot: pd.DataFrame,
-    data: PreparedData,
-    tuning: TuningResult,
-    fitted: FittedModel,
-    decision: Decision,
-) -> LoggedRun:
-    """One MLflow run per training: params, metrics, dataset input, model with signature, artifacts."""
-    settings = get_settings()
-    experiment_id = configure_mlflow(settings, config.name)
-    source = describe_source(settings, config, config.source.clean)
-    dataset = snapshot_dataset_input(
-        snapshot, source, f"{config.source.clean}{config.training_window}", config.target.column, data.fingerprint
-    )
-    tags = {
-        "retrain.model": config.name,
-        "retrain.fingerprint": data.fingerprint,
-        "retrain.study": tuning.study_name,
-        "retrain.decision": "pending",
-        "prefect.flow_run_id": str(flow_run.get_id()),
-        "prefect.flow_run_name": str(flow_run.get_name()),
-    }
-    commit = git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    window = config.training_window
-    params = {
-        **{key: value for key, value in tuning.best_params.items()},
-        "num_boost_round": fitted.rounds,
-        "retrain.metric": config.metric,
-        "retrain.task": str(config.target.task),
-        "retrain.target": config.target.column,
-        "retrain.window_start": window.start.isoformat(),
-        "retrain.window_end": window.end.isoformat(),
-        "retrain.trials_budget": config.tuning.trials,
-        "retrain.threshold": config.gates.threshold,
-        "retrain.margin": config.gates.margin,
-        "retrain.rows_train": len(data.split.train),
-        "retrain.rows_validation": len(data.split.validation),
-        "retrain.rows_holdout": len(data.split.holdout),
-    }
-    metrics = {
-        **fitted.metrics.as_mlflow(),
-        f"validation_{LIGHTGBM_METRIC[config.metric]}": tuning.best_value,
-        "trials_complete": tuning.complete,
-        "trials_pruned": tuning.pruned,
-    }
-    if decision.champion_value is not None:
-        metrics[f"champion_holdout_{config.metric}"] = decision.champion_value
-    if decision.p_value is not None:
-        metrics["bootstrap_p_value"] = decision.p_value
-    run_name = f"{config.name}-{data.fingerprint[:8]}"
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
-        mlflow.log_params(params)
-        mlflow.log_metrics(metrics)
-        MlflowClient().log_inputs(run.info.run_id, datasets=[dataset])
-        model_uri = log_model_with_signature(
-            fitted.booster, fitted.input_example, model_metadata(config, data.vocabulary)
-        )
-        mlflow.log_dict(feature_importance(fitted.booster), "feature_importance.json")
-        mlflow.log_table(tuning.trials, "optuna_trials.json")
-    get_run_logger().info("MLflow run %s logged with model %s", run.info.run_id, model_uri)
-    return LoggedRun(run_id=run.info.run_id, model_uri=model_uri, input_example=fitted.input_example)
-
-
-@task(name="check-model-loads", cache_policy=NO_CACHE)
-def verify_logged_model(run: LoggedRun, fitted: FittedModel, decision: Decision) -> Decision:
-    """The infra gate, applied to a model that passed the others."""
-    if not decision.passed:
-        return decision
-    expected = np.asarray(fitted.booster.predict(run.input_example), dtype="float64")
-    problem = check_model_loads(run.model_uri, run.input_example, expected)
-    if problem is None:
-        return decision
-    return replace(decision, verdict=Verdict.REJECTED, gate="infra", reason=problem)
 
 
 @task(name="release-model", cache_policy=NO_CACHE)
 def release_model(
     config: ModelConfig,
-    run: LoggedRun,
+    logged: LoggedRun,
     data: PreparedData,
     tuning: TuningResult,
     fitted: FittedModel,
     decision: Decision,
 ) -> TrainingOutcome:
-    """Register a passing model and give it its alias; mark a failing one rejected and raise GateFailed."""
+    """Register a passing model and give it its alias; record a rejection in the audit log."""
     client = MlflowClient()
-    store = get_warehouse()
-    engine, schema = store.engine, store.schema
-    actor = f"flow run {flow_run.get_name()} ({get_settings().actor})"
+    warehouse = get_warehouse()
+    actor = f"flow run '{run_name(config.name, data.window)}' ({get_settings().actor})"
     metrics = {f"holdout_{name}": value for name, value in fitted.metrics.all.items()}
-    outcome = TrainingOutcome(
-        model=config.name,
-        run_id=run.run_id,
-        version=None,
-        decision=str(decision.verdict),
-        gate=decision.gate,
-        reason=decision.reason,
-        metric_name=config.metric,
-        metric_value=fitted.metrics.value,
-        threshold=decision.threshold,
-        champion_metric=decision.champion_value,
-        baseline_metric=fitted.metrics.baseline,
-        p_value=decision.p_value,
-        fingerprint=data.fingerprint,
-        study=tuning.study_name,
-        trials={"complete": tuning.complete, "pruned": tuning.pruned, "run_now": tuning.run_now},
-    )
-    client.set_tag(run.run_id, "retrain.gate", decision.gate)
-    client.set_tag(run.run_id, "retrain.reason", decision.reason[:5000])
-    if not decision.passed:
-        client.set_tag(run.run_id, "retrain.decision", "rejected")
+    if not decision.passed or logged.model_uri is None:
         record_decision(
-            engine, config.name, "retrain.model.rejected", actor=actor, reason=decision.reason,
-            run_id=run.run_id, metrics=metrics, schema=schema,
+            warehouse, config.name, "retrain.model.rejected", actor=actor, reason=decision.reason,
+            run_id=logged.run_id, metrics=metrics,
         )
-        raise GateFailed(decision.gate, decision.metric, decision.value, decision.threshold, decision.reason, outcome)
-    version = mlflow.register_model(
-        run.model_uri,
+        get_run_logger().info("rejected: %s", decision.reason)
+        return trained_outcome(config, data, tuning, fitted, decision, logged.run_id, version=None)
+    version = str(mlflow.register_model(
+        logged.model_uri,
         config.name,
-        tags={"retrain.fingerprint": data.fingerprint, "retrain.decision": str(decision.verdict)},
-    ).version
-    move_alias(
-        client, engine, config.name, str(decision.verdict), version,
-        actor=actor, reason=decision.reason, run_id=run.run_id, metrics=metrics, schema=schema,
+        tags={
+            "retrain.fingerprint": data.fingerprint,
+            "retrain.settings": config.settings_digest(),
+            "retrain.decision": str(decision.verdict),
+            "retrain.window_end": data.window.end.isoformat(),
+        },
+    ).version)
+    client.update_model_version(
+        config.name,
+        version,
+        description=f"Trained as of {data.window.as_of.isoformat()} on {config.source.clean} {data.window} "
+        f"({data.rows:,} rows): holdout {config.metric} {fitted.metrics.value:.4f}, naive baseline "
+        f"{fitted.metrics.baseline:.4f}. {decision.reason}",
     )
-    client.set_tag(run.run_id, "retrain.decision", str(decision.verdict))
-    client.set_tag(run.run_id, "retrain.version", version)
-    return replace(outcome, version=str(version))
+    move_alias(
+        client, warehouse, config.name, str(decision.verdict), version,
+        actor=actor, reason=decision.reason, run_id=logged.run_id, metrics=metrics,
+    )
+    return trained_outcome(config, data, tuning, fitted, decision, logged.run_id, version=version)

@@ -15,7 +15,8 @@ from prefect.cache_policies import NO_CACHE
 from sklearn import metrics as sk
 
 from retrain.config import LOWER_IS_BETTER, METRICS_BY_TASK, ModelConfig, TaskType
-from tasks.features import PreparedData, encode_features, make_target
+from retrain.model_package import encode_rows
+from tasks.features import PreparedData, make_target
 
 # Our metric names → LightGBM's names for the same quantity on the validation set (tuning, pruning).
 LIGHTGBM_METRIC: dict[str, str] = {
@@ -29,20 +30,23 @@ LIGHTGBM_METRIC: dict[str, str] = {
 PROBABILITY_CLIP = 1e-15
 
 
-INPUT_EXAMPLE_ROWS = 5
-
-
 @dataclass(frozen=True)
 class Metrics:
-    """A model's holdout scores: the configured metric first, all metrics of the task, and the baseline's."""
+    """A model's holdout scores and the naive baseline's, for the configured metric and every other one.
+
+    The baseline of each metric is the constant that metric rewards (median for MAE, mean for RMSE and
+    R², base rate for a binary task): the score of a model that ignores the features.
+    """
 
     name: str
     value: float
     baseline: float
     all: Mapping[str, float] = field(default_factory=dict)
+    baseline_all: Mapping[str, float] = field(default_factory=dict)
 
     def as_mlflow(self, prefix: str = "holdout") -> dict[str, float]:
         values = {f"{prefix}_{name}": value for name, value in self.all.items()}
+        values.update({f"baseline_{name}": value for name, value in self.baseline_all.items()})
         values[f"baseline_{self.name}"] = self.baseline
         return values
 
@@ -74,6 +78,15 @@ def score_predictions(y_true: np.ndarray, predictions: np.ndarray, task: TaskTyp
     """Every metric of the task, by name."""
     y_true, predictions = np.asarray(y_true, dtype="float64"), np.asarray(predictions, dtype="float64")
     return {name: METRIC_FUNCTIONS[name](y_true, predictions) for name in METRICS_BY_TASK[task]}
+
+
+def baseline_scores(y_train: np.ndarray, y_true: np.ndarray, task: TaskType) -> dict[str, float]:
+    """Every metric of the task scored for its own naive baseline, trained on `y_train`."""
+    return {
+        name: METRIC_FUNCTIONS[name](np.asarray(y_true, dtype="float64"),
+                                     baseline_predictions(y_train, len(y_true), task, name))
+        for name in METRICS_BY_TASK[task]
+    }
 
 
 def baseline_predictions(y_train: np.ndarray, rows: int, task: TaskType, metric: str) -> np.ndarray:
@@ -110,7 +123,8 @@ def make_dataset(features: pd.DataFrame, target: pd.Series, categorical: list[st
         features,
         label=target.to_numpy(),
         categorical_feature=categorical or "auto",
-        params={"feature_pre_filter": False},
+        # verbosity here too: LightGBM prints Dataset warnings from C++ before the training params apply
+        params={"feature_pre_filter": False, "verbosity": -1},
         free_raw_data=False,
     )
 
@@ -149,39 +163,36 @@ class FittedModel:
     metrics: Metrics
     holdout_target: np.ndarray
     holdout_predictions: np.ndarray
-    input_example: pd.DataFrame
 
 
 def fit_and_score(data: PreparedData, config: ModelConfig, params: Mapping[str, Any], rounds: int) -> FittedModel:
     """Refit on train + validation with the tuned rounds, then score on the untouched holdout.
 
     Refitting on both parts gives the final model the most recent pre-holdout data, which matters
-    when the data drifts; the holdout stays unseen by tuning and fitting alike.
+    when the data drifts; the holdout stays unseen by tuning and fitting alike. Holdout rows are
+    encoded by the model package, exactly as the registered model will encode them.
     """
-    features = config.features
     fit_rows = pd.concat([data.split.train, data.split.validation], ignore_index=True)
+    fit_target = make_target(fit_rows, config.target)
     booster = fit_booster(
-        encode_features(fit_rows, features, data.vocabulary),
-        make_target(fit_rows, config.target),
-        params,
-        rounds,
-        list(features.categorical),
+        encode_rows(fit_rows, data.encoding), fit_target, params, rounds, list(data.encoding.categorical)
     )
-    holdout_inputs = encode_features(data.split.holdout, features, data.vocabulary)
     holdout_target = make_target(data.split.holdout, config.target).to_numpy()
-    predictions = np.asarray(booster.predict(holdout_inputs), dtype="float64")
+    predictions = np.asarray(booster.predict(encode_rows(data.split.holdout, data.encoding)), dtype="float64")
     scores = score_predictions(holdout_target, predictions, config.target.task)
-    baseline = baseline_predictions(
-        make_target(fit_rows, config.target).to_numpy(), len(holdout_target), config.target.task, config.metric
-    )
-    baseline_score = METRIC_FUNCTIONS[config.metric](holdout_target, baseline)
+    baselines = baseline_scores(fit_target.to_numpy(), holdout_target, config.target.task)
     return FittedModel(
         booster=booster,
         rounds=rounds,
-        metrics=Metrics(name=config.metric, value=scores[config.metric], baseline=baseline_score, all=scores),
+        metrics=Metrics(
+            name=config.metric,
+            value=scores[config.metric],
+            baseline=baselines[config.metric],
+            all=scores,
+            baseline_all=baselines,
+        ),
         holdout_target=holdout_target,
         holdout_predictions=predictions,
-        input_example=holdout_inputs.head(INPUT_EXAMPLE_ROWS).reset_index(drop=True),
     )
 
 

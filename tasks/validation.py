@@ -66,6 +66,7 @@ from tasks.contract import (
     check_model_source,
     read_contract,
 )
+from tasks.retries import retry_when_transient
 
 logger = logging.getLogger(__name__)
 
@@ -981,7 +982,7 @@ def quarantine_records(batch_id: str, result: ValidationResult, fingerprints: di
 # Warehouse tasks retry only what may pass by itself (a dropped connection, a busy database); a bad config
 # or a refused batch fails the same way every time and is never retried.
 TRANSIENT_RETRIES: dict[str, Any] = {
-    "retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": warehouse.retry_if_transient,
+    "retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": retry_when_transient,
 }
 
 
@@ -1170,14 +1171,33 @@ def publish_batch_report(config: ModelConfig, outcome: BatchOutcome, result: Val
         )
 
 
+def ingesting_flow() -> str | None:
+    """The flow that started this ingest: the parent flow when the ingest runs as a subflow (the training
+    flow's own ingest, or the scheduled `ingest-when-new-rows`), else the ingest flow itself."""
+    from prefect import get_client
+    from prefect.runtime import flow_run
+
+    parent = flow_run.get_parent_flow_run_id()
+    if parent is None:
+        return flow_run.get_flow_name()
+    with get_client(sync_client=True) as client:
+        return client.read_flow(client.read_flow_run(parent).flow_id).name
+
+
 @task(cache_policy=NO_CACHE)
 def announce_data_arrived(config: ModelConfig, outcome: BatchOutcome) -> None:
-    """Emit `retrain.data.arrived` for the model, which deployments can trigger on."""
+    """Emit `retrain.data.arrived` for the model, which deployments can trigger on.
+
+    The event's resource carries `retrain.ingested-by`, the flow that started the ingest, so a training
+    deployment's trigger can ignore the rows a training ingested itself (it trains on them already):
+    `match: {retrain.ingested-by: "!train-model"}`.
+    """
     from prefect.events import emit_event
 
     emit_event(
         event="retrain.data.arrived",
-        resource={"prefect.resource.id": f"retrain.model.{config.name}"},
+        resource={"prefect.resource.id": f"retrain.model.{config.name}",
+                  "retrain.ingested-by": ingesting_flow() or "unknown"},
         related=[{"prefect.resource.id": f"retrain.source.{config.source.table}", "prefect.resource.role": "source"}],
         payload={
             "model": config.name,

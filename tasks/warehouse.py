@@ -38,7 +38,7 @@ from sqlalchemy.dialects.postgresql import insert as postgres_insert
 from sqlalchemy.engine import Engine
 
 from retrain.clock import wall_clock
-from retrain.errors import Busy, DataError, StoreUnavailable
+from retrain.errors import Busy, DataError
 from retrain.settings import get_settings, redact_url
 
 logger = logging.getLogger(__name__)
@@ -101,25 +101,6 @@ def get_warehouse() -> Warehouse:
     if url.startswith("sqlite:///"):
         settings.resolved_home.mkdir(parents=True, exist_ok=True)
     return open_warehouse(url, settings.warehouse_schema)
-
-
-def is_transient(error: BaseException) -> bool:
-    """Whether a failure may go away by itself (a dropped connection, a busy database), so a retry can help.
-
-    A bad config, a missing column or a refused batch fails the same way every time: retrying it only
-    repeats the traceback.
-    """
-    if isinstance(error, StoreUnavailable | ConnectionError | TimeoutError):
-        return True
-    if isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated:
-        return True
-    return isinstance(error, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.DisconnectionError)
-
-
-def retry_if_transient(_task: Any, _task_run: Any, state: Any) -> bool:
-    """A Prefect `retry_condition_fn`: retry a task only when its failure `is_transient`."""
-    error = state.result(raise_on_failure=False)
-    return isinstance(error, BaseException) and is_transient(error)
 
 
 # ------------------------------------------------------------------------------------------- our tables
@@ -1026,3 +1007,20 @@ def _advisory_lock(warehouse: Warehouse, me: LockHolder, wait: float) -> Iterato
                 logger.warning("lock %s: could not release cleanly: %s", me.name, error)
     finally:
         connection.close()
+
+
+# --- training reads -------------------------------------------------------------------------------------
+
+
+def read_newest_timestamp(warehouse: Warehouse, table: str, timestamp_column: str) -> datetime | None:
+    """The newest timestamp of `table` (None when it holds no row): where a training's `as_of` defaults to.
+
+    Raises:
+        DataError: the table or the timestamp column does not exist.
+    """
+    source = reflect_table(warehouse, table)
+    if timestamp_column not in source.c:
+        raise DataError(f"table '{table}' has no column '{timestamp_column}'; it has {[c.name for c in source.c]}")
+    with warehouse.engine.connect() as connection:
+        value = connection.execute(sa.select(sa.func.max(source.c[timestamp_column]))).scalar()
+    return _as_datetime(value)

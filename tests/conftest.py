@@ -10,12 +10,17 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 import yaml
+
+if TYPE_CHECKING:
+    from tasks.features import TrainingWindow
 
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="retrain-prefect-"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -125,14 +130,23 @@ def flights_small(flights_all: pd.DataFrame) -> pd.DataFrame:
     return flights_all[flights_all["time_hour"] < pd.Timestamp("2013-01-25")].reset_index(drop=True)
 
 
+def window_around(frame: pd.DataFrame, timestamp: str = "time_hour") -> TrainingWindow:
+    """The fixed window holding every row of `frame`: what a unit test of a pure step passes."""
+    from tasks.features import TrainingWindow
+
+    end = frame[timestamp].max().to_pydatetime() + timedelta(microseconds=1)
+    return TrainingWindow(frame[timestamp].min().to_pydatetime(), end, end, False, None)
+
+
 def write_model_config(folder: Path, **overrides: object) -> Path:
-    """The example config with a small window and budget, written into `folder`; overrides are merged."""
+    """The example config with a small window and budget, written into `folder`; overrides are merged
+    (a `training_window` override replaces the window: a lookback and fixed dates do not mix)."""
     raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
     raw["training_window"] = {"start": "2013-01-01", "end": "2013-01-25"}
     raw["tuning"] = {"trials": 4, "seed": 7, "max_rounds": 120, "early_stopping_rounds": 15}
     raw["contract"] = "flights.contract.yaml"
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+        if isinstance(value, dict) and isinstance(raw.get(key), dict) and key != "training_window":
             raw[key] = {**raw[key], **value}
         else:
             raw[key] = value

@@ -23,21 +23,35 @@ def run(*args: str) -> tuple[int, dict]:
     return result.exit_code, json.loads(lines[0])
 
 
-def test_load_example_train_and_reject(retrain_home: Path) -> None:
-    config = str(write_model_config(retrain_home.parent))
+def test_train_as_of_then_nothing_new_is_skipped_then_a_gate_rejects(retrain_home: Path) -> None:
+    config = str(write_model_config(retrain_home.parent, training_window={"lookback": "24d"}))
     code, loaded = run("load-example", "--config", config, "--until", "2013-01-25")
     assert code == 0 and loaded["table"] == "flights" and loaded["rows"] == 20_679
 
-    code, trained = run("train", "--config", config, "--trials", "2")
+    code, trained = run("train", "--config", config, "--as-of", "2013-01-25", "--trials", "2")
     assert code == 0, trained
-    assert trained["decision"] == "champion" and trained["version"] == "1"
-    assert trained["metric"]["name"] == "mae" and trained["metric"]["value"] < trained["threshold"]
-    assert trained["champion_metric"] is None and trained["run_id"]
+    assert trained["decision"] == "champion" and trained["version"] == "1" and trained["run_id"]
+    assert trained["window"] == {"start": "2013-01-01T00:00:00", "end": "2013-01-25T00:00:00",
+                                 "as_of": "2013-01-25T00:00:00", "as_of_source": "given", "lookback": "24d"}
+    assert trained["metric"]["name"] == "mae" and trained["metric"]["value"] < trained["baseline"]["mae"]
+    assert set(trained["baseline"]) == set(trained["metrics"]) == {"mae", "rmse", "r2"}
+    assert trained["trials"]["run_now"] == trained["trials"]["in_study"] == 2
+
+    code, skipped = run("train", "--config", config, "--as-of", "2013-01-25", "--trials", "2")
+    assert code == 0 and skipped["decision"] == "skipped" and skipped["version"] is None
+    assert skipped["fingerprint"] == trained["fingerprint"] and skipped["same_as"]["version"] == "1"
 
     code, rejected = run("train", "--config", config, "--trials", "2", "--max-metric", "0.0001")
     assert code == 1
-    assert rejected["decision"] == "rejected" and rejected["version"] is None
+    assert rejected["decision"] == "rejected" and rejected["version"] is None and rejected["gate"] == "absolute"
     assert rejected["threshold"] == 0.0001 and rejected["champion_metric"] == pytest.approx(trained["metric"]["value"])
+    assert rejected["window"]["as_of_source"] == "newest clean row"
+
+
+def test_a_bad_as_of_is_a_usage_error(retrain_home: Path) -> None:
+    config = str(write_model_config(retrain_home.parent))
+    code, error = run("train", "--config", config, "--as-of", "next tuesday")
+    assert code == 2 and error["error"] == "BadParameter" and "next tuesday" in error["message"]
 
 
 def test_wrong_gate_flag_and_bad_config_are_named(retrain_home: Path, tmp_path: Path) -> None:

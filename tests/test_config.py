@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,10 @@ def test_binary_example_is_classification_on_the_same_column() -> None:
         ({"metric": "auc"}, "metric 'auc' does not fit task 'regression'"),
         ({"target": {"column": "arr_delay", "task": "binary"}}, "positive_above is required"),
         ({"training_window": {"start": "2013-02-01", "end": "2013-01-01"}}, "must be after its start"),
+        ({"training_window": {"lookback": "60d", "start": "2013-01-01"}}, "either lookback .* not both"),
+        ({"training_window": {"start": "2013-01-01"}}, "or both start and end"),
+        ({"training_window": {"lookback": "two months"}}, "not a duration"),
+        ({"gates": {"baseline_margin": -1}}, r"gates\.baseline_margin"),
         ({"features": {"numeric": ["arr_delay"]}}, "must not include the target"),
         ({"tuning": {"trials": 0}}, r"tuning\.trials"),
         ({"surprise": 1}, "surprise"),
@@ -45,6 +50,43 @@ def test_invalid_config_names_file_and_field(tmp_path: Path, change: dict, messa
     with pytest.raises(ConfigError, match=message) as raised:
         load_model_config(path)
     assert str(path) in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("window", "as_of", "expected"),
+    [
+        ({"lookback": "60d"}, datetime(2013, 4, 1), (datetime(2013, 1, 31), datetime(2013, 4, 1))),
+        ({"lookback": "36h"}, datetime(2013, 4, 1, 12), (datetime(2013, 3, 31), datetime(2013, 4, 1, 12))),
+        ({"start": "2013-01-01", "end": "2013-03-01T00:00+05:00"}, datetime(2013, 6, 1),
+         (datetime(2013, 1, 1), datetime(2013, 2, 28, 19))),
+    ],
+    ids=["days", "hours", "fixed-dates-ignore-as-of"],
+)
+def test_training_window_ends_at_as_of_or_stays_fixed(
+    tmp_path: Path, window: dict, as_of: datetime, expected: tuple[datetime, datetime]
+) -> None:
+    raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    raw["training_window"] = window
+    path = tmp_path / "model.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    resolved = load_model_config(path).training_window.ending_at(as_of)
+    assert (resolved.start, resolved.end) == expected
+
+
+def test_example_configs_use_a_lookback_and_the_baseline_gate() -> None:
+    for name in ("flights.yaml", "flights_delayed.yaml"):
+        config = load_model_config(REPO / "examples" / name)
+        assert config.training_window.lookback == timedelta(days=60)
+        assert config.gates.baseline_margin is not None
+
+
+def test_settings_digest_follows_what_changes_the_model_or_verdict() -> None:
+    config = load_model_config(EXAMPLE_CONFIG)
+    digest = config.settings_digest()
+    assert digest == load_model_config(EXAMPLE_CONFIG).settings_digest() and len(digest) == 8
+    assert config.with_overrides(trials=3).settings_digest() != digest
+    assert config.with_overrides(threshold=1.0).settings_digest() != digest
+    assert config.with_overrides(timeout_seconds=5).settings_digest() == digest  # a resource limit
 
 
 def test_missing_config_file_is_named(tmp_path: Path) -> None:

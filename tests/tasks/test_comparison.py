@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.comparison import Verdict, champion_unscorable, compare_with_champion, paired_bootstrap_p_value
+from tasks.comparison import (
+    Verdict,
+    champion_unscorable,
+    check_baseline,
+    compare_with_champion,
+    paired_bootstrap_p_value,
+)
 
 RNG = np.random.default_rng(0)
 Y = RNG.normal(10.0, 5.0, size=2000)
@@ -17,8 +23,9 @@ BLURRED = np.clip(LABELS * 0.1 + RNG.random(2000) * 0.9, 0, 1)
 
 
 def decide(challenger: np.ndarray, champion: np.ndarray | None, metric: str = "mae", threshold: float | None = 10.0,
-           margin: float = 0.0, y: np.ndarray = Y):
-    return compare_with_champion(y, challenger, champion, metric, threshold, margin, 500, 0.05, seed=1)
+           margin: float = 0.0, y: np.ndarray = Y, baseline: float | None = None, baseline_margin: float | None = None):
+    return compare_with_champion(y, challenger, champion, metric, threshold, margin, 500, 0.05, seed=1,
+                                 baseline=baseline, baseline_margin=baseline_margin)
 
 
 def test_first_model_passes_on_the_threshold_alone() -> None:
@@ -81,3 +88,25 @@ def test_bootstrap_is_seeded(metric: str) -> None:
 def test_unscorable_champion_fails_closed() -> None:
     decision = champion_unscorable("mae", 3.0, 10.0, "champion v1: OSError: no such file")
     assert not decision.passed and "could not be scored" in decision.reason and "OSError" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("metric", "value", "baseline", "margin", "passes"),
+    [("mae", 3.0, 4.0, 0.5, True), ("mae", 3.8, 4.0, 0.5, False), ("mae", 4.0, 4.0, 0.0, False),
+     ("auc", 0.7, 0.5, 0.02, True), ("auc", 0.51, 0.5, 0.02, False), ("mae", 9.0, 4.0, None, True)],
+    ids=["beats", "within-margin", "tie", "auc-beats", "auc-within-margin", "gate-off"],
+)
+def test_baseline_gate(metric: str, value: float, baseline: float, margin: float | None, passes: bool) -> None:
+    failed = check_baseline(metric, value, baseline, margin)
+    assert (failed is None) is passes
+    if failed is not None:
+        assert failed.gate == "baseline" and f"{baseline:.4f}" in failed.reason and str(margin) in failed.reason
+
+
+def test_a_first_model_worse_than_the_median_never_becomes_champion() -> None:
+    """A loose absolute threshold (what the example had: MAE < 40) must not let a constant-beater through."""
+    worse = Y + RNG.normal(0.0, 8.0, size=len(Y))
+    median = float(np.mean(np.abs(Y - np.median(Y))))
+    decision = decide(worse, None, threshold=40.0, baseline=median, baseline_margin=0.0)
+    assert decision.value > median and decision.verdict is Verdict.REJECTED and decision.gate == "baseline"
+    assert decision.baseline_value == median and decision.threshold == 40.0

@@ -1,24 +1,26 @@
-"""Split, fingerprint, encoding and the refusal of untrainable snapshots."""
+"""as_of and the window, split, fingerprint and the refusal of untrainable snapshots."""
 
 from __future__ import annotations
+
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from retrain.config import FeaturesConfig, TargetConfig, TaskType, load_model_config
-from retrain.errors import DataError
+from retrain.config import TargetConfig, TaskType, load_model_config
+from retrain.errors import ConfigError, DataError
 from tasks.features import (
-    UNKNOWN_CODE,
-    build_vocabulary,
+    TrainingWindow,
     check_training_frame,
-    encode_features,
     fingerprint_frame,
     make_target,
     prepare_data,
+    resolve_as_of,
     split_by_time,
+    training_window,
 )
-from tests.conftest import EXAMPLE_CONFIG
+from tests.conftest import EXAMPLE_CONFIG, window_around
 
 
 def frame_with_times(hours: list[int]) -> pd.DataFrame:
@@ -81,15 +83,28 @@ def test_fingerprint_changes_with_content(change) -> None:
     assert fingerprint_frame(change(frame)) != fingerprint_frame(frame)
 
 
-def test_encoding_maps_unknown_and_missing_categories_to_minus_one() -> None:
-    train = pd.DataFrame({"c": ["UA", "AA", "UA"], "n": [1, 2, 3]})
-    vocabulary = build_vocabulary(train, ["c"])
-    assert vocabulary == {"c": ("AA", "UA")}
-    later = pd.DataFrame({"c": ["AA", "ZZ", None], "n": ["4", None, 6]})
-    encoded = encode_features(later, FeaturesConfig(numeric=["n"], categorical=["c"]), vocabulary)
-    assert encoded["c"].tolist() == [0, UNKNOWN_CODE, UNKNOWN_CODE]
-    assert encoded["n"].dtype == "float64" and np.isnan(encoded["n"][1])
-    assert later["c"].tolist() == ["AA", "ZZ", None]  # input untouched
+def test_as_of_defaults_to_just_after_the_newest_clean_row_never_the_clock() -> None:
+    newest = datetime(2013, 4, 30, 23)
+    assert resolve_as_of(None, newest, "t") == newest + timedelta(microseconds=1)
+    assert resolve_as_of(datetime(2013, 4, 1), newest, "t") == datetime(2013, 4, 1)
+    with pytest.raises(DataError, match="'t' holds no clean row"):
+        resolve_as_of(None, None, "t")
+
+
+def test_lookback_window_moves_with_as_of(config) -> None:
+    first = training_window(config, datetime(2013, 3, 1), as_of_given=True)
+    later = training_window(config, datetime(2013, 4, 15), as_of_given=True)
+    assert (first.start, first.end) == (datetime(2012, 12, 31), datetime(2013, 3, 1))
+    assert later.end - later.start == timedelta(days=60) and later.start > first.start
+    assert first.summary()["lookback"] == "60d" and first.summary()["as_of_source"] == "given"
+
+
+def test_fixed_window_ending_after_a_given_as_of_is_refused(config) -> None:
+    fixed = config.model_copy(update={"training_window": config.training_window.model_validate(
+        {"start": "2013-01-01", "end": "2013-03-01"})})
+    with pytest.raises(ConfigError, match="ends after as_of 2013-02-01.*lookback"):
+        training_window(fixed, datetime(2013, 2, 1), as_of_given=True)
+    assert training_window(fixed, datetime(2013, 2, 1), as_of_given=False).end == datetime(2013, 3, 1)
 
 
 def test_binary_target_is_column_above_the_cut() -> None:
@@ -116,14 +131,17 @@ def config():
 def test_untrainable_snapshot_is_refused_naming_table_column_window(
     flights_small: pd.DataFrame, config, mutate, message: str
 ) -> None:
+    window = TrainingWindow(datetime(2013, 1, 1), datetime(2013, 1, 25), datetime(2013, 1, 25), True, None)
     with pytest.raises(DataError, match=message) as raised:
-        check_training_frame(mutate(flights_small.head(500)), config, where="flights_clean")
+        check_training_frame(mutate(flights_small.head(500)), config, where="flights_clean", window=window)
     assert "flights_clean" in str(raised.value)
 
 
 def test_prepare_data_fixes_vocabulary_from_training_rows_only(flights_small: pd.DataFrame, config) -> None:
-    data = prepare_data(flights_small, config, where="flights_clean")
+    data = prepare_data(flights_small, config, where="flights_clean", window=window_around(flights_small))
     train_carriers = set(data.split.train["carrier"])
-    assert set(data.vocabulary["carrier"]) == train_carriers
+    assert set(data.encoding.vocabulary["carrier"]) == train_carriers
     assert data.rows == len(flights_small)
     assert data.split.holdout["time_hour"].min() > data.split.train["time_hour"].max()
+    assert data.input_types["distance"] == "integer" and data.input_types["temp"] == "float"
+    assert data.input_types["carrier"] == "string"

@@ -9,8 +9,8 @@ import pytest
 
 from retrain.config import TaskType, load_model_config
 from tasks.features import prepare_data
-from tasks.training import baseline_predictions, fit_and_score, is_improvement, score_predictions
-from tests.conftest import EXAMPLE_CONFIG
+from tasks.training import baseline_predictions, baseline_scores, fit_and_score, is_improvement, score_predictions
+from tests.conftest import EXAMPLE_CONFIG, window_around
 
 
 def test_regression_metrics_match_hand_computed_values() -> None:
@@ -39,6 +39,14 @@ def test_baseline_is_the_right_constant(metric: str, task: TaskType, expected: f
     assert baseline_predictions(y, 3, task, metric).tolist() == [expected] * 3
 
 
+def test_every_metric_has_its_own_baseline() -> None:
+    y_train, y_true = np.array([1.0, 2.0, 2.0, 20.0]), np.array([2.0, 3.0, 4.0])
+    scores = baseline_scores(y_train, y_true, TaskType.REGRESSION)
+    assert scores["mae"] == pytest.approx(1.0)  # the median, 2
+    assert scores["rmse"] == pytest.approx(math.sqrt(np.mean((y_true - 6.25) ** 2)))  # the mean, 6.25
+    assert set(baseline_scores(np.array([0, 1, 1.0]), np.array([0, 1.0]), TaskType.BINARY)) == {"auc", "log_loss", "f1"}
+
+
 @pytest.mark.parametrize(
     ("candidate", "reference", "metric", "margin", "better"),
     [(1.0, 2.0, "mae", 0.0, True), (2.0, 2.0, "mae", 0.0, False), (1.5, 2.0, "mae", 0.5, False),
@@ -52,10 +60,11 @@ def test_improvement_respects_direction_and_margin(
 
 def test_final_fit_beats_the_baseline_on_real_flights(flights_small) -> None:
     config = load_model_config(EXAMPLE_CONFIG)
-    data = prepare_data(flights_small, config, where="flights")
+    data = prepare_data(flights_small, config, where="flights", window=window_around(flights_small))
     params = {"objective": "l1", "learning_rate": 0.1, "num_leaves": 31, "verbosity": -1, "seed": 1,
               "deterministic": True, "force_col_wise": True, "num_threads": 2}
     fitted = fit_and_score(data, config, params, rounds=60)
-    assert fitted.metrics.value < fitted.metrics.baseline
+    assert fitted.metrics.value < fitted.metrics.baseline == fitted.metrics.baseline_all["mae"]
+    assert set(fitted.metrics.as_mlflow()) >= {"holdout_mae", "baseline_mae", "baseline_rmse", "baseline_r2"}
     assert len(fitted.holdout_predictions) == len(data.split.holdout)
-    assert list(fitted.input_example.columns) == config.features.all
+    assert fitted.booster.feature_name() == config.features.all

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from retrain.errors import Busy, ConfigError, DataError, StoreUnavailable
+from retrain.errors import Busy, DataError
 from tasks.validation import select_batch
 from tasks.warehouse import (
     BATCH_LEDGER,
@@ -27,7 +27,6 @@ from tasks.warehouse import (
     clean_table,
     count_rows_after,
     hold_lock,
-    is_transient,
     open_warehouse,
     quarantine_table,
     read_lock_holder,
@@ -36,7 +35,6 @@ from tasks.warehouse import (
     read_watermark,
     read_window,
     record_batch,
-    retry_if_transient,
     write_frame,
 )
 from tests.conftest import REPO
@@ -276,25 +274,6 @@ def test_a_holder_killed_mid_run_does_not_block_the_next_one(own_warehouse) -> N
         if holder.poll() is None:
             holder.kill()
             holder.wait()
-
-
-@pytest.mark.parametrize(
-    ("error", "transient"),
-    [
-        (sa.exc.OperationalError("SELECT 1", {}, Exception("database is locked")), True),
-        (sa.exc.OperationalError("connect", {}, Exception("connection refused")), True),
-        (StoreUnavailable("the warehouse did not answer"), True),
-        (sa.exc.IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed")), False),
-        (ConfigError("features.numeric[2] 'distanse' is not a column"), False),
-        (DataError("table 'flights' has no column 'x'"), False),
-        (Busy("'source:flights' is held by another run"), False),  # it has waited already
-    ],
-)
-def test_only_transient_failures_are_retried(error: Exception, transient: bool) -> None:
-    from prefect.states import Failed
-
-    assert is_transient(error) is transient
-    assert retry_if_transient(None, None, Failed(data=error)) is transient
 
 
 def test_a_postgresql_timestamptz_source_is_read_as_instants(postgres_schema: tuple[str, str]) -> None:
