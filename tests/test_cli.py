@@ -25,8 +25,9 @@ def run(*args: str) -> tuple[int, dict]:
 
 def test_train_as_of_then_nothing_new_is_skipped_then_a_gate_rejects(retrain_home: Path) -> None:
     config = str(write_model_config(retrain_home.parent, training_window={"lookback": "24d"}))
-    code, loaded = run("load-example", "--config", config, "--until", "2013-01-25")
-    assert code == 0 and loaded["table"] == "flights" and loaded["rows"] == 20_679
+    # 19:00 in New York is midnight UTC: the newest row is the last one before the first training's as_of
+    code, loaded = run("load-example", "--config", config, "--until", "2013-01-24T19:00:00")
+    assert code == 0 and loaded["table"] == "flights" and loaded["rows"] == 20_543
 
     code, trained = run("train", "--config", config, "--as-of", "2013-01-25", "--trials", "2")
     assert code == 0, trained

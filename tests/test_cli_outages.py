@@ -12,8 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from tasks.warehouse import open_warehouse, write_frame
 from tests.conftest import POSTGRES_URL, REPO, fresh_postgres_schema, write_model_config
 
 PASSWORD = "S3cretPW42"
@@ -82,9 +84,12 @@ def model_config(tmp_path: Path) -> Path:
 
 
 def test_training_against_an_unreachable_mlflow_exits_3_naming_it_without_the_password(
-    tmp_path: Path, model_config: Path
+    tmp_path: Path, model_config: Path, flights_small: pd.DataFrame
 ) -> None:
     home = tmp_path / "home"
+    home.mkdir()
+    # the source table is there, so the config check passes and the MLflow check is what fails
+    write_frame(open_warehouse(f"sqlite:///{home / 'warehouse.db'}"), flights_small.head(500), "flights")
     environment = command_environment(home, RETRAIN_MLFLOW_TRACKING_URI=f"http://user:{PASSWORD}@127.0.0.1:9")
     code, stdout, stderr = run_command(
         [RETRAIN, "train", "--config", str(model_config), "--trials", "1", "--json"], environment, tmp_path
