@@ -50,6 +50,12 @@ class SourceConfig(_Frozen):
     clean_table: str | None = Field(default=None, description="Validated rows; default `<table>_clean`.")
     quarantine_table: str | None = Field(default=None, description="Rejected rows; default `<table>_quarantine`.")
 
+    @field_validator("key", mode="before")
+    @classmethod
+    def _one_column_key(cls, value: Any) -> Any:
+        # `key: ride_id` means the one-column key [ride_id]; refusing it taught nobody anything.
+        return [value] if isinstance(value, str) else value
+
     @property
     def clean(self) -> str:
         return self.clean_table or f"{self.table}_clean"

@@ -195,3 +195,11 @@ def test_known_secrets_cover_every_url_and_mlflow_variables(monkeypatch: pytest.
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "token-secret")
     secrets = Settings().known_secrets()
     assert {"wh-secret", "ml/secret", "ml%2Fsecret", "opt-secret", "token-secret"} <= set(secrets)
+
+
+def test_a_one_column_key_may_be_written_as_a_string(tmp_path: Path) -> None:
+    raw = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    raw["source"]["key"] = "ride_id"
+    path = tmp_path / "rides.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_model_config(path).source.key == ["ride_id"]
