@@ -138,6 +138,14 @@ def window_around(frame: pd.DataFrame, timestamp: str = "time_hour") -> Training
     return TrainingWindow(frame[timestamp].min().to_pydatetime(), end, end, False, None)
 
 
+def cli_environment() -> dict[str, str]:
+    """What a `retrain` process started by a test needs: this test's settings and the session's Prefect server
+    (so it starts no temporary server of its own)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "RETRAIN_LOCK_WAIT_SECONDS": "120"}
+
+
 def write_model_config(folder: Path, **overrides: object) -> Path:
     """The example config with a small window and budget, written into `folder`; overrides are merged
     (a `training_window` override replaces the window: a lookback and fixed dates do not mix)."""

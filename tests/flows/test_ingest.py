@@ -42,7 +42,7 @@ from tasks.warehouse import (
     read_table,
     write_frame,
 )
-from tests.conftest import REPO, write_model_config
+from tests.conftest import REPO, cli_environment, write_model_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -621,13 +621,6 @@ def test_a_poll_counts_new_rows_inside_the_lock_so_it_finds_nothing_after_anothe
 
     assert polled is None and outcomes[0].clean == len(source)
     assert len(clean_rows()) == len(source) and len(read_batches(get_warehouse(), SOURCE)) == 1
-
-
-def cli_environment() -> dict[str, str]:
-    """What a `retrain` process started by a test needs: this test's settings and the test Prefect server."""
-    from prefect.settings import PREFECT_API_URL
-
-    return {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "RETRAIN_LOCK_WAIT_SECONDS": "120"}
 
 
 def test_two_ingests_of_one_source_started_together_land_one_copy(
