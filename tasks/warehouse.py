@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -108,6 +109,9 @@ def get_warehouse() -> Warehouse:
 BATCH_LEDGER = "retrain_batches"
 LOCK_TABLE = "retrain_locks"
 AUDIT_TABLE = "model_audit"
+LEDGER_TABLE = "retrain_ledger"
+PREDICTION_TABLE = "retrain_predictions"
+LABEL_TABLE = "retrain_labels"
 BATCH_COLUMN = "_batch_id"  # every clean row names the batch it landed with, so a batch can be traced or undone
 PASSED = "passed"
 
@@ -215,6 +219,78 @@ def audit_table(schema: str | None = None) -> sa.Table:
         sa.Column("run_id", sa.String(64)),
         sa.Column("flow_run_id", sa.String(64)),
         sa.Column("metrics", sa.Text),
+    )
+
+
+def ledger_table(schema: str | None = None) -> sa.Table:
+    """The release ledger: one append-only row per decision about a model (registered, gated out, approved,
+    rejected, canary started, promoted, rolled back, skipped, retrain requested, run failed).
+
+    `from_version`/`to_version` say what the decision moved (both empty when it moved nothing); `metrics` and
+    `details` are JSON objects; `actor` says who or what decided (a person, a schedule, an event, automation).
+    """
+    return sa.Table(
+        LEDGER_TABLE,
+        sa.MetaData(schema=schema),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("at", sa.DateTime, nullable=False),
+        sa.Column("model", sa.String(200), nullable=False),
+        sa.Column("action", sa.String(60), nullable=False),
+        sa.Column("from_version", sa.String(50)),
+        sa.Column("to_version", sa.String(50)),
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("actor", sa.String(200), nullable=False),
+        sa.Column("metrics", sa.Text, nullable=False, default="{}"),
+        sa.Column("details", sa.Text, nullable=False, default="{}"),
+        sa.Column("flow_run_id", sa.String(64)),
+        sa.Column("mlflow_run_id", sa.String(64)),
+        sa.Index("ix_retrain_ledger_model_at", "model", "at"),
+    )
+
+
+def prediction_table(schema: str | None = None) -> sa.Table:
+    """Every prediction a model answered: served (arm `champion` or `canary`) or batch-scored (arm `batch`).
+
+    `request_id` is unique per model, so a retried write never logs a prediction twice. `features` holds the
+    raw record as JSON (what the model saw), `key` the model's key columns as JSON (so a label can arrive by
+    key instead of by request id). Times are naive UTC on the Retrain clock.
+    """
+    return sa.Table(
+        PREDICTION_TABLE,
+        sa.MetaData(schema=schema),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("request_id", sa.String(100), nullable=False),
+        sa.Column("model", sa.String(200), nullable=False),
+        sa.Column("version", sa.String(50), nullable=False),
+        sa.Column("arm", sa.String(20), nullable=False),
+        sa.Column("predicted_at", sa.DateTime, nullable=False),
+        sa.Column("prediction", sa.Float, nullable=False),
+        sa.Column("features", sa.Text, nullable=False),
+        sa.Column("key", sa.Text),
+        sa.Column("latency_ms", sa.Float),
+        sa.UniqueConstraint("model", "request_id", name="uq_retrain_predictions_request"),
+        sa.Index("ix_retrain_predictions_model_time", "model", "predicted_at"),
+        sa.Index("ix_retrain_predictions_model_key", "model", "key"),
+    )
+
+
+def label_table(schema: str | None = None) -> sa.Table:
+    """Actuals as they arrive, by request id or by the model's key columns (JSON, as in the prediction table).
+
+    A label is matured at `labelled_at`: metrics "as of" a moment use only labels that had arrived by then.
+    """
+    return sa.Table(
+        LABEL_TABLE,
+        sa.MetaData(schema=schema),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("model", sa.String(200), nullable=False),
+        sa.Column("request_id", sa.String(100)),
+        sa.Column("key", sa.Text),
+        sa.Column("actual", sa.Float, nullable=False),
+        sa.Column("labelled_at", sa.DateTime, nullable=False),
+        sa.Column("source", sa.String(50), nullable=False, default="feedback"),
+        sa.UniqueConstraint("model", "request_id", name="uq_retrain_labels_request"),
+        sa.UniqueConstraint("model", "key", name="uq_retrain_labels_key"),
     )
 
 
@@ -1024,3 +1100,113 @@ def read_newest_timestamp(warehouse: Warehouse, table: str, timestamp_column: st
     with warehouse.engine.connect() as connection:
         value = connection.execute(sa.select(sa.func.max(source.c[timestamp_column]))).scalar()
     return _as_datetime(value)
+
+
+# --- ledger, predictions and labels -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One decision about a model, as the ledger keeps it (see `ledger_table`)."""
+
+    model: str
+    action: str
+    reason: str
+    actor: str
+    at: datetime
+    from_version: str | None = None
+    to_version: str | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)
+    flow_run_id: str | None = None
+    mlflow_run_id: str | None = None
+
+
+def append_ledger_entry(warehouse: Warehouse, entry: LedgerEntry) -> None:
+    """Append one ledger row (the ledger is never updated or deleted from)."""
+    row = {
+        "at": entry.at,
+        "model": entry.model,
+        "action": entry.action,
+        "from_version": entry.from_version,
+        "to_version": entry.to_version,
+        "reason": entry.reason,
+        "actor": entry.actor,
+        "metrics": json.dumps(dict(entry.metrics), sort_keys=True, default=str),
+        "details": json.dumps(dict(entry.details), sort_keys=True, default=str),
+        "flow_run_id": entry.flow_run_id,
+        "mlflow_run_id": entry.mlflow_run_id,
+    }
+    append_rows(warehouse, create_declared_table(warehouse, ledger_table(warehouse.schema)), [row])
+
+
+def read_ledger(warehouse: Warehouse, model: str, limit: int | None = None) -> list[LedgerEntry]:
+    """A model's ledger, newest first (ties broken by insertion order)."""
+    if not has_table(warehouse, LEDGER_TABLE):
+        return []
+    ledger = ledger_table(warehouse.schema)
+    query = sa.select(ledger).where(ledger.c.model == model).order_by(ledger.c.at.desc(), ledger.c.id.desc())
+    if limit is not None:
+        query = query.limit(limit)
+    with warehouse.engine.connect() as connection:
+        rows = connection.execute(query).mappings().all()
+    return [
+        LedgerEntry(
+            model=row["model"], action=row["action"], reason=row["reason"], actor=row["actor"], at=row["at"],
+            from_version=row["from_version"], to_version=row["to_version"],
+            metrics=json.loads(row["metrics"] or "{}"), details=json.loads(row["details"] or "{}"),
+            flow_run_id=row["flow_run_id"], mlflow_run_id=row["mlflow_run_id"],
+        )
+        for row in rows
+    ]
+
+
+def read_labelled_predictions(
+    warehouse: Warehouse,
+    model: str,
+    start: datetime,
+    end: datetime,
+    *,
+    matured_by: datetime | None = None,
+    arms: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Predictions made in [start, end) joined with their labels, by request id or else by key.
+
+    Columns: request_id, version, arm, predicted_at, prediction, latency_ms, key, actual, labelled_at.
+    `actual` is null where no label had arrived by `matured_by` (default: every label), so callers see
+    both the traffic and the matured share of it. The canary check and monitoring read this one join.
+    """
+    columns = [
+        "request_id", "version", "arm", "predicted_at", "prediction", "latency_ms", "key", "actual", "labelled_at",
+    ]
+    if not has_table(warehouse, PREDICTION_TABLE):
+        return pd.DataFrame(columns=columns)
+    predictions = prediction_table(warehouse.schema)
+    labels = create_declared_table(warehouse, label_table(warehouse.schema))
+    by_request = labels.alias("by_request")
+    by_key = labels.alias("by_key")
+    request_match = sa.and_(by_request.c.model == predictions.c.model,
+                            by_request.c.request_id == predictions.c.request_id)
+    key_match = sa.and_(by_key.c.model == predictions.c.model, by_key.c.request_id.is_(None),
+                        predictions.c.key.is_not(None), by_key.c.key == predictions.c.key)
+    if matured_by is not None:
+        request_match = sa.and_(request_match, by_request.c.labelled_at <= matured_by)
+        key_match = sa.and_(key_match, by_key.c.labelled_at <= matured_by)
+    query = (
+        sa.select(
+            predictions.c.request_id, predictions.c.version, predictions.c.arm, predictions.c.predicted_at,
+            predictions.c.prediction, predictions.c.latency_ms, predictions.c.key,
+            sa.func.coalesce(by_request.c.actual, by_key.c.actual).label("actual"),
+            sa.func.coalesce(by_request.c.labelled_at, by_key.c.labelled_at).label("labelled_at"),
+        )
+        .select_from(
+            predictions.outerjoin(by_request, request_match).outerjoin(by_key, key_match)
+        )
+        .where(predictions.c.model == model, predictions.c.predicted_at >= start, predictions.c.predicted_at < end)
+        .order_by(predictions.c.predicted_at, predictions.c.id)
+    )
+    if arms is not None:
+        query = query.where(predictions.c.arm.in_(list(arms)))
+    with warehouse.engine.connect() as connection:
+        frame = pd.read_sql(query, connection)
+    return frame[columns]

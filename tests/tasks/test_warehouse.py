@@ -294,3 +294,59 @@ def test_a_postgresql_timestamptz_source_is_read_as_instants(postgres_schema: tu
 
     assert candidates["id"].tolist() == [2] and chosen.frame["id"].tolist() == [2]
     assert after == 1
+
+
+def test_the_ledger_is_append_only_and_read_newest_first(warehouse: Warehouse) -> None:
+    from tasks.warehouse import LedgerEntry, append_ledger_entry, read_ledger
+
+    assert read_ledger(warehouse, "m") == []
+    for minute, action in enumerate(["registered", "promoted", "rolled-back"]):
+        append_ledger_entry(warehouse, LedgerEntry(
+            model="m", action=action, reason=f"why {action}", actor="person:ada",
+            at=datetime(2013, 3, 1, 0, minute), from_version=None, to_version=str(minute + 1),
+            metrics={"mae": 20.5 + minute},
+        ))
+    append_ledger_entry(warehouse, LedgerEntry(model="other", action="promoted", reason="x", actor="a",
+                                               at=datetime(2013, 3, 2)))
+    entries = read_ledger(warehouse, "m")
+    assert [entry.action for entry in entries] == ["rolled-back", "promoted", "registered"]
+    assert entries[0].metrics == {"mae": 22.5} and entries[0].to_version == "3"
+    assert len(read_ledger(warehouse, "m", limit=1)) == 1
+
+
+def test_predictions_join_labels_by_request_id_or_key_and_only_matured_ones(warehouse: Warehouse) -> None:
+    from tasks.warehouse import (
+        append_rows,
+        create_declared_table,
+        label_table,
+        prediction_table,
+        read_labelled_predictions,
+    )
+
+    predictions = create_declared_table(warehouse, prediction_table(warehouse.schema))
+    base = {"model": "m", "version": "1", "arm": "champion", "features": "{}", "latency_ms": 1.0}
+    append_rows(warehouse, predictions, [
+        {**base, "request_id": "a", "predicted_at": datetime(2013, 3, 1, 1), "prediction": 10.0, "key": '["k1"]'},
+        {**base, "request_id": "b", "predicted_at": datetime(2013, 3, 1, 2), "prediction": 20.0, "key": '["k2"]',
+         "arm": "canary", "version": "2"},
+        {**base, "request_id": "c", "predicted_at": datetime(2013, 3, 1, 3), "prediction": 30.0, "key": None},
+        {**base, "request_id": "d", "predicted_at": datetime(2013, 3, 5), "prediction": 40.0, "key": None},
+    ])
+    with pytest.raises(sa.exc.IntegrityError):  # the same request is never logged twice
+        append_rows(warehouse, predictions, [{**base, "request_id": "a", "predicted_at": datetime(2013, 3, 1),
+                                              "prediction": 1.0}])
+    labels = create_declared_table(warehouse, label_table(warehouse.schema))
+    append_rows(warehouse, labels, [
+        {"model": "m", "request_id": "a", "key": None, "actual": 11.0, "labelled_at": datetime(2013, 3, 2),
+         "source": "feedback"},
+        {"model": "m", "request_id": None, "key": '["k2"]', "actual": 19.0, "labelled_at": datetime(2013, 3, 4),
+         "source": "feedback"},
+    ])
+    frame = read_labelled_predictions(warehouse, "m", datetime(2013, 3, 1), datetime(2013, 3, 2))
+    assert frame["request_id"].tolist() == ["a", "b", "c"]
+    assert frame["actual"].tolist()[:2] == [11.0, 19.0] and pd.isna(frame["actual"].iloc[2])
+    matured = read_labelled_predictions(warehouse, "m", datetime(2013, 3, 1), datetime(2013, 3, 2),
+                                        matured_by=datetime(2013, 3, 3))
+    assert matured["actual"].notna().tolist() == [True, False, False]
+    canary = read_labelled_predictions(warehouse, "m", datetime(2013, 3, 1), datetime(2013, 3, 2), arms=["canary"])
+    assert canary["version"].tolist() == ["2"]
