@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -1210,3 +1211,29 @@ def read_labelled_predictions(
     with warehouse.engine.connect() as connection:
         frame = pd.read_sql(query, connection)
     return frame[columns]
+
+
+def prediction_key(values: Sequence[Any]) -> str:
+    """The model's key values as the JSON text that the prediction and label tables join on.
+
+    Every writer (the server's log, feedback by key, batch scoring) goes through this one function, so
+    the same row gives the same text: instants as naive-UTC ISO text, numpy scalars as Python numbers,
+    whole floats as integers (a JSON client may send 1.0 for an ID the table holds as 1).
+    """
+    return json.dumps([_key_value(value) for value in values], separators=(",", ":"))
+
+
+def _key_value(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value.isoformat()
+    if hasattr(value, "item"):  # numpy scalar
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

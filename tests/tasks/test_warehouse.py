@@ -350,3 +350,14 @@ def test_predictions_join_labels_by_request_id_or_key_and_only_matured_ones(ware
     assert matured["actual"].notna().tolist() == [True, False, False]
     canary = read_labelled_predictions(warehouse, "m", datetime(2013, 3, 1), datetime(2013, 3, 2), arms=["canary"])
     assert canary["version"].tolist() == ["2"]
+
+
+def test_a_key_is_the_same_text_whoever_writes_it() -> None:
+    import numpy as np
+
+    from tasks.warehouse import prediction_key
+
+    from_table = prediction_key([np.int64(1545), pd.Timestamp("2013-01-01 05:00:00"), "UA"])
+    from_client = prediction_key([1545.0, datetime.fromisoformat("2013-01-01T00:00:00-05:00"), "UA"])
+    assert from_table == from_client == '[1545,"2013-01-01T05:00:00","UA"]'
+    assert prediction_key([None, float("nan")]) == "[null,null]"
