@@ -69,6 +69,34 @@ class Settings(BaseSettings):
         "gives up as busy (exit 4).",
     )
 
+    # --- the prediction server (`retrain serve`) ---
+    serve_host: str = Field(
+        default="127.0.0.1", description="Address the prediction server binds; 0.0.0.0 exposes it to the network."
+    )
+    serve_port: int = Field(default=8000, ge=1, le=65535, description="Port of the prediction server.")
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token for the server's state-changing endpoints (/reload); none turns them off.",
+    )
+    canary_share: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Share of traffic for the canary, overriding the release state (the registered model's "
+        "`retrain.canary_share` tag).",
+    )
+    alias_poll_seconds: float = Field(
+        default=10.0, gt=0, description="How often the server looks for moved aliases (and a changed share)."
+    )
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body the server reads.")
+    log_batch_rows: int = Field(default=500, ge=1, description="Predictions written to the log per insert.")
+    log_queue_rows: int = Field(
+        default=100_000, ge=1, description="Predictions waiting for the log; beyond this, new ones are dropped."
+    )
+    log_flush_seconds: float = Field(
+        default=1.0, gt=0, description="Longest a prediction waits in the queue before a partial batch is written."
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -129,7 +157,9 @@ class Settings(BaseSettings):
     def known_secrets(self) -> tuple[str, ...]:
         """Every secret value this process knows of, for `retrain.redaction.redact_text` to mask."""
         urls = (self.resolved_warehouse_url(), self.resolved_tracking_uri(), self.resolved_optuna_storage())
-        return secret_values(urls, extra=(os.environ.get(name) for name in MLFLOW_SECRET_VARIABLES))
+        token = self.admin_token.get_secret_value() if self.admin_token is not None else None
+        extra = [*(os.environ.get(name) for name in MLFLOW_SECRET_VARIABLES), token]
+        return secret_values(urls, extra=extra)
 
 
 def settings_file() -> Path:

@@ -1,0 +1,555 @@
+"""The prediction server: FastAPI over the models the registry's aliases name.
+
+`create_app(model_config, settings)` builds the app; its lifespan points MLflow at the settings' tracking
+store, starts the prediction log's writer and the alias watcher (which loads the champion, and the canary
+if there is one, in the background: /ready says when), and on shutdown stops the watcher and flushes the
+log. Endpoints:
+
+- `POST /predict`: raw records in; each prediction with its request id, version and arm.
+- `POST /invocations`: MLflow's scoring protocol, so a client of `mlflow models serve` only changes the URL.
+- `POST /feedback`: actuals by request id or key, into the label table.
+- `GET /health`, `GET /ready`, `GET /models`, `GET /metrics` (Prometheus text).
+- `POST /reload`: look at the aliases now (bearer token; off when no token is configured).
+
+This module imports no Prefect, Optuna or pandera: a serving process carries only what it serves with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from retrain.clock import now
+from retrain.config import ModelConfig
+from retrain.settings import Settings
+from serving.feedback import MAX_REQUEST_ID, label_rows
+from serving.models import LoadedModel, ModelWatcher, Refresh, Served, ServedModels
+from serving.prediction_log import PredictionLog, insert_labels
+from serving.records import (
+    InputSpec,
+    InvalidRecords,
+    Problem,
+    build_input_spec,
+    check_records,
+    record_key,
+    records_from_columns,
+    records_from_split,
+)
+from serving.routing import CANARY, CHAMPION, choose_arm
+from tasks.warehouse import Warehouse, open_warehouse
+
+logger = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+# ------------------------------------------------------------------------------------ request/response
+
+
+class PredictRequest(BaseModel):
+    """Raw rows of the source table, as JSON objects of column: value."""
+
+    model_config = ConfigDict(extra="forbid")
+    records: list[Any] = Field(description="Raw rows: every feature of the model, optionally its key columns.")
+    request_id: str | None = Field(
+        default=None, max_length=MAX_REQUEST_ID - 8,
+        description="Your id for the request; with several records, record i gets `<request_id>/<i>`. "
+        "The same id always lands on the same arm.",
+    )
+    request_ids: list[str] | None = Field(default=None, description="One id per record, instead of request_id.")
+
+
+class Prediction(BaseModel):
+    request_id: str
+    prediction: float
+    model: str
+    version: str
+    arm: str
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+
+
+class InvocationRequest(BaseModel):
+    """MLflow's scoring protocol: exactly one of dataframe_split, dataframe_records, inputs, instances."""
+
+    model_config = ConfigDict(extra="forbid")
+    dataframe_split: dict[str, Any] | None = None
+    dataframe_records: list[Any] | None = None
+    inputs: Any = None
+    instances: Any = None
+    params: dict[str, Any] | None = None
+
+
+class InvocationResponse(BaseModel):
+    predictions: list[float]
+
+
+class Label(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    actual: Any = Field(description="The outcome, a number (for a binary model: 0 or 1, or the raw target).")
+    request_id: Any = Field(default=None, description="The request id of the prediction.")
+    key: Any = Field(default=None, description="Or the model's key columns, as an object of column: value.")
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    labels: list[Label]
+    source: str = Field(default="feedback", max_length=50)
+
+
+class FeedbackResponse(BaseModel):
+    received: int
+    new: int = Field(description="Labels stored now; the others were already there (the first label wins).")
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    message: str
+    problems: list[dict[str, Any]] = Field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------- the server
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What the server needs from the model config and its contract."""
+
+    model: str
+    key: tuple[str, ...] = ()
+    contract_kinds: Mapping[str, str] | None = None
+    not_nullable: frozenset[str] = frozenset()
+
+
+def read_server_config(config: ModelConfig) -> ServerConfig:
+    """The model's name and key, and column types from its data contract when the file exists."""
+    from tasks.contract import read_contract
+
+    contract_kinds: dict[str, str] | None = None
+    not_nullable: frozenset[str] = frozenset()
+    if config.contract_path.is_file():
+        contract = read_contract(config.contract_path)
+        contract_kinds = {name: str(rule.type) for name, rule in contract.columns.items()}
+        not_nullable = frozenset(name for name, rule in contract.columns.items() if not rule.nullable)
+    return ServerConfig(config.name, tuple(config.source.key), contract_kinds, not_nullable)
+
+
+class ServingMetrics:
+    """Prometheus metrics of one app (its own registry, so several apps in a process do not collide)."""
+
+    def __init__(self, log_depth: Any) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("retrain_requests", "HTTP requests by endpoint and status code.",
+                                ["endpoint", "status"], registry=r)
+        self.errors = Counter("retrain_request_errors", "Requests answered with an error, by endpoint and kind.",
+                              ["endpoint", "kind"], registry=r)
+        self.predictions = Counter("retrain_predictions", "Predictions served, by arm and version.",
+                                   ["arm", "version"], registry=r)
+        self.latency = Histogram("retrain_prediction_latency_seconds", "Time to answer a prediction request.",
+                                 ["arm", "version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.log_depth = Gauge("retrain_prediction_log_queue_depth", "Predictions waiting for the log.", registry=r)
+        self.log_depth.set_function(log_depth)
+        self.log_dropped = Counter("retrain_prediction_log_dropped_rows", "Predictions that never reached the log.",
+                                   registry=r)
+        self.log_written = Counter("retrain_prediction_log_written_rows", "Predictions written to the log.",
+                                   registry=r)
+        self.swaps = Counter("retrain_model_swaps", "Times a new set of models was swapped in.", registry=r)
+        self.load_failures = Counter("retrain_model_load_failures", "Versions that failed to load or warm.",
+                                     ["alias", "version"], registry=r)
+        self.served = Gauge("retrain_model_served", "1 for each alias and version being served.",
+                            ["alias", "version"], registry=r)
+
+    def record_swap(self, served: Served) -> None:
+        self.swaps.inc()
+        self.served.clear()
+        self.served.labels(CHAMPION, served.champion.version).set(1)
+        if served.canary is not None:
+            self.served.labels(CANARY, served.canary.version).set(1)
+
+
+class Server:
+    """Everything a request touches: the served models, the log, the metrics, the warehouse."""
+
+    def __init__(self, config: ServerConfig, settings: Settings, warehouse: Warehouse) -> None:
+        self.config = config
+        self.settings = settings
+        self.warehouse = warehouse
+        self.models = ServedModels()
+        self.log = PredictionLog(
+            warehouse, settings.log_batch_rows, settings.log_queue_rows, settings.log_flush_seconds,
+            on_dropped=self._count_dropped, on_written=self._count_written,
+        )
+        self.metrics = ServingMetrics(lambda: self.log.depth)
+        self.watcher = ModelWatcher(
+            config.model, self.models, settings.alias_poll_seconds, settings.canary_share,
+            on_swap=self.metrics.record_swap,
+            on_failure=lambda alias, version: self.metrics.load_failures.labels(alias, version).inc(),
+        )
+        self._specs: dict[str, InputSpec] = {}
+        self._key_spec = build_input_spec((), {}, config.contract_kinds, config.key)
+
+    def _count_dropped(self, count: int) -> None:
+        self.metrics.log_dropped.inc(count)
+
+    def _count_written(self, count: int) -> None:
+        self.metrics.log_written.inc(count)
+
+    def spec_for(self, model: LoadedModel) -> InputSpec:
+        spec = self._specs.get(model.version)
+        if spec is None:
+            spec = build_input_spec(model.features, model.kinds, self.config.contract_kinds, self.config.key,
+                                    self.config.not_nullable)
+            self._specs[model.version] = spec
+        return spec
+
+    def served(self) -> Served:
+        served = self.models.current
+        if served is None:
+            raise NotReady(f"no model of '{self.config.model}' is loaded yet (is a version aliased champion?)")
+        return served
+
+    def predict(self, records: Sequence[Any], ids: Sequence[str | None], endpoint: str) -> list[dict[str, Any]]:
+        """Route, check, predict and log `records`; returns one answer per record in order.
+
+        Raises:
+            NotReady: no champion is loaded.
+            InvalidRecords: a record does not fit its model (indices are the request's).
+        """
+        started = time.perf_counter()
+        served = self.served()  # read once: the whole request uses this set, whatever swaps meanwhile
+        if not records:
+            raise InvalidRecords([Problem(None, "records", "no records: send at least one")])
+        routing = [request_id or self._routing_key(record) for request_id, record in zip(ids, records, strict=True)]
+        request_ids = [request_id or uuid.uuid4().hex for request_id in ids]
+        arms = [choose_arm(routing_id or request_id, served.canary_share)
+                for routing_id, request_id in zip(routing, request_ids, strict=True)]
+        groups: dict[str, list[int]] = {}
+        for index, arm in enumerate(arms):
+            groups.setdefault(arm if served.canary is not None else CHAMPION, []).append(index)
+        answers: list[dict[str, Any]] = [{} for _ in records]
+        rows: list[dict[str, Any]] = []
+        at = now()
+        for arm, indices in groups.items():
+            model = served.model_for(arm)
+            subset = records if len(indices) == len(records) else [records[i] for i in indices]
+            try:
+                checked = check_records(subset, self.spec_for(model))
+            except InvalidRecords as error:
+                raise InvalidRecords([Problem(None if p.record is None else indices[p.record], p.field, p.problem)
+                                      for p in error.problems]) from None
+            values = model.predict(checked.frame).tolist()
+            elapsed = time.perf_counter() - started
+            self.metrics.latency.labels(arm, model.version).observe(elapsed)
+            self.metrics.predictions.labels(arm, model.version).inc(len(indices))
+            for position, index in enumerate(indices):
+                answers[index] = {"request_id": request_ids[index], "prediction": values[position],
+                                  "model": model.name, "version": model.version, "arm": arm}
+                rows.append({"request_id": request_ids[index], "model": model.name, "version": model.version,
+                             "arm": arm, "predicted_at": at, "prediction": values[position],
+                             "features": json.dumps(records[index], separators=(",", ":"), default=str),
+                             "key": checked.keys[position], "latency_ms": elapsed * 1000})
+        self.log.submit(rows)
+        return answers
+
+    def _routing_key(self, record: Any) -> str | None:
+        """A record without a request id is routed by its key, so the same row lands on the same arm."""
+        if not self.config.key or not isinstance(record, dict):
+            return None
+        try:
+            return record_key(record, self._key_spec)
+        except (TypeError, ValueError):
+            return None  # the record's check names the bad key value
+
+
+class NotReady(RuntimeError):
+    """No champion is loaded: 503, try again."""
+
+
+def request_ids_of(body: PredictRequest) -> list[str | None]:
+    """Each record's request id: the explicit list, `<request_id>/<i>` (or the id itself for one record),
+    or None (the server makes one).
+
+    Raises:
+        InvalidRecords: a list of the wrong length or an id that is too long or empty.
+    """
+    count = len(body.records)
+    if body.request_ids is not None:
+        if len(body.request_ids) != count:
+            raise InvalidRecords([Problem(None, "request_ids", f"expected {count} ids, one per record, "
+                                                               f"got {len(body.request_ids)}")])
+        for index, request_id in enumerate(body.request_ids):
+            if not 0 < len(request_id) <= MAX_REQUEST_ID:
+                raise InvalidRecords([Problem(index, "request_ids", f"expected 1 to {MAX_REQUEST_ID} characters")])
+        return list(body.request_ids)
+    if body.request_id:
+        return [body.request_id] if count == 1 else [f"{body.request_id}/{i}" for i in range(count)]
+    return [None] * count
+
+
+def invocation_records(body: InvocationRequest) -> list[Any]:
+    """The records of an MLflow scoring request.
+
+    Raises:
+        InvalidRecords: not exactly one input format, or a malformed one.
+    """
+    given = {name: value for name, value in (("dataframe_split", body.dataframe_split),
+                                             ("dataframe_records", body.dataframe_records),
+                                             ("inputs", body.inputs), ("instances", body.instances))
+             if value is not None}
+    if len(given) != 1:
+        raise InvalidRecords([Problem(None, "(body)", "expected exactly one of dataframe_split, dataframe_records, "
+                                                      f"inputs, instances; got {sorted(given) or 'none'}")])
+    name, value = given.popitem()
+    if name == "dataframe_split":
+        return records_from_split(value)
+    if isinstance(value, dict):
+        return records_from_columns(value)
+    if isinstance(value, list):
+        return value
+    raise InvalidRecords([Problem(None, name, "expected a list of records or an object of column: values")])
+
+
+def problems_of_validation(error: RequestValidationError) -> list[dict[str, Any]]:
+    """FastAPI's validation errors in our shape: record index (for a record's error) and field."""
+    problems = []
+    for item in error.errors():
+        location = [part for part in item.get("loc", ()) if part != "body"]
+        record = None
+        if len(location) >= 2 and location[0] in ("records", "labels") and isinstance(location[1], int):
+            record = location[1]
+            location = [location[0], *location[2:]]
+        field = ".".join(str(part) for part in location) or "(body)"
+        problems.append(Problem(record, field, str(item.get("msg", "invalid"))).as_json())
+    return problems[:20]
+
+
+def error_response(status: int, error: str, message: str, problems: Sequence[dict[str, Any]] = ()) -> JSONResponse:
+    return JSONResponse({"error": error, "message": message, "problems": list(problems)}, status_code=status)
+
+
+# ------------------------------------------------------------------------------------------ body limit
+
+
+class BodyTooLarge(Exception):
+    """The body is over the limit; the middleware answers 413."""
+
+
+class BodyLimit:
+    """Refuse a body over `max_bytes` with 413 before it is parsed: by its Content-Length, or, for a body
+    without one, as soon as the bytes read pass the limit."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._refuse(send)
+                return
+        state = {"read": 0, "over": False}
+
+        async def limited_receive() -> dict[str, Any]:
+            message = await receive()
+            if message.get("type") == "http.request":
+                state["read"] += len(message.get("body", b""))
+                if state["read"] > self.max_bytes:
+                    state["over"] = True
+                    raise BodyTooLarge
+            return message
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if not state["over"]:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await self._refuse(send)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except BodyTooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps({"error": "body_too_large", "message": f"the request body is over {self.max_bytes} "
+                           "bytes (setting max_body_bytes); send fewer records per request", "problems": []}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+# --------------------------------------------------------------------------------------------- the app
+
+
+def create_app(model_config: ModelConfig, settings: Settings, warehouse: Warehouse | None = None) -> FastAPI:
+    """The server of one model: loads it by alias, answers, logs, takes labels."""
+    if warehouse is None:
+        warehouse = open_warehouse(settings.resolved_warehouse_url(), settings.warehouse_schema)
+    server = Server(read_server_config(model_config), settings, warehouse)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        from retrain.stores import connect_mlflow
+
+        connect_mlflow(settings)
+        server.log.start()
+        server.watcher.start()  # its first look at the registry happens at once, off the event loop
+        server.watcher.wake()
+        try:
+            yield
+        finally:
+            server.watcher.stop()
+            server.log.close()
+
+    app = FastAPI(
+        title=f"Retrain prediction server: {model_config.name}",
+        description="Predictions from the registered model's champion (and canary), logged for monitoring.",
+        lifespan=lifespan,
+    )
+    app.state.server = server
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    add_error_handlers(app, server)
+    add_routes(app, server)
+    return app
+
+
+def add_error_handlers(app: FastAPI, server: Server) -> None:
+    """Every client mistake becomes a 4xx JSON error naming the record and field; never a 500."""
+
+    @app.exception_handler(InvalidRecords)
+    async def invalid_records(request: Request, error: InvalidRecords) -> JSONResponse:
+        server.metrics.errors.labels(request.url.path, "invalid_records").inc()
+        return error_response(422, "invalid_records", str(error), [p.as_json() for p in error.problems])
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        server.metrics.errors.labels(request.url.path, "invalid_request").inc()
+        problems = problems_of_validation(error)
+        first = problems[0] if problems else {"field": "(body)", "problem": "invalid"}
+        where = f"record {first['record']}, " if first.get("record") is not None else ""
+        return error_response(422, "invalid_request", f"{where}field '{first['field']}': {first['problem']}",
+                              problems)
+
+    @app.exception_handler(NotReady)
+    async def not_ready(request: Request, error: NotReady) -> JSONResponse:
+        server.metrics.errors.labels(request.url.path, "not_ready").inc()
+        return error_response(503, "not_ready", str(error))
+
+    @app.exception_handler(AdminRefused)
+    async def admin_refused(request: Request, error: AdminRefused) -> JSONResponse:
+        server.metrics.errors.labels(request.url.path, "unauthorized").inc()
+        response = error_response(error.status, "unauthorized" if error.status == 401 else "not_found", str(error))
+        if error.status == 401:
+            response.headers["www-authenticate"] = "Bearer"
+        return response
+
+
+def add_routes(app: FastAPI, server: Server) -> None:
+    """The endpoints (see the module's docstring)."""
+    settings = server.settings
+
+    def require_admin(request: Request) -> None:
+        token = settings.admin_token
+        if token is None:
+            raise AdminRefused(404, "admin endpoints are off: set RETRAIN_ADMIN_TOKEN to turn them on")
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.get_secret_value().encode()):
+            raise AdminRefused(401, "this endpoint needs 'Authorization: Bearer <RETRAIN_ADMIN_TOKEN>'")
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """The process answers (it may still be loading its model: see /ready)."""
+        return {"status": "ok"}
+
+    @app.get("/ready", responses={503: {"model": ErrorResponse}})
+    async def ready() -> dict[str, Any]:
+        """200 once a champion is loaded, 503 before."""
+        return {"ready": True, **server.served().describe()}
+
+    @app.get("/models", responses={503: {"model": ErrorResponse}})
+    async def models() -> dict[str, Any]:
+        """Alias → version being served, the canary share, and when each version was loaded."""
+        served = server.served()
+        loaded = [m for m in (served.champion, served.canary) if m is not None]
+        return {**served.describe(), "loaded": {m.version: {"loaded_at": m.loaded_at.isoformat(), "run_id": m.run_id,
+                                                            "features": list(m.features)} for m in loaded},
+                "key": list(server.config.key), "share_override": settings.canary_share}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus text."""
+        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/predict", response_model=PredictResponse,
+              responses={422: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    async def predict(body: PredictRequest) -> dict[str, Any]:
+        """Predict raw records; each answer names its request id, the version that produced it and its arm."""
+        answers = server.predict(body.records, request_ids_of(body), "/predict")
+        server.metrics.requests.labels("/predict", "200").inc()
+        return {"predictions": answers}
+
+    @app.post("/invocations", response_model=InvocationResponse,
+              responses={422: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    async def invocations(body: InvocationRequest) -> Response:
+        """MLflow's scoring protocol (as `mlflow models serve`): `{"predictions": [...]}`, logged like /predict."""
+        records = invocation_records(body)
+        answers = server.predict(records, [None] * len(records), "/invocations")
+        server.metrics.requests.labels("/invocations", "200").inc()
+        versions = sorted({answer["version"] for answer in answers})
+        payload = json.dumps({"predictions": [answer["prediction"] for answer in answers]}).encode()
+        return Response(payload, media_type="application/json", headers={"x-model-version": ",".join(versions)})
+
+    @app.post("/feedback", response_model=FeedbackResponse,
+              responses={422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    async def feedback(body: FeedbackRequest) -> Any:
+        """Actual outcomes by request id or by key; stored with their arrival time (when they matured)."""
+        spec = server._key_spec
+        rows = label_rows([label.model_dump() for label in body.labels], spec, server.config.model, now(),
+                          body.source)
+        try:
+            new = await run_in_threadpool(insert_labels, server.warehouse, rows)
+        except Exception as error:  # noqa: BLE001 - the warehouse is down: the client should retry later
+            logger.warning("feedback not stored: %s", str(error).splitlines()[0][:300])
+            server.metrics.errors.labels("/feedback", "warehouse").inc()
+            return error_response(503, "warehouse_unavailable", "the labels were not stored (the warehouse did "
+                                  "not answer); send them again later")
+        return {"received": len(rows), "new": new}
+
+    @app.post("/reload", dependencies=[Depends(require_admin)],
+              responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}})
+    async def reload() -> dict[str, Any]:
+        """Look at the aliases now (admin): load, warm and swap what changed; the answer says what happened."""
+        outcome: Refresh = await run_in_threadpool(server.watcher.refresh)
+        return {"swapped": outcome.swapped, "served": outcome.served, "failures": list(outcome.failures),
+                "reason": outcome.reason}
+
+
+class AdminRefused(Exception):
+    """An admin endpoint without the right token (401), or with admin endpoints off (404)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+__all__ = ["create_app", "read_server_config"]

@@ -1,0 +1,75 @@
+"""Late labels: the actual outcome of a served prediction, by its request id or by the model's key.
+
+A label by key is written with the key text that the prediction log holds (`prediction_key` over the key
+columns in the model config's order, instants as naive UTC), so `read_labelled_predictions` joins it to
+the prediction whatever form the client sent the key values in (ISO text or epoch milliseconds).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from serving.records import DATETIME, InputSpec, InvalidRecords, Problem, as_instant, value_problem
+from tasks.warehouse import prediction_key
+
+MAX_REQUEST_ID = 100  # the width of request_id in the prediction and label tables
+
+
+def label_problems(index: int, label: Mapping[str, Any], spec: InputSpec) -> list[Problem]:
+    """What is wrong with one label: no actual, or not exactly one of request_id and a complete key."""
+    problems = []
+    actual = label.get("actual")
+    if isinstance(actual, bool) or not isinstance(actual, int | float) or not math.isfinite(actual):
+        problems.append(Problem(index, "actual", f"expected a finite number, got {actual!r}"))
+    request_id, key = label.get("request_id"), label.get("key")
+    if (request_id is None) == (key is None):
+        problems.append(Problem(index, "request_id", "give either request_id or key (the model's key columns)"))
+    elif request_id is not None and not (isinstance(request_id, str) and 0 < len(request_id) <= MAX_REQUEST_ID):
+        problems.append(Problem(index, "request_id", f"expected text of 1 to {MAX_REQUEST_ID} characters"))
+    elif key is not None:
+        problems += key_problems(index, key, spec)
+    return problems
+
+
+def key_problems(index: int, key: Any, spec: InputSpec) -> list[Problem]:
+    if not spec.key:
+        return [Problem(index, "key", "this model's config names no key columns: label by request_id")]
+    if not isinstance(key, dict):
+        return [Problem(index, "key", f"expected an object of the key columns {list(spec.key)}")]
+    problems = [Problem(index, f"key.{name}", "missing key column") for name in spec.key if key.get(name) is None]
+    problems += [Problem(index, f"key.{name}", f"not a key column; the key is {list(spec.key)}")
+                 for name in key if name not in spec.key]
+    for name in spec.key:
+        if key.get(name) is not None:
+            problem = value_problem(key[name], spec.kinds[name])
+            if problem:
+                problems.append(Problem(index, f"key.{name}", problem))
+    return problems
+
+
+def label_rows(
+    labels: Sequence[Mapping[str, Any]], spec: InputSpec, model: str, at: datetime, source: str
+) -> list[dict[str, Any]]:
+    """Rows for the label table, every one stamped with its arrival time `at` (when it matured).
+
+    Raises:
+        InvalidRecords: no labels, or a label with a problem (its index and field named).
+    """
+    if not labels:
+        raise InvalidRecords([Problem(None, "labels", "no labels: send at least one")])
+    problems = [problem for index, label in enumerate(labels) for problem in label_problems(index, label, spec)]
+    if problems:
+        raise InvalidRecords(problems[:20])
+    rows = []
+    for label in labels:
+        key = label.get("key")
+        key_text = None
+        if key is not None:
+            values = [as_instant(key[name]) if spec.kinds[name] == DATETIME else key[name] for name in spec.key]
+            key_text = prediction_key(values)
+        rows.append({"model": model, "request_id": label.get("request_id"), "key": key_text,
+                     "actual": float(label["actual"]), "labelled_at": at, "source": source})
+    return rows

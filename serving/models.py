@@ -1,0 +1,295 @@
+"""The models a server answers with, loaded by alias and swapped atomically.
+
+The registry's aliases are the release state (tasks/registry.py moves them); the server only follows
+them. A watcher reads the aliases and the canary share every `alias_poll_seconds` (and on /reload), loads
+and warms any version it does not hold yet off the request path, and then replaces the whole `Served`
+set with one reference assignment. A request reads that reference once and predicts with what it got,
+so a request in flight finishes on the model it started with. A version that fails to load or to
+predict its own input example is never swapped in: the old set keeps serving and the failure is logged
+and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from retrain.clock import now
+from serving.records import kind_of_signature_type
+from serving.routing import CANARY, CANARY_SHARE_TAG, CHAMPION, effective_canary_share
+
+logger = logging.getLogger(__name__)
+
+METADATA_KEY = "retrain"  # where training writes the model's feature kinds (tasks/tracking.py)
+
+Predictor = Callable[[pd.DataFrame], np.ndarray]
+
+
+class ModelLoadError(RuntimeError):
+    """A version could not be loaded or did not predict its input example; it is not served."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One registered version, loaded and warmed: what a request predicts with."""
+
+    name: str
+    version: str
+    predict: Predictor
+    features: tuple[str, ...]
+    kinds: Mapping[str, str]
+    loaded_at: datetime
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ReleaseState:
+    """What the registry says should be served: versions by alias and the canary share tag."""
+
+    champion: str | None
+    canary: str | None
+    canary_tag: str | None = None
+
+
+@dataclass(frozen=True)
+class Served:
+    """The set of models a request sees, replaced as a whole on every swap."""
+
+    champion: LoadedModel
+    canary: LoadedModel | None = None
+    canary_share: float = 0.0
+
+    def model_for(self, arm: str) -> LoadedModel:
+        return self.canary if arm == CANARY and self.canary is not None else self.champion
+
+    def describe(self) -> dict[str, Any]:
+        aliases = {CHAMPION: self.champion.version}
+        if self.canary is not None:
+            aliases[CANARY] = self.canary.version
+        return {"model": self.champion.name, "aliases": aliases, "canary_share": self.canary_share}
+
+
+@dataclass
+class ServedModels:
+    """Holds the current `Served`; reading `current` is one attribute read, atomic under the GIL."""
+
+    current: Served | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def swap(self, served: Served) -> Served | None:
+        with self._lock:
+            previous, self.current = self.current, served
+        return previous
+
+
+def read_release_state(client: Any, name: str) -> ReleaseState:
+    """The registered model's aliases and canary share tag (one registry call)."""
+    model = client.get_registered_model(name)
+    aliases = dict(getattr(model, "aliases", {}) or {})
+    tags = dict(getattr(model, "tags", {}) or {})
+    return ReleaseState(
+        champion=_as_version(aliases.get(CHAMPION)),
+        canary=_as_version(aliases.get(CANARY)),
+        canary_tag=tags.get(CANARY_SHARE_TAG),
+    )
+
+
+def _as_version(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def feature_kinds(pyfunc_model: Any) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The model's input columns and their kinds: from Retrain's metadata if the model has it, else from
+    its signature.
+
+    Raises:
+        ModelLoadError: the model declares neither (the server cannot check a request against it).
+    """
+    metadata = getattr(pyfunc_model.metadata, "metadata", None) or {}
+    ours = metadata.get(METADATA_KEY, {}).get("features") if isinstance(metadata, dict) else None
+    if isinstance(ours, dict) and ours:
+        return tuple(ours), {name: str(kind) for name, kind in ours.items()}
+    schema = pyfunc_model.metadata.get_input_schema()
+    if schema is None or not schema.has_input_names():
+        raise ModelLoadError("the model has no input signature naming its columns")
+    kinds = {}
+    for spec in schema.inputs:
+        type_name = getattr(spec.type, "name", None) or str(spec.type)
+        kinds[spec.name] = kind_of_signature_type(str(type_name).lower())
+    return tuple(kinds), kinds
+
+
+def raw_predictor(pyfunc_model: Any) -> Predictor:
+    """The fastest way to the model's own predict: our RawRowModel directly (MLflow's per-call schema
+    enforcement is replaced by `serving.records`, which checks the same columns with better errors), else
+    the pyfunc."""
+    try:
+        python_model = pyfunc_model.unwrap_python_model()
+    except Exception:  # noqa: BLE001 - not a python-function model: the pyfunc wrapper predicts
+        python_model = None
+    if python_model is not None and hasattr(python_model, "encoding"):
+        return lambda frame: np.asarray(python_model.predict(None, frame), dtype="float64").ravel()
+    return lambda frame: np.asarray(pyfunc_model.predict(frame), dtype="float64").ravel()
+
+
+def load_version(name: str, version: str) -> LoadedModel:
+    """Load `models:/name/version` and warm it on its own input example.
+
+    Raises:
+        ModelLoadError: any failure to load, read its inputs or predict the example, with the reason.
+    """
+    import mlflow
+
+    uri = f"models:/{name}/{version}"
+    try:
+        pyfunc_model = mlflow.pyfunc.load_model(uri)
+        features, kinds = feature_kinds(pyfunc_model)
+        predict = raw_predictor(pyfunc_model)
+        example = pyfunc_model.input_example
+        if example is None:
+            raise ModelLoadError("the model has no input example to warm it with")
+        example = pd.DataFrame(example)
+        predictions = predict(example)
+        if len(predictions) != len(example) or not np.isfinite(predictions).all():
+            raise ModelLoadError(f"it predicted {predictions[:3]} for its {len(example)}-row input example")
+    except ModelLoadError as error:
+        raise ModelLoadError(f"version {version} of '{name}' is not served: {error}") from None
+    except Exception as error:  # noqa: BLE001 - any failure means: keep serving what we have
+        raise ModelLoadError(f"version {version} of '{name}' is not served: {type(error).__name__}: {error}") from None
+    return LoadedModel(name, version, predict, features, kinds, now(), getattr(pyfunc_model.metadata, "run_id", None))
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """What one look at the registry did: swapped or not, and why not."""
+
+    swapped: bool
+    served: dict[str, Any] | None
+    failures: tuple[str, ...] = ()
+    reason: str = ""
+
+
+class ModelWatcher:
+    """Follows the aliases of one registered model: at start, every `poll_seconds`, and on request."""
+
+    def __init__(
+        self,
+        name: str,
+        holder: ServedModels,
+        poll_seconds: float,
+        share_override: float | None = None,
+        client: Any = None,
+        loader: Callable[[str, str], LoadedModel] = load_version,
+        on_swap: Callable[[Served], None] | None = None,
+        on_failure: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.holder = holder
+        self.poll_seconds = poll_seconds
+        self.share_override = share_override
+        self._client = client
+        self._loader = loader
+        self._on_swap = on_swap
+        self._on_failure = on_failure
+        self._refresh_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient()
+        return self._client
+
+    def refresh(self) -> Refresh:
+        """Read the release state; load, warm and swap in what changed. Never raises: a registry outage or a
+        broken version leaves the current set serving."""
+        with self._refresh_lock:
+            try:
+                state = read_release_state(self.client, self.name)
+            except Exception as error:  # noqa: BLE001 - registry unreachable or model missing: keep serving
+                reason = f"cannot read the aliases of '{self.name}': {type(error).__name__}: {error}"
+                logger.warning("%s", reason)
+                return Refresh(False, self._described(), (), reason)
+            return self._apply(state)
+
+    def _described(self) -> dict[str, Any] | None:
+        current = self.holder.current
+        return None if current is None else current.describe()
+
+    def _apply(self, state: ReleaseState) -> Refresh:
+        current = self.holder.current
+        if state.champion is None:
+            reason = f"registered model '{self.name}' has no champion alias"
+            if current is None:
+                logger.warning("%s yet; not ready", reason)
+            return Refresh(False, self._described(), (), reason)
+        held = {} if current is None else {m.version: m for m in (current.champion, current.canary) if m is not None}
+        failures: list[str] = []
+        champion = self._obtain(state.champion, CHAMPION, held, failures)
+        if champion is None:
+            return Refresh(False, self._described(), tuple(failures), failures[0])
+        canary = None
+        if state.canary is not None and state.canary != state.champion:
+            canary = self._obtain(state.canary, CANARY, held, failures)
+        share = effective_canary_share(canary is not None, state.canary_tag, self.share_override)
+        served = Served(champion, canary, share)
+        if current is not None and _same(current, served):
+            return Refresh(False, current.describe(), tuple(failures), "nothing changed")
+        self.holder.swap(served)
+        logger.info("serving %s", served.describe())
+        if self._on_swap is not None:
+            self._on_swap(served)
+        return Refresh(True, served.describe(), tuple(failures))
+
+    def _obtain(
+        self, version: str, alias: str, held: dict[str, LoadedModel], failures: list[str]
+    ) -> LoadedModel | None:
+        if version in held:
+            return held[version]
+        try:
+            model = self._loader(self.name, version)
+        except ModelLoadError as error:
+            logger.error("%s (alias %s); still serving %s", error, alias, self._described())
+            failures.append(str(error))
+            if self._on_failure is not None:
+                self._on_failure(alias, version)
+            return None
+        held[version] = model
+        return model
+
+    def start(self) -> None:
+        """Poll in a daemon thread until `stop`."""
+        self._thread = threading.Thread(target=self._run, name="retrain-model-watcher", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
+            if not self._stop.is_set():
+                self.refresh()
+
+
+def _same(left: Served, right: Served) -> bool:
+    versions = (left.champion.version, left.canary.version if left.canary else None, left.canary_share)
+    return versions == (right.champion.version, right.canary.version if right.canary else None, right.canary_share)

@@ -1,0 +1,248 @@
+"""What a request's records must look like, and how they become the model's raw input rows.
+
+A record is one raw row of the source table as JSON: every feature the model was trained on, optionally
+the model's key columns (so a label can later arrive by key), nothing else. Types follow the data
+contract (or, without one, the model's own metadata and signature): integer, float, string or datetime,
+the way `pd.read_sql(...).to_json(orient="records")` writes a table row, so a datetime may come as ISO
+text or as epoch milliseconds. Every problem names the record's index and the field, so a client can fix
+its request without reading server logs; value ranges are not enforced here (the model answers an
+unusual value, and monitoring sees it as drift).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from retrain.clock import parse_instant
+from tasks.warehouse import prediction_key
+
+INTEGER, FLOAT, STRING, DATETIME, ANY = "integer", "float", "string", "datetime", "any"
+KINDS = (INTEGER, FLOAT, STRING, DATETIME, ANY)
+MAX_PROBLEMS = 20  # enough to fix a request; a 10k-record body with one wrong column must not answer 10k lines
+_EXPECTED = {
+    INTEGER: "an integer",
+    FLOAT: "a number",
+    STRING: "text",
+    DATETIME: "ISO 8601 text or epoch milliseconds",
+    ANY: "a number or text",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a request: which record (None for the request as a whole), which field, what."""
+
+    record: int | None
+    field: str
+    problem: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"record": self.record, "field": self.field, "problem": self.problem}
+
+
+class InvalidRecords(ValueError):
+    """The request's records do not fit the model: a client's mistake, answered with HTTP 422."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        first = self.problems[0]
+        where = f"record {first.record}, " if first.record is not None else ""
+        super().__init__(f"{where}field '{first.field}': {first.problem}")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The fields a record may hold and the kind of each: the model's features, then its key columns."""
+
+    features: tuple[str, ...]
+    kinds: Mapping[str, str]
+    key: tuple[str, ...] = ()
+    not_nullable: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def allowed(self) -> frozenset[str]:
+        return frozenset((*self.features, *self.key))
+
+
+@dataclass(frozen=True)
+class CheckedRecords:
+    """Records that passed: the model's raw input frame, and each record's key text (None without a key)."""
+
+    frame: pd.DataFrame
+    keys: list[str | None]
+
+
+def kind_of_signature_type(type_name: str) -> str:
+    """An MLflow signature column type as one of our kinds (integer columns are `Any` in our signatures)."""
+    return {
+        "double": FLOAT,
+        "float": FLOAT,
+        "long": INTEGER,
+        "integer": INTEGER,
+        "string": STRING,
+        "datetime": DATETIME,
+        "boolean": ANY,
+    }.get(type_name, ANY)
+
+
+def build_input_spec(
+    features: Sequence[str],
+    model_kinds: Mapping[str, str],
+    contract_kinds: Mapping[str, str] | None = None,
+    key: Sequence[str] = (),
+    not_nullable: Iterable[str] = (),
+) -> InputSpec:
+    """The spec of a served model: its features with the contract's kind where the contract names the column
+    (the contract is what the table promises), else the model's own; the key columns from the contract."""
+    contract_kinds = contract_kinds or {}
+    kinds: dict[str, str] = {}
+    for name in (*features, *key):
+        kind = contract_kinds.get(name) or model_kinds.get(name) or ANY
+        kinds[name] = kind if kind in KINDS else ANY
+    return InputSpec(tuple(features), kinds, tuple(key), frozenset(not_nullable) & frozenset(kinds))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _finite_number(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
+def _parses_as_instant(value: Any) -> bool:
+    if _finite_number(value):
+        return True
+    if not isinstance(value, str):
+        return False
+    try:
+        parse_instant(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+_FITS = {
+    INTEGER: lambda value: _finite_number(value) and float(value).is_integer(),
+    FLOAT: _finite_number,
+    STRING: lambda value: isinstance(value, str),
+    DATETIME: _parses_as_instant,
+    ANY: lambda value: _is_number(value) or isinstance(value, str | bool),
+}
+
+
+def value_problem(value: Any, kind: str) -> str | None:
+    """Why a non-null value does not fit its kind, or None when it does."""
+    if _FITS[kind](value):
+        return None
+    got = f"a JSON {'object' if isinstance(value, dict) else 'array'}" if isinstance(value, dict | list) else (
+        f"{type(value).__name__} {value!r}")
+    return f"expected {_EXPECTED[kind]}, got {got}"[:200]
+
+
+def record_problems(index: int, record: Any, spec: InputSpec) -> list[Problem]:
+    """Everything wrong with one record: not an object, a missing feature, an extra field, a wrong type."""
+    if not isinstance(record, dict):
+        return [Problem(index, "(record)", f"expected a JSON object of field: value, got {type(record).__name__}")]
+    problems = [
+        Problem(index, name, "missing feature (the model needs it; send null for an unknown value)")
+        for name in spec.features
+        if name not in record
+    ]
+    allowed = spec.allowed
+    problems += [
+        Problem(index, name, f"unknown field: the model takes {sorted(spec.features)}"
+                + (f" and the key {list(spec.key)}" if spec.key else ""))
+        for name in record
+        if name not in allowed
+    ]
+    for name, value in record.items():
+        if name not in allowed:
+            continue
+        if value is None:
+            if name in spec.not_nullable:
+                problems.append(Problem(index, name, "null is not allowed here (the data contract says nullable: "
+                                                     "false)"))
+            continue
+        problem = value_problem(value, spec.kinds[name])
+        if problem:
+            problems.append(Problem(index, name, problem))
+    return problems
+
+
+def as_instant(value: Any) -> datetime | None:
+    """A datetime field as naive UTC: ISO text (an offset converted), or epoch milliseconds as pandas'
+    `to_json` writes a timestamp column."""
+    if value is None:
+        return None
+    if _is_number(value):
+        return datetime.fromtimestamp(value / 1000, tz=UTC).replace(tzinfo=None)
+    return parse_instant(value)
+
+
+def record_key(record: Mapping[str, Any], spec: InputSpec) -> str | None:
+    """The record's key as the prediction and label tables hold it; None when a key column is absent."""
+    if not spec.key or any(record.get(name) is None for name in spec.key):
+        return None
+    values = [as_instant(record[name]) if spec.kinds[name] == DATETIME else record[name] for name in spec.key]
+    return prediction_key(values)
+
+
+def check_records(records: Sequence[Any], spec: InputSpec) -> CheckedRecords:
+    """The model's input frame for valid records.
+
+    Raises:
+        InvalidRecords: no records, or any record with a problem (at most `MAX_PROBLEMS` are listed).
+    """
+    if not records:
+        raise InvalidRecords([Problem(None, "records", "no records: send at least one")])
+    problems: list[Problem] = []
+    for index, record in enumerate(records):
+        problems += record_problems(index, record, spec)
+        if len(problems) >= MAX_PROBLEMS:
+            break
+    if problems:
+        raise InvalidRecords(problems[:MAX_PROBLEMS])
+    columns = {name: [record[name] for record in records] for name in spec.features}
+    frame = pd.DataFrame(columns, columns=list(spec.features))
+    return CheckedRecords(frame, [record_key(record, spec) for record in records])
+
+
+def records_from_split(payload: Mapping[str, Any]) -> list[Any]:
+    """MLflow's `dataframe_split` ({columns, data[, index]}) as records.
+
+    Raises:
+        InvalidRecords: the payload is not that shape, or a row's length differs from the columns'.
+    """
+    columns = payload.get("columns")
+    data = payload.get("data")
+    if not isinstance(columns, list) or not all(isinstance(name, str) for name in columns):
+        raise InvalidRecords([Problem(None, "dataframe_split.columns", "expected a list of column names")])
+    if not isinstance(data, list):
+        raise InvalidRecords([Problem(None, "dataframe_split.data", "expected a list of rows")])
+    records = []
+    for index, row in enumerate(data):
+        if not isinstance(row, list) or len(row) != len(columns):
+            raise InvalidRecords([Problem(index, "dataframe_split.data",
+                                          f"expected a list of {len(columns)} values, one per column")])
+        records.append(dict(zip(columns, row, strict=True)))
+    return records
+
+
+def records_from_columns(payload: Mapping[str, Any]) -> list[Any]:
+    """MLflow's column form of `inputs` ({column: [values]}) as records.
+
+    Raises:
+        InvalidRecords: a column is not a list, or the lists differ in length.
+    """
+    lengths = {len(values) if isinstance(values, list) else -1 for values in payload.values()}
+    if -1 in lengths or len(lengths) > 1:
+        raise InvalidRecords([Problem(None, "inputs", "expected every column to be a list of the same length")])
+    size = lengths.pop() if lengths else 0
+    return [{name: values[index] for name, values in payload.items()} for index in range(size)]
