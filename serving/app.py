@@ -254,7 +254,7 @@ class Server:
             except InvalidRecords as error:
                 raise InvalidRecords([Problem(None if p.record is None else indices[p.record], p.field, p.problem)
                                       for p in error.problems]) from None
-            values = model.predict(checked.frame).tolist()
+            values = model.predict(checked.records).tolist()
             elapsed = time.perf_counter() - started
             self.metrics.latency.labels(arm, model.version).observe(elapsed)
             self.metrics.predictions.labels(arm, model.version).inc(len(indices))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 METADATA_KEY = "retrain"  # where training writes the model's feature kinds (tasks/tracking.py)
 
-Predictor = Callable[[pd.DataFrame], np.ndarray]
+RecordsPredictor = Callable[[Sequence[Mapping[str, Any]]], np.ndarray]
 
 
 class ModelLoadError(RuntimeError):
@@ -42,7 +42,7 @@ class LoadedModel:
 
     name: str
     version: str
-    predict: Predictor
+    predict: RecordsPredictor  # checked JSON records → one float per record
     features: tuple[str, ...]
     kinds: Mapping[str, str]
     loaded_at: datetime
@@ -126,8 +126,8 @@ def feature_kinds(pyfunc_model: Any) -> tuple[tuple[str, ...], dict[str, str]]:
     return tuple(kinds), kinds
 
 
-def raw_predictor(pyfunc_model: Any) -> Predictor:
-    """The fastest way to the model's own predict: our RawRowModel directly (MLflow's per-call schema
+def frame_predictor(pyfunc_model: Any) -> Callable[[pd.DataFrame], np.ndarray]:
+    """The model's own predict on a frame of raw rows: our RawRowModel directly (MLflow's per-call schema
     enforcement is replaced by `serving.records`, which checks the same columns with better errors), else
     the pyfunc."""
     try:
@@ -137,6 +137,103 @@ def raw_predictor(pyfunc_model: Any) -> Predictor:
     if python_model is not None and hasattr(python_model, "encoding"):
         return lambda frame: np.asarray(python_model.predict(None, frame), dtype="float64").ravel()
     return lambda frame: np.asarray(pyfunc_model.predict(frame), dtype="float64").ravel()
+
+
+class NotFastPath(Exception):
+    """The records hold a value the direct encoding does not cover exactly: the frame path predicts them."""
+
+
+def direct_encoder(python_model: Any) -> Callable[[Sequence[Mapping[str, Any]]], np.ndarray] | None:
+    """JSON records straight to the booster's input matrix, for the common case, without pandas.
+
+    Building a one-row DataFrame and encoding it column by column costs about 3 ms; this costs tens of
+    microseconds. It covers numbers (and null) in numeric columns and text, whole numbers (and null) in
+    categorical columns, which is what a table row sends; anything else raises `NotFastPath` and the model's
+    own predict handles it. `load_version` serves it only after checking that it gives exactly the model's
+    own predictions on the input example and on unknown and missing values.
+    """
+    encoding = getattr(python_model, "encoding", None)
+    booster = getattr(python_model, "booster", None)
+    if encoding is None or booster is None or not hasattr(encoding, "vocabulary"):
+        return None
+    numeric = tuple(encoding.numeric)
+    categorical = tuple(encoding.categorical)
+    codes = {column: {label: float(i) for i, label in enumerate(labels)}
+             for column, labels in encoding.vocabulary.items()}
+    width = len(numeric) + len(categorical)
+    nan = float("nan")
+
+    def category_code(column: str, value: Any, seen: dict[str, bool]) -> float:
+        kind = type(value)
+        if kind is str:
+            label = value
+        elif kind is int or (kind is float and value.is_integer()):
+            label = str(int(value))
+        elif kind is float and value != value:  # NaN: missing  # noqa: PLR0124
+            return nan
+        else:
+            raise NotFastPath
+        if seen.setdefault(column, kind is str) != (kind is str):
+            raise NotFastPath  # text and numbers in one column: pandas labels them differently
+        return codes[column].get(label, nan)
+
+    def encode(records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        matrix = np.empty((len(records), width), dtype="float64")
+        seen: dict[str, bool] = {}
+        for row, record in enumerate(records):
+            values = []
+            for column in numeric:
+                value = record[column]
+                if value is None:
+                    values.append(nan)
+                elif type(value) is float or type(value) is int:
+                    values.append(float(value))
+                else:
+                    raise NotFastPath
+            for column in categorical:
+                value = record[column]
+                values.append(nan if value is None else category_code(column, value, seen))
+            matrix[row] = values
+        return matrix
+
+    return lambda records: np.asarray(booster.predict(encode(records)), dtype="float64").ravel()
+
+
+def records_predictor(pyfunc_model: Any, features: Sequence[str], example: pd.DataFrame) -> RecordsPredictor:
+    """Predict checked JSON records: directly when that is proven equal to the model's own predict on the
+    input example (plus an unknown and a missing value in every column), through a frame otherwise."""
+    by_frame = frame_predictor(pyfunc_model)
+    columns = list(features)
+
+    def through_frame(records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        return by_frame(pd.DataFrame({name: [record[name] for record in records] for name in columns},
+                                     columns=columns))
+
+    try:
+        direct = direct_encoder(pyfunc_model.unwrap_python_model())
+    except Exception:  # noqa: BLE001 - not our package: the frame path only
+        direct = None
+    if direct is None:
+        return through_frame
+    probes = example.astype(object).where(example.notna(), None).to_dict(orient="records")
+    first = probes[0]
+    probes.append({name: ("__unknown__" if isinstance(value, str) else value) for name, value in first.items()})
+    probes.append(dict.fromkeys(first))
+    try:
+        proven = np.array_equal(direct(probes), through_frame(probes))
+    except NotFastPath:
+        proven = False
+    if not proven:
+        logger.warning("direct encoding differs from the model's own on its input example; using the model's")
+        return through_frame
+
+    def predict(records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        try:
+            return direct(records)
+        except NotFastPath:
+            return through_frame(records)
+
+    return predict
 
 
 def load_version(name: str, version: str) -> LoadedModel:
@@ -151,12 +248,12 @@ def load_version(name: str, version: str) -> LoadedModel:
     try:
         pyfunc_model = mlflow.pyfunc.load_model(uri)
         features, kinds = feature_kinds(pyfunc_model)
-        predict = raw_predictor(pyfunc_model)
         example = pyfunc_model.input_example
         if example is None:
             raise ModelLoadError("the model has no input example to warm it with")
         example = pd.DataFrame(example)
-        predictions = predict(example)
+        predict = records_predictor(pyfunc_model, features, example)
+        predictions = predict(example.astype(object).where(example.notna(), None).to_dict(orient="records"))
         if len(predictions) != len(example) or not np.isfinite(predictions).all():
             raise ModelLoadError(f"it predicted {predictions[:3]} for its {len(example)}-row input example")
     except ModelLoadError as error:

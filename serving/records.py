@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import pandas as pd
-
 from retrain.clock import parse_instant
 from tasks.warehouse import prediction_key
 
@@ -72,9 +70,9 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class CheckedRecords:
-    """Records that passed: the model's raw input frame, and each record's key text (None without a key)."""
+    """Records that passed, and each record's key text (None without a key)."""
 
-    frame: pd.DataFrame
+    records: Sequence[Mapping[str, Any]]
     keys: list[str | None]
 
 
@@ -195,7 +193,7 @@ def record_key(record: Mapping[str, Any], spec: InputSpec) -> str | None:
 
 
 def check_records(records: Sequence[Any], spec: InputSpec) -> CheckedRecords:
-    """The model's input frame for valid records.
+    """Valid records with their keys.
 
     Raises:
         InvalidRecords: no records, or any record with a problem (at most `MAX_PROBLEMS` are listed).
@@ -209,9 +207,7 @@ def check_records(records: Sequence[Any], spec: InputSpec) -> CheckedRecords:
             break
     if problems:
         raise InvalidRecords(problems[:MAX_PROBLEMS])
-    columns = {name: [record[name] for record in records] for name in spec.features}
-    frame = pd.DataFrame(columns, columns=list(spec.features))
-    return CheckedRecords(frame, [record_key(record, spec) for record in records])
+    return CheckedRecords(records, [record_key(record, spec) for record in records])
 
 
 def records_from_split(payload: Mapping[str, Any]) -> list[Any]:
