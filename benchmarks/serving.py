@@ -140,6 +140,8 @@ def logged_rows(home: Path) -> int:
     import sqlalchemy as sa
 
     engine = sa.create_engine(f"sqlite:///{home / 'warehouse.db'}")
+    if not sa.inspect(engine).has_table("retrain_predictions"):
+        return 0
     with engine.connect() as connection:
         return int(connection.execute(sa.text("select count(*) from retrain_predictions")).scalar() or 0)
 
@@ -187,7 +189,7 @@ def main() -> None:
     try:
         for _, port, path in servers.values():
             wait_until_up(port, path)
-        before = logged_rows(home) if (home / "warehouse.db").exists() else 0
+        before = logged_rows(home)
         for size in (1, 100):
             for name, (_, port, _) in servers.items():
                 results[name, size] = run_load(port, bodies[size], options.concurrency, counts[size])
