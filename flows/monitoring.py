@@ -12,6 +12,7 @@ from datetime import datetime
 
 from prefect import flow
 
+from flows.ingest import ingest_when_new_rows
 from retrain.config import load_model_config
 from tasks.failures import record_failed_run
 from tasks.monitoring import (
@@ -30,6 +31,7 @@ from tasks.monitoring import (
     store_metrics,
 )
 from tasks.stores import verify_stores
+from tasks.validation import check_source_config, count_new_rows
 
 
 @flow(name="monitor-model", log_prints=False, on_failure=[record_failed_run], on_crashed=[record_failed_run])
@@ -47,6 +49,11 @@ def monitor_model(
     """
     verify_stores()  # warehouse and MLflow answer, or the run fails here in seconds naming which
     config = load_model_config(config_path)
+    check_source_config(config)
+
+    # Ingest: rows that arrived up to as_of pass the data contract first (a refused batch fails this run).
+    if count_new_rows(config, as_of=as_of):
+        ingest_when_new_rows(config_path=config_path, as_of=as_of)
     instant = resolve_as_of_task(config=config, as_of=as_of)
 
     # The champion and its training window (the reference); without one there is nothing to watch.
@@ -60,7 +67,8 @@ def monitor_model(
         reference, current, history = read_windows(config=config, champion=champion, as_of=instant)
         result = build_reports(config=config, champion=champion, reference=reference, current=current,
                                as_of=instant, history=history)
-        store_metrics(config=config, champion=champion, current=current, result=result)
+        if result is not None:
+            store_metrics(config=config, champion=champion, current=current, result=result)
 
     # Decision: one policy over the signals; then MLflow run, artifacts, ledger row and events.
     signals = gather_signals(config=config, champion=champion, current=current, result=result, as_of=instant,

@@ -61,6 +61,12 @@ def metric_type(metric: Mapping[str, Any]) -> str:
     return str(metric.get("config", {}).get("type", "")).removeprefix(METRIC_TYPE_PREFIX)
 
 
+def test_status(test: Mapping[str, Any]) -> str:
+    """`FAIL`, `SUCCESS`, ...: `snapshot.dict()` gives the enum (`TestStatus.FAIL`), `json()` its value."""
+    status = test.get("status", "")
+    return str(getattr(status, "value", status)).rsplit(".", 1)[-1].upper()
+
+
 def drift_test_verdicts(tests: Sequence[Mapping[str, Any]]) -> dict[str, bool]:
     """Metric id → drifted, from the per-column drift tests (status FAIL means the column drifted)."""
     verdicts = {}
@@ -68,7 +74,7 @@ def drift_test_verdicts(tests: Sequence[Mapping[str, Any]]) -> dict[str, bool]:
         config = test.get("metric_config", {})
         params = config.get("params", {})
         if str(params.get("type", "")).removeprefix(METRIC_TYPE_PREFIX) == "ValueDrift":
-            verdicts[config.get("metric_id")] = str(test.get("status", "")).upper() == "FAIL"
+            verdicts[config.get("metric_id")] = test_status(test) == "FAIL"
     return verdicts
 
 

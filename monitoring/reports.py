@@ -142,9 +142,9 @@ def daily_metric_chart(daily: pd.DataFrame, metric: str, width: int = 900, heigh
     for index in sorted({0, len(days) // 2, len(days) - 1}):
         parts.append(f'<text x="{x(days[index]):.1f}" y="{bottom + 16}" font-size="11" text-anchor="middle">'
                      f'{days[index]}</text>')
-    for number, (version, rows) in enumerate(daily.groupby("version", sort=True)):
+    for number, (version, group) in enumerate(daily.groupby("version", sort=True)):
         colour = CHART_COLOURS[number % len(CHART_COLOURS)]
-        rows = rows.sort_values("day")
+        rows = group.sort_values("day")
         points = " ".join(f"{x(day):.1f},{y(value):.1f}" for day, value in zip(rows["day"], rows["value"], strict=True))
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>')
         parts.append(f'<text x="{right - 110}" y="{upper + 14 * (number + 1)}" font-size="12" fill="{colour}">'

@@ -48,7 +48,7 @@ from retrain.errors import DataError
 from retrain.settings import get_settings
 from tasks.features import JUST_AFTER, make_target
 from tasks.retries import retry_when_transient
-from tasks.training import score_predictions
+from tasks.training import METRIC_FUNCTIONS, score_predictions
 from tasks.warehouse import (
     LedgerEntry,
     Warehouse,
@@ -234,7 +234,8 @@ def daily_metric(labelled: pd.DataFrame, metric: str, task: TaskType) -> pd.Data
     days = pd.to_datetime(matured["predicted_at"]).dt.date
     rows = []
     for (day, version), group in matured.groupby([days, matured["version"]], sort=True):
-        value = score_predictions(group["actual"].to_numpy(), group["prediction"].to_numpy(), task)[metric]
+        actual = group["actual"].to_numpy(dtype="float64")
+        value = METRIC_FUNCTIONS[metric](actual, group["prediction"].to_numpy(dtype="float64"))
         rows.append({"day": day, "version": str(version), "rows": len(group), "value": value})
     return pd.DataFrame(rows)
 
@@ -462,7 +463,11 @@ def read_windows(config: ModelConfig, champion: Champion, as_of: datetime) -> tu
 
 @task(name="build-monitoring-reports", cache_policy=NO_CACHE)
 def build_reports(config: ModelConfig, champion: Champion, reference: pd.DataFrame, current: CurrentWindow,
-                  as_of: datetime, history: pd.DataFrame) -> ReportResult:
+                  as_of: datetime, history: pd.DataFrame) -> ReportResult | None:
+    """The reports, or None when the current window holds no row (nothing to compare yet)."""
+    if current.rows.empty:
+        get_run_logger().info("no prediction in the current window %s: no report", current.window)
+        return None
     result = write_reports(config, champion, reference, current, as_of, history)
     get_run_logger().info("drift share %.2f (%s); reports in %s", result.drift.drift_share,
                           ", ".join(result.drift.drifted_columns) or "no column drifted", result.paths[0].parent)
@@ -555,6 +560,7 @@ def publish_report(config: ModelConfig, outcome: MonitoringOutcome, result: Repo
         run_id = run.info.run_id
         numbers = {k: v for k, v in outcome.metrics.items() if v is not None}
         numbers["drift_share"] = result.drift.drift_share
+        numbers = {name: value for name, value in numbers.items() if np.isfinite(value)}
         for name, value in numbers.items():
             client.log_metric(run_id, f"live_{name}" if name != "drift_share" else name, float(value))
         client.log_param(run_id, "retrain.window_start", outcome.window.start.isoformat() if outcome.window else "")
