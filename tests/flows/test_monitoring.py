@@ -5,7 +5,6 @@ and listed; the train deployment's trigger starts exactly one training per retra
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import uuid
 from datetime import UTC, datetime
@@ -84,7 +83,7 @@ def test_a_failed_run_is_recorded_listed_and_rerun(retrain_home: Path, flights_s
     config.write_text(yaml.safe_dump(raw))
     state = monitor_model(config_path=str(config), return_state=True)
     assert state.is_failed()
-    listed = subprocess.run([str(REPO / ".venv/bin/retrain"), "failures", "--json"], capture_output=True,
+    listed = subprocess.run([str(REPO / ".venv/bin/retrain"), "failures", "--json"], capture_output=True, check=False,
                             text=True, env=cli_environment(), cwd=retrain_home.parent, timeout=60)
     result = json.loads(listed.stdout)
     assert listed.returncode == 0 and result["count"] == 1
@@ -92,7 +91,7 @@ def test_a_failed_run_is_recorded_listed_and_rerun(retrain_home: Path, flights_s
     assert failure["flow"] == "monitor-model" and failure["flow_run_id"] == str(state.state_details.flow_run_id)
     assert failure["parameters"]["config_path"] == str(config) and "no_such_table" in failure["error"]
     rerun = subprocess.run([str(REPO / ".venv/bin/retrain"), "rerun", failure["flow_run_id"], "--json"],
-                           capture_output=True, text=True, env=cli_environment(), cwd=retrain_home.parent,
+                           capture_output=True, check=False, text=True, env=cli_environment(), cwd=retrain_home.parent,
                            timeout=120)
     again = json.loads(rerun.stdout)
     assert rerun.returncode == 3 and again["rerun_of"] == failure["flow_run_id"] and again["state"] == "Failed"
@@ -132,8 +131,7 @@ def test_cli_monitor_json_without_a_champion(retrain_home: Path, flights_small: 
     load_source(flights_small.head(3000))
     config = write_model_config(retrain_home.parent, tuning=QUICK)
     done = subprocess.run([str(REPO / ".venv/bin/retrain"), "monitor", "--config", str(config), "--json"],
-                          capture_output=True, text=True, env={**cli_environment(), **{k: v for k, v in os.environ.items()
-                                                                                       if k == "RETRAIN_HOME"}},
+                          capture_output=True, check=False, text=True, env=cli_environment(),
                           cwd=retrain_home.parent, timeout=180)
     result = json.loads(done.stdout)
     assert done.returncode == 0, done.stderr[-2000:]
