@@ -14,6 +14,7 @@ from prefect import flow
 from retrain.config import ModelConfig, load_model_config
 from retrain.stores import WAREHOUSE
 from tasks.contract import Contract
+from tasks.failures import record_failed_run
 from tasks.stores import verify_stores
 from tasks.validation import (
     REFUSED,
@@ -36,7 +37,7 @@ from tasks.validation import (
 __all__ = ["BatchOutcome", "count_new_rows", "ingest_new_rows", "ingest_when_new_rows"]
 
 
-@flow(name="ingest-new-rows", log_prints=False)
+@flow(name="ingest-new-rows", log_prints=False, on_failure=[record_failed_run], on_crashed=[record_failed_run])
 def ingest_new_rows(
     config_path: str,
     start: datetime | None = None,
@@ -75,7 +76,7 @@ def ingest_new_rows(
         return land_batch(config, contract, plan, rows)
 
 
-@flow(name="ingest-when-new-rows", log_prints=False)
+@flow(name="ingest-when-new-rows", log_prints=False, on_failure=[record_failed_run], on_crashed=[record_failed_run])
 def ingest_when_new_rows(config_path: str, as_of: datetime | None = None) -> BatchOutcome | None:
     """Ingest only if rows arrived since the last batch: what schedules and the training flow call.
 

@@ -16,6 +16,7 @@ from prefect.states import Completed, State
 from flows.ingest import ingest_when_new_rows
 from retrain.config import load_model_config
 from tasks.comparison import decide_release
+from tasks.failures import record_failed_run
 from tasks.features import (
     check_training_snapshot,
     load_training_snapshot,
@@ -59,8 +60,8 @@ def outcome_state(outcome: TrainingOutcome) -> State:
 @flow(
     name="train-model",
     log_prints=False,
-    on_failure=[close_runs_of_failed_training],
-    on_crashed=[close_runs_of_failed_training],
+    on_failure=[close_runs_of_failed_training, record_failed_run],
+    on_crashed=[close_runs_of_failed_training, record_failed_run],
 )
 def train_model(
     config_path: str = "examples/flights.yaml",

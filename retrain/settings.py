@@ -96,6 +96,14 @@ class Settings(BaseSettings):
     log_flush_seconds: float = Field(
         default=1.0, gt=0, description="Longest a prediction waits in the queue before a partial batch is written."
     )
+    reports_folder: Path | None = Field(
+        default=None, description="Where monitoring writes its HTML reports; default `reports/` under home."
+    )
+    notification_block: str | None = Field(
+        default=None,
+        description="Name of a Prefect notification block (e.g. a Slack webhook) that failed runs alert through; "
+        "none: failures are only recorded in the ledger.",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -142,6 +150,8 @@ class Settings(BaseSettings):
 
     @property
     def reports_dir(self) -> Path:
+        if self.reports_folder is not None:
+            return self.reports_folder.expanduser().resolve()
         return self.resolved_home / "reports"
 
     def describe(self) -> dict[str, str]:

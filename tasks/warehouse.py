@@ -113,6 +113,7 @@ AUDIT_TABLE = "model_audit"
 LEDGER_TABLE = "retrain_ledger"
 PREDICTION_TABLE = "retrain_predictions"
 LABEL_TABLE = "retrain_labels"
+MONITORING_METRIC_TABLE = "retrain_monitoring_metrics"
 BATCH_COLUMN = "_batch_id"  # every clean row names the batch it landed with, so a batch can be traced or undone
 PASSED = "passed"
 
@@ -292,6 +293,29 @@ def label_table(schema: str | None = None) -> sa.Table:
         sa.Column("source", sa.String(50), nullable=False, default="feedback"),
         sa.UniqueConstraint("model", "request_id", name="uq_retrain_labels_request"),
         sa.UniqueConstraint("model", "key", name="uq_retrain_labels_key"),
+    )
+
+
+def monitoring_metric_table(schema: str | None = None) -> sa.Table:
+    """Every number a monitoring run read from its reports: one row per (model, version, window, metric, column).
+
+    `column` is empty for whole-window numbers (drift share, MAE) and names the column for per-column drift
+    scores, so history can be plotted and queried with plain SQL.
+    """
+    return sa.Table(
+        MONITORING_METRIC_TABLE,
+        sa.MetaData(schema=schema),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("model", sa.String(200), nullable=False),
+        sa.Column("version", sa.String(50), nullable=False),
+        sa.Column("window_start", sa.DateTime, nullable=False),
+        sa.Column("window_end", sa.DateTime, nullable=False),
+        sa.Column("metric", sa.String(100), nullable=False),
+        sa.Column("column", sa.String(200), nullable=False, default=""),
+        sa.Column("value", sa.Float),
+        sa.Column("recorded_at", sa.DateTime, nullable=False),
+        sa.Column("flow_run_id", sa.String(64)),
+        sa.Index("ix_retrain_monitoring_metrics_model", "model", "metric", "window_end"),
     )
 
 
@@ -1237,3 +1261,122 @@ def _key_value(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
+
+
+def read_ledger_actions(
+    warehouse: Warehouse, action: str, model: str | None = None, limit: int | None = None
+) -> list[LedgerEntry]:
+    """Ledger rows of one action (e.g. every `run-failed`), of one model or of all, newest first."""
+    if not has_table(warehouse, LEDGER_TABLE):
+        return []
+    ledger = ledger_table(warehouse.schema)
+    query = sa.select(ledger).where(ledger.c.action == action).order_by(ledger.c.at.desc(), ledger.c.id.desc())
+    if model is not None:
+        query = query.where(ledger.c.model == model)
+    if limit is not None:
+        query = query.limit(limit)
+    with warehouse.engine.connect() as connection:
+        rows = connection.execute(query).mappings().all()
+    return [
+        LedgerEntry(
+            model=row["model"], action=row["action"], reason=row["reason"], actor=row["actor"], at=row["at"],
+            from_version=row["from_version"], to_version=row["to_version"],
+            metrics=json.loads(row["metrics"] or "{}"), details=json.loads(row["details"] or "{}"),
+            flow_run_id=row["flow_run_id"], mlflow_run_id=row["mlflow_run_id"],
+        )
+        for row in rows
+    ]
+
+
+def read_prediction_features(
+    warehouse: Warehouse, model: str, start: datetime, end: datetime, arms: Sequence[str]
+) -> pd.DataFrame:
+    """The raw records the model saw for predictions in [start, end) of the given arms: request_id plus one
+    column per feature (parsed from the `features` JSON)."""
+    if not has_table(warehouse, PREDICTION_TABLE):
+        return pd.DataFrame(columns=["request_id"])
+    predictions = prediction_table(warehouse.schema)
+    query = (
+        sa.select(predictions.c.request_id, predictions.c.features)
+        .where(predictions.c.model == model, predictions.c.predicted_at >= start, predictions.c.predicted_at < end,
+               predictions.c.arm.in_(list(arms)))
+        .order_by(predictions.c.predicted_at, predictions.c.id)
+    )
+    with warehouse.engine.connect() as connection:
+        rows = connection.execute(query).all()
+    records = pd.DataFrame.from_records([json.loads(row.features) for row in rows])
+    records.insert(0, "request_id", [row.request_id for row in rows])
+    return records
+
+
+def count_predictions(
+    warehouse: Warehouse, model: str, start: datetime, end: datetime, arms: Sequence[str]
+) -> int:
+    """Predictions of the given arms made in [start, end)."""
+    if not has_table(warehouse, PREDICTION_TABLE):
+        return 0
+    predictions = prediction_table(warehouse.schema)
+    query = sa.select(sa.func.count()).where(
+        predictions.c.model == model, predictions.c.predicted_at >= start, predictions.c.predicted_at < end,
+        predictions.c.arm.in_(list(arms)),
+    )
+    with warehouse.engine.connect() as connection:
+        return int(connection.execute(query).scalar() or 0)
+
+
+def append_new_predictions(
+    warehouse: Warehouse, predictions: Sequence[dict[str, Any]], labels: Sequence[dict[str, Any]]
+) -> int:
+    """Insert the predictions (and their labels) whose request id the model has not logged yet, in one
+    transaction; returns how many were new. A re-run over the same rows writes nothing twice."""
+    if not predictions:
+        return 0
+    model = predictions[0]["model"]
+    table = create_declared_table(warehouse, prediction_table(warehouse.schema))
+    label = create_declared_table(warehouse, label_table(warehouse.schema))
+    wanted = [row["request_id"] for row in predictions]
+    with warehouse.engine.begin() as connection:
+        known: set[str] = set()
+        for chunk in range(0, len(wanted), 5000):  # bounded IN lists
+            known.update(connection.execute(
+                sa.select(table.c.request_id).where(table.c.model == model,
+                                                    table.c.request_id.in_(wanted[chunk:chunk + 5000]))
+            ).scalars())
+        new_predictions = [row for row in predictions if row["request_id"] not in known]
+        new_labels = [row for row in labels if row["request_id"] not in known]
+        if new_predictions:
+            connection.execute(sa.insert(table), new_predictions)
+        if new_labels:
+            connection.execute(sa.insert(label), new_labels)
+    return len(new_predictions)
+
+
+def count_rows_between(
+    warehouse: Warehouse, table: str, timestamp_column: str, start: datetime, end: datetime
+) -> int:
+    """Rows of one of our typed tables (a clean table) with `start <= timestamp < end`."""
+    source = reflect_table(warehouse, table)
+    column = source.c[timestamp_column]
+    query = sa.select(sa.func.count()).where(column >= start, column < end)
+    with warehouse.engine.connect() as connection:
+        return int(connection.execute(query).scalar() or 0)
+
+
+def read_monitoring_metric(
+    warehouse: Warehouse, model: str, metric: str, version: str, before: datetime, limit: int
+) -> list[tuple[datetime, float | None]]:
+    """The whole-window value of one metric in the last `limit` monitoring windows of one model version that
+    ended before `before`, oldest first: the history the degradation signal counts."""
+    if not has_table(warehouse, MONITORING_METRIC_TABLE):
+        return []
+    table = monitoring_metric_table(warehouse.schema)
+    query = (
+        sa.select(table.c.window_end, table.c.value)
+        .where(table.c.model == model, table.c.metric == metric, table.c.version == version,
+               table.c.column == "", table.c.window_end < before)
+        .order_by(table.c.window_end.desc(), table.c.id.desc())
+        .limit(limit)
+    )
+    with warehouse.engine.connect() as connection:
+        rows = connection.execute(query).all()
+    return [(row.window_end, row.value) for row in reversed(rows)]

@@ -35,3 +35,25 @@ def test_every_deployment_has_a_schedule_and_a_work_pool() -> None:
     for deployment in DEPLOYMENTS:
         assert deployment["work_pool"]["name"] == "retrain"
         assert all("cron" in schedule for schedule in deployment["schedules"])
+
+
+def test_deployment_names_are_distinct_and_say_what_they_do() -> None:
+    names = [deployment["name"] for deployment in DEPLOYMENTS]
+    assert len(set(names)) == len(names), names
+    assert {"flights-delay-train", "flights-delay-ingest", "flights-delay-monitor"} <= set(names)
+
+
+def test_every_trigger_is_a_named_automation_on_a_deployed_model() -> None:
+    from retrain.config import load_model_config
+
+    for deployment in DEPLOYMENTS:
+        model = load_model_config(REPO / deployment["parameters"]["config_path"]).name
+        for trigger in deployment.get("triggers", []):
+            assert trigger.get("name"), f"{deployment['name']}: automation without a name"
+            assert trigger["match"]["prefect.resource.id"] == f"retrain.model.{model}"
+
+
+def test_the_train_deployment_retrains_when_monitoring_asks() -> None:
+    train = next(d for d in DEPLOYMENTS if d["name"] == "flights-delay-train")
+    assert [t["expect"] for t in train["triggers"]] == [["retrain.retrain.requested"]]
+    assert train["concurrency_limit"] == 1

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+from datetime import timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,12 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
+from retrain.clock import format_duration
 from retrain.config import (
     FeaturesConfig,
     GatesConfig,
     ModelConfig,
+    MonitoringConfig,
     SourceConfig,
     SplitConfig,
     TargetConfig,
@@ -38,6 +41,7 @@ MODEL_SECTIONS: dict[str, type[BaseModel]] = {
     "split": SplitConfig,
     "tuning": TuningConfig,
     "gates": GatesConfig,
+    "monitoring": MonitoringConfig,
 }
 
 
@@ -67,6 +71,8 @@ def expected_fields() -> dict[str, list[tuple[str, type[BaseModel], str]]]:
 
 
 def plain(value: Any) -> Any:
+    if isinstance(value, timedelta):
+        return format_duration(value)
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, Path):

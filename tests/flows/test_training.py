@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -32,12 +32,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
-    DeploymentFilter,
-    DeploymentFilterId,
     FlowRunFilter,
     FlowRunFilterId,
 )
-from prefect.events import DeploymentEventTrigger, Event
+from prefect.events import Event
 from prefect.events.filters import (
     EventFilter,
     EventNameFilter,
@@ -46,7 +44,6 @@ from prefect.events.filters import (
     EventResourceFilter,
 )
 
-from flows.ingest import ingest_when_new_rows
 from flows.training import train_model
 from retrain.errors import ConfigError, DataError
 from retrain.settings import get_settings
@@ -232,46 +229,6 @@ def wait_for_actions(prefect, triggering_event: Event, seconds: float = 90) -> l
     while not (found := executed_actions(prefect, triggering_event)) and time.monotonic() < deadline:
         time.sleep(1)
     return found
-
-
-def test_one_data_arrived_event_starts_exactly_one_training(retrain_home: Path, flights_small: pd.DataFrame) -> None:
-    """The trigger in prefect.yaml, as an automation on the test server: the scheduled ingest's event starts
-    one training; the event of a training's own ingest starts none."""
-    spec = next(d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
-                if d["entrypoint"] == "flows/training.py:train_model")
-    deployment = train_model.to_deployment(name=f"count-{uuid.uuid4().hex[:8]}",
-                                           triggers=[DeploymentEventTrigger(**spec["triggers"][0])])
-    deployment_id = deployment.apply()
-    times = flights_small["time_hour"]
-    config = str(write_model_config(retrain_home.parent, training_window={"lookback": "7d"}, tuning=QUICK))
-    resource = f"retrain.model.{MODEL}"
-    since = datetime.now(UTC)
-    try:
-        with get_client(sync_client=True) as prefect:
-            load_source(flights_small[times < pd.Timestamp("2013-01-12")])
-            ingest_when_new_rows(config_path=config)  # the scheduled ingest: event 1
-            scheduled = wait_for_events(prefect, "retrain.data.arrived", resource, since, 1)[0]
-            assert len(wait_for_actions(prefect, scheduled)) == 1
-
-            load_source(flights_small[(times >= pd.Timestamp("2013-01-12")) & (times < pd.Timestamp("2013-01-19"))],
-                        if_exists="append")
-            train_model(config_path=config)  # its own ingest: event 2
-            load_source(flights_small[times >= pd.Timestamp("2013-01-19")], if_exists="append")
-            ingest_when_new_rows(config_path=config)  # the next scheduled ingest: event 3
-            events = sorted(wait_for_events(prefect, "retrain.data.arrived", resource, since, 3),
-                            key=lambda event: event.occurred)
-            assert [e.resource["retrain.ingested-by"] for e in events] == [
-                "ingest-when-new-rows", "train-model", "ingest-when-new-rows"]
-            # The server evaluates events in order: once event 3 has its action, event 2 has been judged.
-            assert len(wait_for_actions(prefect, events[2])) == 1
-            assert executed_actions(prefect, events[1]) == []
-            started = prefect.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(
-                any_=[deployment_id])))
-            assert len(started) == 2  # one per scheduled ingest, none for the training's own ingest
-    finally:
-        with get_client(sync_client=True) as prefect:
-            prefect.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
-            prefect.delete_deployment(deployment_id)
 
 
 def test_a_wrong_column_fails_once_without_retries(retrain_home: Path, flights_small: pd.DataFrame) -> None:
