@@ -560,9 +560,9 @@ def failures(
     with stdout_to_stderr():
         check_stores_first("warehouse")
         from tasks.failures import RUN_FAILED
-        from tasks.warehouse import get_warehouse, read_ledger_actions
+        from tasks.warehouse import get_warehouse, read_ledger
 
-        entries = read_ledger_actions(get_warehouse(), RUN_FAILED, model=model, limit=limit)
+        entries = read_ledger(get_warehouse(), model, limit, action=RUN_FAILED)
     runs = [
         {"flow_run_id": e.flow_run_id, "model": e.model, "at": e.at, "flow": e.details.get("flow"),
          "flow_run_name": e.details.get("flow_run_name"), "parameters": e.details.get("parameters", {}),
@@ -589,9 +589,9 @@ def rerun(
     with stdout_to_stderr():
         check_stores_first("warehouse")
         from tasks.failures import RUN_FAILED
-        from tasks.warehouse import get_warehouse, read_ledger_actions
+        from tasks.warehouse import get_warehouse, read_ledger
 
-        entry = next((e for e in read_ledger_actions(get_warehouse(), RUN_FAILED) if e.flow_run_id == run_id), None)
+        entry = next((e for e in read_ledger(get_warehouse(), action=RUN_FAILED) if e.flow_run_id == run_id), None)
         if entry is None:
             raise ConfigError(f"no failed run '{run_id}' in the ledger: `retrain failures` lists the ones there are")
         flow_name, parameters = entry.details.get("flow"), dict(entry.details.get("parameters", {}))

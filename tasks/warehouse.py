@@ -1165,12 +1165,19 @@ def append_ledger_entry(warehouse: Warehouse, entry: LedgerEntry) -> None:
     append_rows(warehouse, create_declared_table(warehouse, ledger_table(warehouse.schema)), [row])
 
 
-def read_ledger(warehouse: Warehouse, model: str, limit: int | None = None) -> list[LedgerEntry]:
-    """A model's ledger, newest first (ties broken by insertion order)."""
+def read_ledger(
+    warehouse: Warehouse, model: str | None = None, limit: int | None = None, *, action: str | None = None
+) -> list[LedgerEntry]:
+    """Ledger rows of one model (or of all), optionally of one action (e.g. every `run-failed`), newest first
+    (ties broken by insertion order)."""
     if not has_table(warehouse, LEDGER_TABLE):
         return []
     ledger = ledger_table(warehouse.schema)
-    query = sa.select(ledger).where(ledger.c.model == model).order_by(ledger.c.at.desc(), ledger.c.id.desc())
+    query = sa.select(ledger).order_by(ledger.c.at.desc(), ledger.c.id.desc())
+    if model is not None:
+        query = query.where(ledger.c.model == model)
+    if action is not None:
+        query = query.where(ledger.c.action == action)
     if limit is not None:
         query = query.limit(limit)
     with warehouse.engine.connect() as connection:
@@ -1261,31 +1268,6 @@ def _key_value(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
-
-
-def read_ledger_actions(
-    warehouse: Warehouse, action: str, model: str | None = None, limit: int | None = None
-) -> list[LedgerEntry]:
-    """Ledger rows of one action (e.g. every `run-failed`), of one model or of all, newest first."""
-    if not has_table(warehouse, LEDGER_TABLE):
-        return []
-    ledger = ledger_table(warehouse.schema)
-    query = sa.select(ledger).where(ledger.c.action == action).order_by(ledger.c.at.desc(), ledger.c.id.desc())
-    if model is not None:
-        query = query.where(ledger.c.model == model)
-    if limit is not None:
-        query = query.limit(limit)
-    with warehouse.engine.connect() as connection:
-        rows = connection.execute(query).mappings().all()
-    return [
-        LedgerEntry(
-            model=row["model"], action=row["action"], reason=row["reason"], actor=row["actor"], at=row["at"],
-            from_version=row["from_version"], to_version=row["to_version"],
-            metrics=json.loads(row["metrics"] or "{}"), details=json.loads(row["details"] or "{}"),
-            flow_run_id=row["flow_run_id"], mlflow_run_id=row["mlflow_run_id"],
-        )
-        for row in rows
-    ]
 
 
 def read_prediction_features(
