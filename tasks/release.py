@@ -13,6 +13,8 @@ with significance, promoted when it is worse by less than m with significance (n
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -431,21 +433,39 @@ def plan_release(config: ModelConfig, actor: str) -> ReleasePlan:
     return ReleasePlan(transition, None, approval_markdown(config.name, version, state, registered, link))
 
 
+NO_ANSWER = "(no answer within release.approval_timeout)"
+PAUSE_GRACE_SECONDS = 120  # the server's own expiry, after ours: a run whose process died still fails closed
+
+
 def wait_for_approval(config: ModelConfig, plan: ReleasePlan) -> ReleaseApproval | None:
     """Pause the flow run with the approval form; None when nobody answered within the timeout (fail closed).
 
-    Called from the flow body: Prefect pauses the flow run itself, which a task cannot own.
+    Called from the flow body: Prefect pauses the flow run itself, which a task cannot own. Prefect fails a run
+    whose pause expires, so the deadline is ours: at `approval_timeout` a timer answers the form with a
+    rejection (if a person has not), and the run goes on to record it; the server's expiry comes later.
     """
-    from prefect.exceptions import FlowPauseTimeout
-    from prefect.flow_runs import pause_flow_run
+    from prefect.exceptions import FlowPauseTimeout, NotPausedError
+    from prefect.flow_runs import pause_flow_run, resume_flow_run
 
     timeout = int(config.release.approval_timeout.total_seconds())
+    run_id = flow_run.get_id()
+
+    def answer_no() -> None:
+        with contextlib.suppress(NotPausedError, FlowPauseTimeout, RuntimeError):  # a person answered first
+            resume_flow_run(run_id, run_input={"approve": False, "reviewer": "", "comment": NO_ANSWER})
+
+    deadline = threading.Timer(timeout, answer_no)
+    deadline.daemon = True
     form = ReleaseApproval.with_initial_data(description=plan.approval_text, approve=False)
+    deadline.start()
     try:
-        return pause_flow_run(wait_for_input=form, timeout=timeout,
-                              poll_interval=min(config.release.approval_poll_seconds, max(timeout // 2, 1)))
+        answer = pause_flow_run(wait_for_input=form, timeout=timeout + PAUSE_GRACE_SECONDS,
+                                poll_interval=min(config.release.approval_poll_seconds, max(timeout // 2, 1)))
     except FlowPauseTimeout:
         return None
+    finally:
+        deadline.cancel()
+    return None if (answer.comment == NO_ANSWER and not answer.reviewer) else answer
 
 
 @task(name="carry-out-release", cache_policy=NO_CACHE)
