@@ -16,9 +16,12 @@ import yaml
 from pydantic import BaseModel
 
 from retrain.config import (
+    CanaryConfig,
     FeaturesConfig,
     GatesConfig,
     ModelConfig,
+    ReleaseConfig,
+    RollbackConfig,
     SourceConfig,
     SplitConfig,
     TargetConfig,
@@ -38,7 +41,9 @@ MODEL_SECTIONS: dict[str, type[BaseModel]] = {
     "split": SplitConfig,
     "tuning": TuningConfig,
     "gates": GatesConfig,
+    "release": ReleaseConfig,
 }
+NESTED_SECTIONS: dict[str, type[BaseModel]] = {"release.canary": CanaryConfig, "release.rollback": RollbackConfig}
 
 
 def documented_rows(part: str) -> dict[str, list[str]]:
@@ -58,6 +63,8 @@ def expected_fields() -> dict[str, list[tuple[str, type[BaseModel], str]]]:
     """Per part of the doc: (documented name, model, field) for every field a user can set."""
     model = [(name, ModelConfig, name) for name in ("name", "contract", "metric")]
     for section, config in MODEL_SECTIONS.items():
+        model += [(f"{section}.{name}", config, name) for name in config.model_fields]
+    for section, config in NESTED_SECTIONS.items():
         model += [(f"{section}.{name}", config, name) for name in config.model_fields]
     contract = [(name, Contract, name) for name in Contract.model_fields]
     contract += [(name, ColumnRule, name) for name in ColumnRule.model_fields]
