@@ -111,7 +111,7 @@ def two_trainings(scenario: Scenario) -> dict[str, object]:
     decisions = [outcome(stdout).get("decision") or _last_line(stderr) for stdout, stderr in results]
     with scenario.warehouse() as connection:
         promoted = connection.execute(
-            "select count(*) from model_audit where alias = 'champion' and version is not null"
+            "select count(*) from retrain_ledger where action = 'promoted'"
         ).fetchone()[0]
     return {"exit codes": [first.returncode, second.returncode], "decisions": decisions, "champions made": promoted}
 

@@ -1,8 +1,9 @@
 """The training flow: from new warehouse rows to a gated, registered LightGBM model, or a reasoned skip.
 
 Wiring only: every step is a task in `tasks/`; this file reads like the table of contents of a run.
-A run ends in one of three normal outcomes, each a Completed flow run: a registered model (champion or
-challenger), `Skipped` (nothing new to learn from) or `Rejected` (a gate said no, with the reason).
+A run ends in one of three normal outcomes, each a Completed flow run: a registered model (the challenger; the
+first model of a name is released at once in auto mode and ends champion), `Skipped` (nothing new to learn
+from) or `Rejected` (a gate said no, with the reason).
 Failed is for real failures.
 """
 
@@ -14,6 +15,7 @@ from prefect import flow
 from prefect.states import Completed, State
 
 from flows.ingest import ingest_when_new_rows
+from flows.release import release_challenger
 from retrain.config import load_model_config
 from tasks.comparison import decide_release
 from tasks.failures import record_failed_run
@@ -24,13 +26,8 @@ from tasks.features import (
     resolve_training_window,
 )
 from tasks.limits import hold_model
-from tasks.registry import (
-    SKIPPED,
-    TrainingOutcome,
-    find_earlier_training,
-    release_model,
-    score_current_champion,
-)
+from tasks.outcome import SKIPPED, TrainingOutcome, find_earlier_training, score_current_champion
+from tasks.release import record_skipped_training, register_trained_model, released_outcome
 from tasks.stores import verify_stores
 from tasks.tracking import (
     close_abandoned_training_runs,
@@ -110,6 +107,7 @@ def train_model(
         # Nothing new: the champion or challenger was trained on this snapshot with these settings.
         skipped = find_earlier_training(data=data, config=config)
         if skipped is not None:
+            record_skipped_training(config=config, outcome=skipped, as_of=as_of)
             publish_training_report(config=config, outcome=skipped)
             return outcome_state(skipped)
 
@@ -127,10 +125,14 @@ def train_model(
         )
         decision = verify_logged_model(logged=logged, data=data, fitted=fitted, decision=decision)
 
-        # Release: register and alias a passing model, record a rejection; close the run, report.
-        outcome = release_model(
+        # Register: a passing model becomes the challenger, a rejection is recorded. The first model of its name
+        # goes on through the release path at once in auto mode, so every champion got there the same way.
+        outcome = register_trained_model(
             config=config, logged=logged, data=data, tuning=tuning, fitted=fitted, decision=decision
         )
+        if outcome.version is not None and decision.verdict == "champion" and config.release.mode == "auto":
+            release = release_challenger(config_path=config_path, as_of=as_of, actor="flow:train-model")
+            outcome = released_outcome(outcome, release)
         finish_training_run(run=run, config=config, data=data, tuning=tuning, outcome=outcome)
         publish_training_report(config=config, outcome=outcome, run=run)
         return outcome_state(outcome)

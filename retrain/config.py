@@ -232,6 +232,82 @@ class MonitoringConfig(_Frozen):
         return None if value is None else format_duration(value)
 
 
+class ReleaseMode(StrEnum):
+    AUTO = "auto"  # a challenger goes to canary (the first model straight to champion) with no one asked
+    MANUAL = "manual"  # the release flow waits for a person's approval in the Prefect UI; no answer rejects
+
+
+class CanaryConfig(_Frozen):
+    """How a canary is judged: on matured labels of its own predictions against the champion's, same period."""
+
+    share: float = Field(default=0.1, gt=0, lt=1, description="Share of requests the canary answers.")
+    min_predictions: int = Field(
+        default=200, ge=1, description="Matured (labelled) predictions each arm needs before any verdict."
+    )
+    margin: float = Field(
+        default=0.05,
+        ge=0,
+        description="How much worse than the champion the canary may be, as a share of the champion's mean loss.",
+    )
+    significance: float = Field(default=0.05, gt=0, lt=1, description="Level of the one-sided tests.")
+    max_error_rate: float = Field(
+        default=0.01, ge=0, le=1, description="Largest share of the canary's predictions that may be non-finite."
+    )
+
+
+class RollbackConfig(_Frozen):
+    """When the canary check rolls a new champion back on its own."""
+
+    bake: timedelta = Field(
+        default=timedelta(days=7),
+        description="A champion promoted less than this long ago is watched and rolled back on a breach.",
+    )
+    max_degradation: float = Field(
+        default=0.2,
+        ge=0,
+        description="Breach: the live metric is worse than the holdout metric by more than this share of it.",
+    )
+    min_predictions: int = Field(default=200, ge=1, description="Matured predictions needed to judge a breach.")
+
+    @field_validator("bake", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> timedelta:
+        return parse_duration(value)
+
+    @field_serializer("bake")
+    def _duration_text(self, value: timedelta) -> str:
+        return format_duration(value)
+
+
+class ReleaseConfig(_Frozen):
+    """How a registered challenger becomes champion: approval, canary, automatic rollback."""
+
+    mode: ReleaseMode = ReleaseMode.AUTO
+    approval_timeout: timedelta = Field(
+        default=timedelta(hours=24), description="Manual mode: no answer within this long rejects the challenger."
+    )
+    approval_poll_seconds: int = Field(
+        default=10, ge=1, description="How often a paused release checks whether a person answered."
+    )
+    canary: CanaryConfig = CanaryConfig()
+    rollback: RollbackConfig = RollbackConfig()
+
+    @field_validator("approval_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> timedelta:
+        try:
+            return parse_duration(value)
+        except ValueError as error:
+            raise ValueError(
+                f"approval_timeout must be a positive duration such as 24h or 90m (got {value!r}): a zero timeout "
+                f"would reject every release before anyone could answer ({error})"
+            ) from None
+
+    @field_serializer("approval_timeout")
+    def _duration_text(self, value: timedelta) -> str:
+        return format_duration(value)
+
+
 class ModelConfig(_Frozen):
     """Everything that defines one model; validated when loaded so a typo fails before any work."""
 
@@ -245,6 +321,7 @@ class ModelConfig(_Frozen):
     tuning: TuningConfig = TuningConfig()
     gates: GatesConfig = GatesConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    release: ReleaseConfig = ReleaseConfig()
     contract: str | None = Field(default=None, description="Data contract YAML, relative to this file.")
     config_path: Path | None = Field(default=None, exclude=True)
 

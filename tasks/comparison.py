@@ -14,19 +14,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
+import mlflow
 import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from retrain.config import LOWER_IS_BETTER, ModelConfig
+from tasks.registry import get_alias_version
 from tasks.training import METRIC_FUNCTIONS, FittedModel, is_improvement
 
-if TYPE_CHECKING:
-    from tasks.registry import ChampionScore
-
 BOOTSTRAP_CELLS = 2_000_000  # indices drawn per vectorised step: bounds memory to ~16 MB whatever the rows
+
+
+@dataclass(frozen=True)
+class ChampionScore:
+    """The champion's predictions on the challenger's holdout rows, or why there are none."""
+
+    version: str
+    predictions: np.ndarray | None = None
+    error: str | None = None
 
 
 class Verdict(StrEnum):
@@ -213,6 +222,30 @@ def champion_unscorable(metric: str, value: float, threshold: float | None, erro
         value=value,
         threshold=threshold,
     )
+
+
+def score_champion(client: MlflowClient, model_name: str, holdout: pd.DataFrame) -> ChampionScore | None:
+    """Predict the raw holdout rows with the current champion; None when there is no champion.
+
+    The champion gets the rows as they are in the table, like any user of the registered model, and
+    takes the columns its own signature names. Any failure to load or predict comes back as an error,
+    which the gate treats as a failure: a challenger is never released because the champion happened
+    to be unreadable.
+    """
+    version = get_alias_version(client, model_name, "champion")
+    if version is None:
+        return None
+    try:
+        champion = mlflow.pyfunc.load_model(f"models:/{model_name}@champion")
+        schema = champion.metadata.get_input_schema()
+        rows = holdout[schema.input_names()] if schema is not None else holdout
+        predictions = np.asarray(champion.predict(rows), dtype="float64").ravel()
+    except Exception as error:  # noqa: BLE001 - every failure means "cannot compare": fail closed
+        return ChampionScore(version=version, error=f"champion v{version}: {type(error).__name__}: {error}")
+    if len(predictions) != len(holdout):
+        return ChampionScore(version=version, error=f"champion v{version} returned {len(predictions)} predictions "
+                             f"for {len(holdout)} rows")
+    return ChampionScore(version=version, predictions=predictions)
 
 
 # --- Prefect tasks -------------------------------------------------------------------------------

@@ -1,422 +1,511 @@
-"""Model versions, aliases and the audit record; the champion's score and what a training decided.
+"""Model versions and aliases: the one function that applies a release transition, and the reads of release state.
 
-Release state is the registry's aliases (champion, challenger, canary, previous). `move_alias` is the
-only code that moves one: it also writes an audit record to the warehouse (open-source MLflow keeps no
-alias history) and emits a Prefect event that automations can trigger on. MLflow runs and the packaged
-model are `tasks.tracking`'s.
+Release state is the registry's aliases (champion, challenger, canary, previous) plus the canary's traffic share
+(the registered model's tag `retrain.canary_share`). Every change is a named transition (register, start_canary,
+promote, reject, rollback) applied by `apply_transition`, the only code that calls
+`set_registered_model_alias` / `delete_registered_model_alias`:
 
-A training is skipped when the champion or the challenger was trained on the same snapshot (fingerprint)
-with the same settings (`ModelConfig.settings_digest`): it would fit the same model and tie. It is also
-skipped when a training on that snapshot with those settings was rejected by a gate that compared numbers
-against the same champion: the same model would be rejected again, and the runs list would only grow.
+- compare-and-set: under the model's release lock on the warehouse, the aliases must still be where the decision
+  saw them; otherwise `TransitionConflict` and nothing moves, so of two promotions at once exactly one wins;
+- crash-safe: the whole transition is first written as an intent (the registered model's tag `retrain.intent`),
+  then its steps run in order (aliases, share tag, version tags and description, ledger row, event) and the
+  intent is removed last. Every step is idempotent, so the next transition of the model (or `status`) finishes
+  an interrupted one, and the ledger row is written once (it carries the transition's id);
+- recorded: one append-only ledger row, facts on the model versions (tags and a dated line of description, which
+  say what happened when, never a state the aliases do not have) and a Prefect event named by the action.
+
+No Prefect import at module level: `retrain status` reads release state with this module in about a second.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
-import mlflow
-import numpy as np
-import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from prefect.events import emit_event
-from prefect.runtime import flow_run
 
-from retrain.clock import now
-from retrain.config import ModelConfig
-from retrain.settings import get_settings
-from tasks.comparison import Decision, Verdict
-from tasks.features import PreparedData, TrainingWindow
-from tasks.tracking import LoggedRun, find_experiment, run_name
-from tasks.training import FittedModel
-from tasks.tuning import TuningResult
-from tasks.warehouse import Warehouse, append_rows, audit_table, get_warehouse
+from retrain.errors import ExitCode, RetrainError
+from tasks.warehouse import LedgerEntry, Warehouse, append_ledger_entry, hold_lock, read_ledger
 
 logger = logging.getLogger(__name__)
 
 ALIASES = ("champion", "challenger", "canary", "previous")
-EVENT_FOR_ALIAS = {
-    "champion": "retrain.model.promoted",
-    "challenger": "retrain.model.registered",
-    "canary": "retrain.model.canary",
-    "previous": "retrain.model.retired",
+CANARY_SHARE_TAG = "retrain.canary_share"
+INTENT_TAG = "retrain.intent"
+GATES_TAG = "retrain.gates"  # "passed" on every registered version: only a version that passed may be promoted
+TAG_TEXT_LIMIT = 4000  # MLflow keeps tag values up to 5000 characters
+LOCK_WAIT_SECONDS = 30.0
+
+
+class Action(StrEnum):
+    REGISTER = "register"
+    START_CANARY = "start_canary"
+    PROMOTE = "promote"
+    REJECT = "reject"
+    ROLLBACK = "rollback"
+
+
+# What the ledger calls each transition, and the Prefect event that announces it.
+LEDGER_ACTION: dict[Action, str] = {
+    Action.REGISTER: "registered",
+    Action.START_CANARY: "canary-started",
+    Action.PROMOTE: "promoted",
+    Action.REJECT: "rejected",
+    Action.ROLLBACK: "rolled-back",
 }
-SKIPPED = "skipped"
+EVENT: dict[Action, str] = {
+    Action.REGISTER: "retrain.model.registered",
+    Action.START_CANARY: "retrain.canary.started",
+    Action.PROMOTE: "retrain.model.promoted",
+    Action.REJECT: "retrain.model.rejected",
+    Action.ROLLBACK: "retrain.model.rolled-back",
+}
+
+
+class ReleaseInputError(RetrainError):
+    """A release command names something that does not exist (model, version) or cannot be used."""
+
+    exit_code = ExitCode.USAGE
+
+
+class TransitionRefused(RetrainError):
+    """The transition is not legal from the current aliases (e.g. rollback with no previous version)."""
+
+    exit_code = ExitCode.REFUSED
+
+
+class TransitionConflict(RetrainError):
+    """The aliases moved between the decision and its application: nothing was moved; decide again."""
+
+    exit_code = ExitCode.BUSY
 
 
 @dataclass(frozen=True)
-class ChampionScore:
-    """The champion's predictions on the challenger's holdout rows, or why there are none."""
+class Transition:
+    """One named change of the aliases, planned from the aliases as a decision saw them.
 
-    version: str
-    predictions: np.ndarray | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class EarlierTraining:
-    """An earlier training on the same snapshot with the same settings: the champion's, the challenger's,
-    or a rejection against the current champion (then `version` is None)."""
-
-    decision: str
-    version: str | None
-    run_id: str | None
-
-    def summary(self) -> dict[str, Any]:
-        return {"decision": self.decision, "version": self.version, "run_id": self.run_id}
-
-
-@dataclass(frozen=True)
-class TrainingOutcome:
-    """What one training decided (champion, challenger, rejected or skipped): the CLI's and the API's answer.
-
-    `run_id` is None for a skipped training (nothing was logged), `version` is None unless a version was
-    registered; `same_as` names the version a skipped training would have repeated.
+    `moves` maps each alias it changes to its new version (None: removed); `seen` holds all four aliases as the
+    decision saw them, which `apply_transition` compares before moving anything.
     """
 
     model: str
-    decision: str
-    reason: str
-    fingerprint: str
-    rows: int
-    window: TrainingWindow
-    settings: str
-    metric_name: str
-    run_id: str | None = None
-    version: str | None = None
-    gate: str | None = None
-    metric_value: float | None = None
-    threshold: float | None = None
-    champion_metric: float | None = None
-    champion_version: str | None = None
-    baseline_metric: float | None = None
-    metrics: Mapping[str, float] = field(default_factory=dict)
-    baseline: Mapping[str, float] = field(default_factory=dict)
-    p_value: float | None = None
-    study: str | None = None
-    trials: Mapping[str, int] = field(default_factory=dict)
-    same_as: EarlierTraining | None = None
-    flow_run_id: str | None = None
-    settled: bool = False  # a rejection the same model would meet again against the same champion
+    action: Action
+    version: str | None
+    seen: Mapping[str, str | None]
+    moves: Mapping[str, str | None]
+    from_version: str | None
+    to_version: str | None
+    canary_share: float | None = None  # set by start_canary
+    clears_share: bool = False  # the canary ends: its share tag goes too
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
-    def rejected(self) -> bool:
-        return self.decision == Verdict.REJECTED
+    def ledger_action(self) -> str:
+        return LEDGER_ACTION[self.action]
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "decision": self.decision,
-            "reason": self.reason,
-            "run_id": self.run_id,
-            "version": self.version,
-            "gate": self.gate,
-            "metric": {"name": self.metric_name, "value": self.metric_value},
-            "metrics": dict(self.metrics),
-            "threshold": self.threshold,
-            "champion_metric": self.champion_metric,
-            "champion_version": self.champion_version,
-            "baseline_metric": self.baseline_metric,
-            "baseline": dict(self.baseline),
-            "p_value": self.p_value,
-            "fingerprint": self.fingerprint,
-            "rows": self.rows,
-            "window": self.window.summary(),
-            "settings": self.settings,
-            "study": self.study,
-            "trials": dict(self.trials),
-            "same_as": None if self.same_as is None else self.same_as.summary(),
-            "flow_run_id": self.flow_run_id,
+    @property
+    def event(self) -> str:
+        return EVENT[self.action]
+
+
+@dataclass(frozen=True)
+class Record:
+    """Who decided a transition, why, with which numbers; what the ledger row, tags and event carry."""
+
+    actor: str
+    reason: str
+    at: datetime
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)
+    flow_run_id: str | None = None
+    mlflow_run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ReleaseState:
+    """What `retrain status` shows: aliases → version, the canary's share, a transition left half done."""
+
+    model: str
+    aliases: Mapping[str, str | None]
+    canary_share: float | None
+    pending: str | None = None  # the action of an interrupted transition the next one finishes
+
+
+# ------------------------------------------------------------------------------------- pure planning
+
+
+def full_aliases(aliases: Mapping[str, str]) -> dict[str, str | None]:
+    """All four aliases, None for those not set (other aliases a person added are left out)."""
+    return {alias: (str(aliases[alias]) if alias in aliases else None) for alias in ALIASES}
+
+
+def _transition(
+    model: str, action: Action, version: str | None, seen: Mapping[str, str | None],
+    moves: Mapping[str, str | None], from_version: str | None, to_version: str | None, **extra: Any,
+) -> Transition:
+    changed = {alias: target for alias, target in moves.items() if seen.get(alias) != target}
+    return Transition(model, action, version, dict(seen), changed, from_version, to_version, **extra)
+
+
+def plan_register(model: str, seen: Mapping[str, str | None], version: str) -> Transition:
+    """A version that passed the gates becomes the challenger (replacing an earlier challenger)."""
+    for alias in ("champion", "canary"):
+        if seen[alias] == version:
+            raise TransitionRefused(f"version {version} of '{model}' is the {alias} already; it cannot be registered "
+                                    "as challenger")
+    return _transition(model, Action.REGISTER, version, seen, {"challenger": version}, seen["challenger"], version)
+
+
+def plan_start_canary(
+    model: str, seen: Mapping[str, str | None], share: float, version: str | None = None
+) -> Transition:
+    """The challenger becomes the canary with `share` of the traffic; refused while a canary runs."""
+    if seen["canary"] is not None:
+        raise TransitionRefused(f"a canary of '{model}' runs already (version {seen['canary']}): run the canary "
+                                "check (promote or reject it) before starting another")
+    version = version or seen["challenger"]
+    if version is None:
+        raise TransitionRefused(f"'{model}' has no challenger to start a canary with: train one first")
+    if version != seen["challenger"]:
+        raise TransitionRefused(f"version {version} of '{model}' is not the challenger ({seen['challenger']}): "
+                                "only the challenger starts a canary")
+    if seen["champion"] is None:
+        raise TransitionRefused(f"'{model}' has no champion for a canary to share traffic with: promote instead")
+    if not 0 < share < 1:
+        raise TransitionRefused(f"a canary's share must be between 0 and 1, got {share}")
+    return _transition(model, Action.START_CANARY, version, seen, {"canary": version, "challenger": None},
+                       seen["champion"], version, canary_share=share)
+
+
+def plan_promote(
+    model: str, seen: Mapping[str, str | None], version: str | None, passed_gates: Callable[[str], bool]
+) -> Transition:
+    """`version` (default: the canary, else the challenger) becomes champion; the old champion becomes previous.
+
+    Only a version that passed the gates may be promoted, whoever asks.
+    """
+    version = version or seen["canary"] or seen["challenger"]
+    if version is None:
+        raise TransitionRefused(f"'{model}' has no canary or challenger to promote: train one first")
+    if seen["champion"] == version:
+        raise TransitionRefused(f"version {version} of '{model}' is the champion already")
+    if not passed_gates(version):
+        raise TransitionRefused(f"version {version} of '{model}' never passed the gates (no tag {GATES_TAG}=passed): "
+                                "only a version that passed them may become champion")
+    moves: dict[str, str | None] = {"champion": version}
+    if seen["champion"] is not None:
+        moves["previous"] = seen["champion"]
+    elif seen["previous"] == version:
+        moves["previous"] = None
+    for alias in ("canary", "challenger"):
+        if seen[alias] == version:
+            moves[alias] = None
+    return _transition(model, Action.PROMOTE, version, seen, moves, seen["champion"], version,
+                       clears_share=seen["canary"] == version)
+
+
+def plan_reject(model: str, seen: Mapping[str, str | None], version: str | None = None) -> Transition:
+    """The canary (default) or the challenger loses its alias: it will not be released."""
+    version = version or seen["canary"] or seen["challenger"]
+    if version is None:
+        raise TransitionRefused(f"'{model}' has no canary or challenger to reject")
+    roles = [alias for alias in ("canary", "challenger") if seen[alias] == version]
+    if not roles:
+        raise TransitionRefused(f"version {version} of '{model}' is neither the canary ({seen['canary']}) nor the "
+                                f"challenger ({seen['challenger']}): there is nothing to reject")
+    return _transition(model, Action.REJECT, version, seen, dict.fromkeys(roles), version, None,
+                       clears_share="canary" in roles)
+
+
+def plan_rollback(
+    model: str, seen: Mapping[str, str | None], to: str | None, former_champions: Sequence[str]
+) -> Transition:
+    """The champion goes back to `previous`, or to `to`, which must have been champion before (per the ledger)."""
+    champion = seen["champion"]
+    if champion is None:
+        raise TransitionRefused(f"'{model}' has no champion to roll back")
+    if to is None:
+        to = seen["previous"]
+        if to is None:
+            raise TransitionRefused(f"'{model}' has no previous champion to roll back to (champion is version "
+                                    f"{champion}); nothing was moved. Name one with --to VERSION")
+    elif to == champion:
+        raise TransitionRefused(f"version {to} of '{model}' is the champion already")
+    elif to not in former_champions and to != seen["previous"]:
+        raise TransitionRefused(f"version {to} of '{model}' was never champion (former champions per the ledger: "
+                                f"{', '.join(former_champions) or 'none'}); nothing was moved")
+    moves: dict[str, str | None] = {"champion": to}
+    if seen["previous"] == to:
+        moves["previous"] = None
+    return _transition(model, Action.ROLLBACK, to, seen, moves, champion, to)
+
+
+def step_names(transition: Transition) -> list[str]:
+    """The steps of a transition in the order they run; every one is idempotent."""
+    sets = [f"set {alias}" for alias, target in _ordered_moves(transition) if target is not None]
+    removes = [f"remove {alias}" for alias, target in _ordered_moves(transition) if target is None]
+    share = ["set share"] if transition.canary_share is not None else []
+    share += ["remove share"] if transition.clears_share else []
+    return [*sets, *removes, *share, "version facts", "ledger", "event", "clear intent"]
+
+
+def _ordered_moves(transition: Transition) -> list[tuple[str, str | None]]:
+    # `previous` is written before `champion` moves: a crash in between leaves the old champion serving.
+    order = {"previous": 0, "champion": 1, "canary": 2, "challenger": 3}
+    return sorted(transition.moves.items(), key=lambda item: order[item[0]])
+
+
+def fact_tags(transition: Transition, record: Record) -> dict[str, dict[str, str]]:
+    """Tags per version: what happened to it, when, why and by whom (history, not a claim of current state)."""
+    action = "restored" if transition.action is Action.ROLLBACK else transition.ledger_action.replace("-", "_")
+    stamp = record.at.isoformat()
+    facts = {
+        f"retrain.{action}_at": stamp,
+        f"retrain.{action}_by": record.actor[:TAG_TEXT_LIMIT],
+        f"retrain.{action}_reason": record.reason[:TAG_TEXT_LIMIT],
+        "retrain.last_action": f"{transition.ledger_action} at {stamp}",
+    }
+    tags = {transition.version: facts} if transition.version is not None else {}
+    replaced = transition.from_version
+    if transition.action in (Action.PROMOTE, Action.ROLLBACK) and replaced is not None:
+        verb = "replaced" if transition.action is Action.PROMOTE else "rolled_back"
+        tags[replaced] = {
+            f"retrain.{verb}_at": stamp,
+            f"retrain.{verb}_by": record.actor[:TAG_TEXT_LIMIT],
+            "retrain.last_action": f"{verb.replace('_', '-')} as champion at {stamp}",
         }
+    return tags
 
 
-def get_alias_version(client: MlflowClient, model_name: str, alias: str) -> str | None:
-    """The version an alias points to, None when the model or the alias does not exist."""
-    aliases = get_aliases(client, model_name)
-    return aliases.get(alias)
+def history_line(transition: Transition, record: Record, version: str) -> str:
+    """One dated line for a version's description: what the transition did to it."""
+    stamp = f"{record.at:%Y-%m-%d %H:%M} UTC"
+    if version == transition.version:
+        what = {
+            Action.REGISTER: "registered as challenger",
+            Action.START_CANARY: f"canary started ({transition.canary_share:.0%} of traffic)"
+            if transition.canary_share is not None else "canary started",
+            Action.PROMOTE: "promoted to champion",
+            Action.REJECT: "rejected",
+            Action.ROLLBACK: f"champion again by rollback from version {transition.from_version}",
+        }[transition.action]
+    else:
+        what = {Action.PROMOTE: f"replaced as champion by version {transition.version}",
+                Action.ROLLBACK: f"rolled back as champion (to version {transition.version})"}[transition.action]
+    return f"[{stamp}] {what} by {record.actor}: {record.reason}"
 
 
-def get_aliases(client: MlflowClient, model_name: str) -> dict[str, str]:
-    """Every alias of the model and its version; empty when the model is not registered yet."""
+def intent_text(transition: Transition, record: Record) -> str:
+    """The intent record: the transition and its record as JSON, enough to finish it from another process."""
+    payload = {"transition": {**asdict(transition), "action": str(transition.action)},
+               "record": {**asdict(record), "at": record.at.isoformat()}}
+    text = json.dumps(payload, default=str, separators=(",", ":"))
+    if len(text) > 5000:  # the reason and details are cut, never the moves
+        record = replace(record, reason=record.reason[:1000], details={})
+        return intent_text(transition, record)
+    return text
+
+
+def read_intent(text: str) -> tuple[Transition, Record]:
+    payload = json.loads(text)
+    transition = dict(payload["transition"])
+    transition["action"] = Action(transition["action"])
+    record = dict(payload["record"])
+    record["at"] = datetime.fromisoformat(record["at"])
+    return Transition(**transition), Record(**record)
+
+
+# ------------------------------------------------------------------------------------------ MLflow reads
+
+
+def read_aliases(client: MlflowClient, model: str) -> dict[str, str | None]:
+    """All four aliases of a registered model (None where unset).
+
+    Raises:
+        ReleaseInputError: the model is not registered.
+    """
+    return full_aliases(_registered(client, model).aliases)
+
+
+def read_release_state(client: MlflowClient, model: str) -> ReleaseState:
+    """Aliases, canary share and any interrupted transition; a model not registered yet has none of them."""
     try:
-        registered = client.get_registered_model(model_name)
+        registered = client.get_registered_model(model)
     except MlflowException as error:
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return {}
+            return ReleaseState(model, full_aliases({}), None)
         raise
-    return {alias: str(version) for alias, version in registered.aliases.items()}
+    tags = registered.tags or {}
+    pending = read_intent(tags[INTENT_TAG])[0].action.value if INTENT_TAG in tags else None
+    share = tags.get(CANARY_SHARE_TAG)
+    return ReleaseState(model, full_aliases(registered.aliases), float(share) if share else None, pending)
 
 
-def find_same_training(
-    client: MlflowClient, model_name: str, experiment_id: str, fingerprint: str, settings: str
-) -> EarlierTraining | None:
-    """The champion, the challenger or a settled rejection trained on this snapshot with these settings."""
-    aliases = get_aliases(client, model_name)
-    for alias in ("champion", "challenger"):
-        version = aliases.get(alias)
-        if version is None:
-            continue
-        registered = client.get_model_version(model_name, version)
-        tags = registered.tags
-        if tags.get("retrain.fingerprint") == fingerprint and tags.get("retrain.settings") == settings:
-            return EarlierTraining(decision=alias, version=version, run_id=registered.run_id)
-    rejected = client.search_runs(
-        [experiment_id],
-        filter_string=(
-            f"tags.`retrain.fingerprint` = '{fingerprint}' and tags.`retrain.settings` = '{settings}' "
-            "and tags.`retrain.decision` = 'rejected' and tags.`retrain.settled` = 'true'"
-        ),
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if rejected and rejected[0].data.tags.get("retrain.champion_version") == aliases.get("champion", "none"):
-        return EarlierTraining(decision="rejected", version=None, run_id=rejected[0].info.run_id)
-    return None
+def get_alias_version(client: MlflowClient, model: str, alias: str) -> str | None:
+    """The version an alias points to, None when the model or the alias does not exist."""
+    return read_release_state(client, model).aliases.get(alias)
 
 
-def score_champion(client: MlflowClient, model_name: str, holdout: pd.DataFrame) -> ChampionScore | None:
-    """Predict the raw holdout rows with the current champion; None when there is no champion.
-
-    The champion gets the rows as they are in the table, like any user of the registered model, and
-    takes the columns its own signature names. Any failure to load or predict comes back as an error,
-    which the gate treats as a failure: a challenger is never released because the champion happened
-    to be unreadable.
-    """
-    version = get_alias_version(client, model_name, "champion")
-    if version is None:
-        return None
+def check_version(client: MlflowClient, model: str, version: str) -> Any:
+    """The model version, or a clear error when the model or the version does not exist (e.g. was deleted)."""
+    _registered(client, model)
     try:
-        champion = mlflow.pyfunc.load_model(f"models:/{model_name}@champion")
-        schema = champion.metadata.get_input_schema()
-        rows = holdout[schema.input_names()] if schema is not None else holdout
-        predictions = np.asarray(champion.predict(rows), dtype="float64").ravel()
-    except Exception as error:  # noqa: BLE001 - every failure means "cannot compare": fail closed
-        return ChampionScore(version=version, error=f"champion v{version}: {type(error).__name__}: {error}")
-    if len(predictions) != len(holdout):
-        return ChampionScore(version=version, error=f"champion v{version} returned {len(predictions)} predictions "
-                             f"for {len(holdout)} rows")
-    return ChampionScore(version=version, predictions=predictions)
+        return client.get_model_version(model, str(version))
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            known = sorted((str(v.version) for v in client.search_model_versions(f"name='{model}'")), key=_number)
+            raise ReleaseInputError(f"model '{model}' has no version {version} (it has {', '.join(known) or 'none'}); "
+                                    "nothing was moved") from None
+        raise
 
 
-def move_alias(
+def passed_gates(client: MlflowClient, model: str, version: str) -> bool:
+    return check_version(client, model, version).tags.get(GATES_TAG) == "passed"
+
+
+def former_champions(warehouse: Warehouse, model: str) -> list[str]:
+    """Versions that were champion at some point, per the ledger (MLflow keeps no alias history)."""
+    champions = []
+    for entry in read_ledger(warehouse, model):
+        if entry.action in ("promoted", "rolled-back") and entry.to_version is not None:
+            champions.append(entry.to_version)
+        if entry.action in ("promoted", "rolled-back") and entry.from_version is not None:
+            champions.append(entry.from_version)
+    return sorted(set(champions), key=_number)
+
+
+def _number(version: str) -> tuple[int, str]:
+    return (int(version), version) if str(version).isdigit() else (0, str(version))
+
+
+def _registered(client: MlflowClient, model: str) -> Any:
+    try:
+        return client.get_registered_model(model)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise ReleaseInputError(f"model '{model}' is not registered in MLflow: train it first "
+                                    "(retrain train --config ...)") from None
+        raise
+
+
+# ------------------------------------------------------------------------------------------ applying
+
+
+Announce = Callable[[Transition, Record], None]
+
+
+def apply_transition(
     client: MlflowClient,
     warehouse: Warehouse,
-    model_name: str,
-    alias: str,
-    version: str | None,
-    *,
-    actor: str,
-    reason: str,
-    run_id: str | None = None,
-    metrics: Mapping[str, float] | None = None,
-) -> dict[str, Any]:
-    """Point `alias` at `version` (or remove it when version is None); the only code that moves aliases.
+    transition: Transition,
+    record: Record,
+    announce: Announce | None = None,
+) -> Transition:
+    """Apply a planned transition, compare-and-set, recorded; the only code that moves aliases.
 
-    The audit record is written after the alias moved, in the same call, and the event last; the
-    record says who or what moved it, why, with which metrics and runs.
+    Under the model's release lock: an interrupted transition is finished first, then the aliases must be
+    exactly as `transition.seen`; the intent is written, the steps run, the intent is removed.
+
+    Raises:
+        TransitionConflict: the aliases moved since the decision; nothing was moved.
+        ReleaseInputError: the model, or a version the transition names, does not exist.
     """
-    if alias not in ALIASES:
-        raise ValueError(f"unknown alias '{alias}': the registry knows {ALIASES}")
-    previous = get_alias_version(client, model_name, alias)
-    if version is None:
-        if previous is not None:
-            client.delete_registered_model_alias(model_name, alias)
-    else:
-        client.set_registered_model_alias(model_name, alias, version)
-    return record_decision(
-        warehouse,
-        model_name,
-        EVENT_FOR_ALIAS[alias],
-        actor=actor,
-        reason=reason,
-        alias=alias,
-        version=version,
-        previous_version=previous,
-        run_id=run_id,
-        metrics=metrics,
-    )
+    with hold_lock(warehouse, f"release:{transition.model}", wait_seconds=LOCK_WAIT_SECONDS,
+                   holder=f"{transition.action} of '{transition.model}' by {record.actor}"):
+        finish_interrupted(client, warehouse, transition.model, announce)
+        for version in {v for v in (*transition.moves.values(), transition.version) if v is not None}:
+            check_version(client, transition.model, version)
+        current = read_aliases(client, transition.model)
+        if current != dict(transition.seen):
+            moved = {alias: (transition.seen.get(alias), current[alias]) for alias in ALIASES
+                     if transition.seen.get(alias) != current[alias]}
+            described = ", ".join(f"{alias} {before} → {now}" for alias, (before, now) in moved.items())
+            raise TransitionConflict(
+                f"the aliases of '{transition.model}' moved since this {transition.action} was decided ({described}); "
+                "nothing was moved: look at `retrain status` and decide again"
+            )
+        client.set_registered_model_tag(transition.model, INTENT_TAG, intent_text(transition, record))
+        _run_steps(client, warehouse, transition, record, announce)
+    logger.info("%s: %s %s → %s (%s)", transition.model, transition.ledger_action, transition.from_version,
+                transition.to_version, record.reason)
+    return transition
 
 
-def record_decision(
-    warehouse: Warehouse,
-    model_name: str,
-    event: str,
-    *,
-    actor: str,
-    reason: str,
-    alias: str | None = None,
-    version: str | None = None,
-    previous_version: str | None = None,
-    run_id: str | None = None,
-    metrics: Mapping[str, float] | None = None,
-) -> dict[str, Any]:
-    """Write one audit record and emit the matching Prefect event (resource `retrain.model.<name>`)."""
-    record = {
-        "recorded_at": now(),
-        "model": model_name,
-        "event": event,
-        "alias": alias,
-        "version": version,
-        "previous_version": previous_version,
-        "actor": actor,
-        "reason": reason,
-        "run_id": run_id,
-        "flow_run_id": flow_run.get_id(),
-        "metrics": json.dumps(dict(metrics or {}), sort_keys=True),
-    }
-    append_rows(warehouse, audit_table(warehouse.schema), [record])
-    emit_event(
-        event=event,
-        resource={"prefect.resource.id": f"retrain.model.{model_name}", "prefect.resource.name": model_name},
-        payload={key: value for key, value in record.items() if key != "recorded_at"},
-    )
-    logger.info("%s: %s alias=%s version=%s (%s)", event, model_name, alias, version, reason)
-    return record
+def finish_interrupted(
+    client: MlflowClient, warehouse: Warehouse, model: str, announce: Announce | None = None
+) -> Transition | None:
+    """Finish a transition a crash left half done (its intent is still on the registered model).
 
-
-def trained_outcome(
-    config: ModelConfig,
-    data: PreparedData,
-    tuning: TuningResult,
-    fitted: FittedModel,
-    decision: Decision,
-    run_id: str,
-    version: str | None,
-) -> TrainingOutcome:
-    """The outcome of a training that ran: every number behind its decision."""
-    return TrainingOutcome(
-        model=config.name,
-        decision=str(decision.verdict),
-        reason=decision.reason,
-        fingerprint=data.fingerprint,
-        rows=data.rows,
-        window=data.window,
-        settings=config.settings_digest(),
-        metric_name=config.metric,
-        run_id=run_id,
-        version=version,
-        gate=decision.gate,
-        metric_value=fitted.metrics.value,
-        threshold=decision.threshold,
-        champion_metric=decision.champion_value,
-        champion_version=decision.champion_version,
-        baseline_metric=fitted.metrics.baseline,
-        metrics=dict(fitted.metrics.all),
-        baseline=dict(fitted.metrics.baseline_all),
-        p_value=decision.p_value,
-        study=tuning.study_name,
-        trials=tuning.counts(),
-        flow_run_id=flow_run.get_id(),
-        settled=decision.settled,
-    )
-
-
-def skipped_outcome(config: ModelConfig, data: PreparedData, earlier: EarlierTraining) -> TrainingOutcome:
-    """The outcome of a training with nothing new to learn from: no tuning, no run, no version."""
-    what = (
-        f"the {earlier.decision} (version {earlier.version}) was trained on"
-        if earlier.version is not None
-        else f"a training rejected against the same champion (run {earlier.run_id}) was trained on"
-    )
-    return TrainingOutcome(
-        model=config.name,
-        decision=SKIPPED,
-        reason=(
-            f"nothing new: {what} this snapshot ({data.fingerprint}, window {data.window}) with the same "
-            f"settings ({config.settings_digest()})"
-        ),
-        fingerprint=data.fingerprint,
-        rows=data.rows,
-        window=data.window,
-        settings=config.settings_digest(),
-        metric_name=config.metric,
-        threshold=config.gates.threshold,
-        same_as=earlier,
-        flow_run_id=flow_run.get_id(),
-    )
-
-
-# --- Prefect tasks -------------------------------------------------------------------------------
-
-
-@task(name="find-earlier-training", cache_policy=NO_CACHE)
-def find_earlier_training(data: PreparedData, config: ModelConfig) -> TrainingOutcome | None:
-    """A skipped outcome when the champion, the challenger or a settled rejection was trained on this snapshot
-    with these settings."""
-    experiment_id = find_experiment(get_settings(), config.name)
-    if experiment_id is None:
-        return None  # nothing was ever trained for this model
-    earlier = find_same_training(
-        MlflowClient(), config.name, experiment_id, data.fingerprint, config.settings_digest()
-    )
-    if earlier is None:
+    Every alias it moves must be where the decision saw it or where the transition puts it; otherwise someone
+    moved aliases by hand since, and the intent is refused rather than guessed at.
+    """
+    try:
+        registered = client.get_registered_model(model)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    text = (registered.tags or {}).get(INTENT_TAG)
+    if text is None:
         return None
-    outcome = skipped_outcome(config, data, earlier)
-    get_run_logger().info("skipped: %s", outcome.reason)
-    return outcome
-
-
-@task(name="score-champion", cache_policy=NO_CACHE)
-def score_current_champion(data: PreparedData, config: ModelConfig) -> ChampionScore | None:
-    find_experiment(get_settings(), config.name)  # points MLflow at our store
-    score = score_champion(MlflowClient(), config.name, data.split.holdout)
-    log = get_run_logger()
-    if score is None:
-        log.info("no champion for '%s' yet", config.name)
-    elif score.error:
-        log.warning("champion cannot be scored: %s", score.error)
-    else:
-        log.info("champion v%s scored on the same %d raw holdout rows", score.version, len(score.predictions))
-    return score
-
-
-@task(name="release-model", cache_policy=NO_CACHE)
-def release_model(
-    config: ModelConfig,
-    logged: LoggedRun,
-    data: PreparedData,
-    tuning: TuningResult,
-    fitted: FittedModel,
-    decision: Decision,
-) -> TrainingOutcome:
-    """Register a passing model and give it its alias; record a rejection in the audit log."""
-    client = MlflowClient()
-    warehouse = get_warehouse()
-    actor = f"flow run '{run_name(config.name, data.window)}' ({get_settings().actor})"
-    metrics = {f"holdout_{name}": value for name, value in fitted.metrics.all.items()}
-    if not decision.passed or logged.model_uri is None:
-        record_decision(
-            warehouse, config.name, "retrain.model.rejected", actor=actor, reason=decision.reason,
-            run_id=logged.run_id, metrics=metrics,
+    transition, record = read_intent(text)
+    current = full_aliases(registered.aliases)
+    allowed = {alias: {transition.seen.get(alias), transition.moves.get(alias, transition.seen.get(alias))}
+               for alias in ALIASES}
+    stray = [alias for alias in ALIASES if current[alias] not in allowed[alias]]
+    if stray:
+        raise TransitionConflict(
+            f"an interrupted {transition.action} of '{model}' (intent {transition.id}) cannot be finished: aliases "
+            f"{stray} were moved by other means since. Set them by hand, then delete the registered model tag "
+            f"{INTENT_TAG}"
         )
-        get_run_logger().info("rejected: %s", decision.reason)
-        return trained_outcome(config, data, tuning, fitted, decision, logged.run_id, version=None)
-    version = str(mlflow.register_model(
-        logged.model_uri,
-        config.name,
-        tags={
-            "retrain.fingerprint": data.fingerprint,
-            "retrain.settings": config.settings_digest(),
-            "retrain.decision": str(decision.verdict),
-            "retrain.window_end": data.window.end.isoformat(),
-        },
-    ).version)
-    client.update_model_version(
-        config.name,
-        version,
-        description=f"Trained as of {data.window.as_of.isoformat()} on {config.source.clean} {data.window} "
-        f"({data.rows:,} rows): holdout {config.metric} {fitted.metrics.value:.4f}, naive baseline "
-        f"{fitted.metrics.baseline:.4f}. {decision.reason}",
-    )
-    move_alias(
-        client, warehouse, config.name, str(decision.verdict), version,
-        actor=actor, reason=decision.reason, run_id=logged.run_id, metrics=metrics,
-    )
-    return trained_outcome(config, data, tuning, fitted, decision, logged.run_id, version=version)
+    logger.warning("finishing an interrupted %s of '%s' (intent %s)", transition.action, model, transition.id)
+    _run_steps(client, warehouse, transition, record, announce)
+    return transition
+
+
+def _run_steps(
+    client: MlflowClient, warehouse: Warehouse, transition: Transition, record: Record, announce: Announce | None
+) -> None:
+    model = transition.model
+    for alias, target in _ordered_moves(transition):
+        if target is not None:
+            client.set_registered_model_alias(model, alias, target)
+    current = full_aliases(_registered(client, model).aliases)
+    for alias, target in _ordered_moves(transition):
+        if target is None and current[alias] is not None:
+            client.delete_registered_model_alias(model, alias)
+    if transition.canary_share is not None:
+        client.set_registered_model_tag(model, CANARY_SHARE_TAG, f"{transition.canary_share:g}")
+    if transition.clears_share and CANARY_SHARE_TAG in (_registered(client, model).tags or {}):
+        client.delete_registered_model_tag(model, CANARY_SHARE_TAG)
+    for version, tags in fact_tags(transition, record).items():
+        for key, value in tags.items():
+            client.set_model_version_tag(model, version, key, value)
+        line = history_line(transition, record, version)
+        description = client.get_model_version(model, version).description or ""
+        if line not in description:
+            client.update_model_version(model, version, description=f"{description}\n{line}".strip())
+    if not any(entry.details.get("transition") == transition.id for entry in read_ledger(warehouse, model, limit=50)):
+        append_ledger_entry(warehouse, LedgerEntry(
+            model=model, action=transition.ledger_action, reason=record.reason, actor=record.actor, at=record.at,
+            from_version=transition.from_version, to_version=transition.to_version, metrics=dict(record.metrics),
+            details={**dict(record.details), "transition": transition.id, "moves": dict(transition.moves)},
+            flow_run_id=record.flow_run_id, mlflow_run_id=record.mlflow_run_id,
+        ))
+    if announce is not None:
+        announce(transition, record)
+    client.delete_registered_model_tag(model, INTENT_TAG)
+
+
+def ledger_summary(entries: Sequence[LedgerEntry]) -> list[dict[str, Any]]:
+    """The ledger as `retrain status` prints it, newest first."""
+    return [{"action": e.action, "from_version": e.from_version, "to_version": e.to_version, "reason": e.reason,
+             "actor": e.actor, "at": e.at.isoformat()} for e in entries]

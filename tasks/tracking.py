@@ -55,7 +55,7 @@ from tasks.tuning import TuningResult
 from tasks.warehouse import open_warehouse, read_window
 
 if TYPE_CHECKING:
-    from tasks.registry import TrainingOutcome
+    from tasks.outcome import TrainingOutcome
 
 logger = logging.getLogger(__name__)
 

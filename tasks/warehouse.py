@@ -6,9 +6,9 @@ and pass it first.
 
 The tables Retrain writes are declared here and nowhere else, with explicit types, so a first record
 holding a NULL cannot fix a column's type to TEXT (which PostgreSQL would then refuse numbers into):
-the batch ledger, the clean and quarantine tables of a source, the audit log of model decisions, and
-the lock table. Ingest state belongs to the source table and its clean table, not to a model, so
-several models can read one source.
+the batch ledger, the clean and quarantine tables of a source, the release ledger of model decisions,
+the prediction log and labels, and the lock table. Ingest state belongs to the source table and its clean
+table, not to a model, so several models can read one source.
 
 `hold_lock` gives one writer per source (and per model) across processes and machines, on the
 warehouse itself: a lock row on SQLite, an advisory lock on PostgreSQL.
@@ -109,7 +109,6 @@ def get_warehouse() -> Warehouse:
 
 BATCH_LEDGER = "retrain_batches"
 LOCK_TABLE = "retrain_locks"
-AUDIT_TABLE = "model_audit"
 LEDGER_TABLE = "retrain_ledger"
 PREDICTION_TABLE = "retrain_predictions"
 LABEL_TABLE = "retrain_labels"
@@ -202,26 +201,6 @@ def _key_index_name(table: str) -> str:
     # PostgreSQL cuts names at 63 bytes: a long table name keeps a readable head and a unique tail.
     name = f"uq_{table}_key"
     return name if len(name) <= 60 else f"uq_{table[:40]}_{hashlib.sha256(table.encode()).hexdigest()[:12]}_key"
-
-
-def audit_table(schema: str | None = None) -> sa.Table:
-    """The audit log of model decisions and alias moves (open-source MLflow keeps no alias history)."""
-    return sa.Table(
-        AUDIT_TABLE,
-        sa.MetaData(schema=schema),
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("recorded_at", sa.DateTime, nullable=False),
-        sa.Column("model", sa.String(200), nullable=False),
-        sa.Column("event", sa.String(100), nullable=False),
-        sa.Column("alias", sa.String(50)),
-        sa.Column("version", sa.String(50)),
-        sa.Column("previous_version", sa.String(50)),
-        sa.Column("actor", sa.String(200), nullable=False),
-        sa.Column("reason", sa.Text, nullable=False),
-        sa.Column("run_id", sa.String(64)),
-        sa.Column("flow_run_id", sa.String(64)),
-        sa.Column("metrics", sa.Text),
-    )
 
 
 def ledger_table(schema: str | None = None) -> sa.Table:

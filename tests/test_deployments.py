@@ -31,10 +31,11 @@ def test_entrypoint_loads_and_parameters_fit_its_signature(deployment: dict, mon
     assert (REPO / deployment["parameters"]["config_path"]).is_file()
 
 
-def test_every_deployment_has_a_schedule_and_a_work_pool() -> None:
+def test_every_deployment_has_a_work_pool_and_cron_schedules_if_any() -> None:
+    # Release actions by hand (promote, rollback) are ad hoc: run from the UI form, no schedule.
     for deployment in DEPLOYMENTS:
         assert deployment["work_pool"]["name"] == "retrain"
-        assert all("cron" in schedule for schedule in deployment["schedules"])
+        assert all("cron" in schedule for schedule in deployment.get("schedules", []))
 
 
 def test_deployment_names_are_distinct_and_say_what_they_do() -> None:
@@ -57,3 +58,10 @@ def test_the_train_deployment_retrains_when_monitoring_asks() -> None:
     train = next(d for d in DEPLOYMENTS if d["name"] == "flights-delay-train")
     assert [t["expect"] for t in train["triggers"]] == [["retrain.retrain.requested"]]
     assert train["concurrency_limit"] == 1
+
+
+def test_release_deployments_are_there_the_canary_check_on_a_schedule() -> None:
+    names = {deployment["name"]: deployment for deployment in DEPLOYMENTS}
+    assert {"flights-delay-release", "flights-delay-canary-check", "flights-delay-promote",
+            "flights-delay-rollback"} <= set(names)
+    assert names["flights-delay-canary-check"]["schedules"][0]["cron"]

@@ -18,10 +18,13 @@ from pydantic import BaseModel
 
 from retrain.clock import format_duration
 from retrain.config import (
+    CanaryConfig,
     FeaturesConfig,
     GatesConfig,
     ModelConfig,
     MonitoringConfig,
+    ReleaseConfig,
+    RollbackConfig,
     SourceConfig,
     SplitConfig,
     TargetConfig,
@@ -42,7 +45,9 @@ MODEL_SECTIONS: dict[str, type[BaseModel]] = {
     "tuning": TuningConfig,
     "gates": GatesConfig,
     "monitoring": MonitoringConfig,
+    "release": ReleaseConfig,
 }
+NESTED_SECTIONS: dict[str, type[BaseModel]] = {"release.canary": CanaryConfig, "release.rollback": RollbackConfig}
 
 
 def documented_rows(part: str) -> dict[str, list[str]]:
@@ -62,6 +67,8 @@ def expected_fields() -> dict[str, list[tuple[str, type[BaseModel], str]]]:
     """Per part of the doc: (documented name, model, field) for every field a user can set."""
     model = [(name, ModelConfig, name) for name in ("name", "contract", "metric")]
     for section, config in MODEL_SECTIONS.items():
+        model += [(f"{section}.{name}", config, name) for name in config.model_fields]
+    for section, config in NESTED_SECTIONS.items():
         model += [(f"{section}.{name}", config, name) for name in config.model_fields]
     contract = [(name, Contract, name) for name in Contract.model_fields]
     contract += [(name, ColumnRule, name) for name in ColumnRule.model_fields]

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.training import train_model
 from retrain.settings import get_settings
-from tasks.warehouse import AUDIT_TABLE, get_warehouse, has_table, read_table, write_frame
+from tasks.warehouse import get_warehouse, has_table, read_ledger, read_table, write_frame
 from tests.conftest import REPO, cli_environment, write_model_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -51,8 +51,7 @@ def clean_rows_and_keys() -> tuple[int, int]:
 
 
 def champion_moves(model: str) -> list[str]:
-    audit = read_table(get_warehouse(), AUDIT_TABLE)
-    return audit[(audit["model"] == model) & (audit["alias"] == "champion")]["version"].tolist()
+    return [entry.to_version for entry in read_ledger(get_warehouse(), model) if entry.action == "promoted"]
 
 
 @pytest.fixture

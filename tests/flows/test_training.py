@@ -47,7 +47,7 @@ from prefect.events.filters import (
 from flows.training import train_model
 from retrain.errors import ConfigError, DataError
 from retrain.settings import get_settings
-from tasks.warehouse import AUDIT_TABLE, get_warehouse, open_warehouse, read_table, write_frame
+from tasks.warehouse import get_warehouse, open_warehouse, read_ledger, write_frame
 from tests.conftest import POSTGRES_URL, REPO, write_model_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -85,8 +85,9 @@ def runs(model: str = MODEL) -> pd.DataFrame:
     return mlflow.search_runs(experiment_names=[model])
 
 
-def audit() -> pd.DataFrame:
-    return read_table(get_warehouse(), AUDIT_TABLE)
+def ledger_actions(model: str = MODEL) -> list[str]:
+    """The model's ledger actions, oldest first."""
+    return [entry.action for entry in reversed(read_ledger(get_warehouse(), model))]
 
 
 def raw_holdout_rows(run_id: str, frame: pd.DataFrame, features: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -155,7 +156,7 @@ def test_champion_serves_raw_rows_then_same_data_skips_then_a_gate_rejects(
     assert kept.data.tags["retrain.decision"] == "rejected" and kept.data.metrics["passed_gates"] == 0.0
     assert "holdout_mae" in kept.data.metrics and not kept.outputs.model_outputs
     assert registry(MODEL).release == (["1"], {"champion": "1"})
-    assert audit()["event"].tolist() == ["retrain.model.promoted", "retrain.model.rejected"]
+    assert ledger_actions() == ["registered", "promoted", "skipped", "gated-out"]
     # The same rejection would follow against the same champion: skipped, no second rejected run.
     repeated = train_model(config_path=str(model_config), threshold=0.0001)
     assert (repeated.decision, repeated.same_as.decision, repeated.same_as.run_id) == (
@@ -437,5 +438,7 @@ def test_training_flow_on_a_postgresql_warehouse(
     load_source(flights_small)
     outcome = train_model(config_path=str(write_model_config(retrain_home.parent, tuning=QUICK)))
     assert outcome.decision == "champion"
-    assert read_table(open_warehouse(POSTGRES_URL, schema), AUDIT_TABLE)["version"].tolist() == ["1"]
+    ledger = read_ledger(open_warehouse(POSTGRES_URL, schema), MODEL)
+    promoted = [entry.to_version for entry in ledger if entry.action == "promoted"]
+    assert promoted == ["1"]
     assert mlflow.get_run(outcome.run_id).inputs.dataset_inputs[0].dataset.digest == outcome.fingerprint

@@ -1,0 +1,105 @@
+"""Release flows: release a challenger (with approval in manual mode), check the canary, promote, roll back.
+
+Wiring only: decisions are `tasks.release`'s, alias moves `tasks.registry.apply_transition`'s. Each flow takes
+`as_of` (the release clock: bake windows and canary periods are measured on it) and `actor` (who asked:
+`person:<name>`, `schedule`, `event`, `automation` or `flow:<name>`), and ends Completed, named after what it
+decided (Refused and Rejected are outcomes, not failures).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from prefect import flow
+from prefect.states import Completed, State
+
+from retrain.config import load_model_config
+from tasks.release import (
+    ReleaseOutcome,
+    carry_out_release,
+    finish_interrupted_transition,
+    judge_canary,
+    plan_release,
+    promote_by_hand,
+    roll_back_champion,
+    wait_for_approval,
+)
+from tasks.stores import verify_stores
+
+
+def release_state(outcome: ReleaseOutcome) -> State:
+    """Completed, named after the decision (Canary, Champion, Rejected, Refused, Wait, ...)."""
+    return Completed(name=outcome.decision.replace("-", " ").title(), message=outcome.reason, data=outcome)
+
+
+@flow(name="release-model", log_prints=False)
+def release_challenger(
+    config_path: str = "examples/flights.yaml", as_of: datetime | None = None, actor: str = "person:prefect-ui"
+) -> ReleaseOutcome:
+    """Move the challenger on: a canary beside the champion, or champion when there is none.
+
+    In `release.mode: manual` the run pauses with a form in the Prefect UI showing challenger vs champion;
+    approve goes on, reject (or no answer within `release.approval_timeout`) rejects the challenger.
+    """
+    verify_stores()
+    config = load_model_config(config_path)
+    finish_interrupted_transition(config=config)
+    plan = plan_release(config=config, actor=actor)
+    if plan.outcome is not None:
+        return release_state(plan.outcome)
+    # Approval: only a person lets a challenger go on in manual mode; no answer in time is a rejection.
+    approval = wait_for_approval(config, plan) if config.release.mode == "manual" else None
+    return release_state(carry_out_release(config=config, plan=plan, approval=approval, as_of=as_of, actor=actor))
+
+
+@flow(name="check-canary", log_prints=False)
+def check_canary(
+    config_path: str = "examples/flights.yaml", as_of: datetime | None = None, actor: str = "schedule"
+) -> ReleaseOutcome:
+    """Promote, reject or wait on the running canary; with none, roll back a new champion that breaches the
+    rollback rule within its bake window; with neither, do nothing ("no canary")."""
+    verify_stores()
+    config = load_model_config(config_path)
+    finish_interrupted_transition(config=config)
+    return release_state(judge_canary(config=config, as_of=as_of, actor=actor))
+
+
+@flow(name="promote-model", log_prints=False)
+def promote_model(
+    config_path: str = "examples/flights.yaml",
+    version: str = "",
+    reason: str = "",
+    as_of: datetime | None = None,
+    actor: str = "person:prefect-ui",
+) -> ReleaseOutcome:
+    """Make `version` champion (empty: the canary, else the challenger); it must have passed the gates.
+
+    Args:
+        version: The version to promote; empty for the canary, else the challenger.
+        reason: Why, for the ledger and the version's description.
+    """
+    verify_stores()
+    config = load_model_config(config_path)
+    finish_interrupted_transition(config=config)
+    return release_state(promote_by_hand(config=config, version=version, as_of=as_of, actor=actor, reason=reason))
+
+
+@flow(name="roll-back-model", log_prints=False)
+def roll_back_model(
+    config_path: str = "examples/flights.yaml",
+    to_version: str = "",
+    reason: str = "",
+    as_of: datetime | None = None,
+    actor: str = "person:prefect-ui",
+) -> ReleaseOutcome:
+    """Give the champion alias back to the previous champion (or `to_version`, a former champion).
+
+    Args:
+        to_version: A version that was champion before (per the ledger); empty for the `previous` alias.
+        reason: Why, for the ledger and the versions' descriptions.
+    """
+    verify_stores()
+    config = load_model_config(config_path)
+    finish_interrupted_transition(config=config)
+    return release_state(roll_back_champion(config=config, to_version=to_version, as_of=as_of, actor=actor,
+                                            reason=reason))
