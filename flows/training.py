@@ -107,7 +107,7 @@ def train_model(
         # Nothing new: the champion or challenger was trained on this snapshot with these settings.
         skipped = find_earlier_training(data=data, config=config)
         if skipped is not None:
-            record_skipped_training(config=config, outcome=skipped, as_of=as_of)
+            record_skipped_training(config=config, outcome=skipped, as_of=window.as_of)
             publish_training_report(config=config, outcome=skipped)
             return outcome_state(skipped)
 
@@ -131,7 +131,7 @@ def train_model(
             config=config, logged=logged, data=data, tuning=tuning, fitted=fitted, decision=decision
         )
         if outcome.version is not None and decision.verdict == "champion" and config.release.mode == "auto":
-            release = release_challenger(config_path=config_path, as_of=as_of, actor="flow:train-model")
+            release = release_challenger(config_path=config_path, as_of=window.as_of, actor="flow:train-model")
             outcome = released_outcome(outcome, release)
         finish_training_run(run=run, config=config, data=data, tuning=tuning, outcome=outcome)
         publish_training_report(config=config, outcome=outcome, run=run)

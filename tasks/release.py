@@ -341,7 +341,8 @@ def register_trained_model(
         metrics[f"champion_holdout_{config.metric}"] = decision.champion_value
     if decision.p_value is not None:
         metrics["bootstrap_p_value"] = decision.p_value
-    record = make_record(actor, decision.reason, None, metrics, {"gate": decision.gate,
+    # On the Retrain clock (the training's as_of), so a replayed year writes the same ledger as living through it.
+    record = make_record(actor, decision.reason, data.window.as_of, metrics, {"gate": decision.gate,
                                                                 "fingerprint": data.fingerprint},
                          mlflow_run_id=logged.run_id)
     if not decision.passed or logged.model_uri is None:
