@@ -219,8 +219,10 @@ def column_drift(reference: pd.DataFrame, current: pd.DataFrame, numeric: Sequen
 class DefaultPolicy:
     """The policy of monitoring/triggers.py, fed each day the signals the monitoring flow would gather."""
 
-    def __init__(self, config: ModelConfig, policy: TriggerPolicy) -> None:
+    def __init__(self, config: ModelConfig, policy: TriggerPolicy,
+                 drift_cache: dict[tuple[datetime, datetime], dict[str, bool]] | None = None) -> None:
         self.config, self.policy = config, policy
+        self.drift_cache = {} if drift_cache is None else drift_cache  # (model, day) -> verdicts, across variants
         self.references: dict[datetime, pd.DataFrame] = {}
         self.live: dict[datetime, list[float | None]] = {}
         self.fired: set[str] = set()
@@ -237,7 +239,11 @@ class DefaultPolicy:
             self.references[model.trained_at] = sample_rows(training, config.monitoring.sample_rows)
         reference = self.references[model.trained_at]
         sample = sample_rows(current, config.monitoring.sample_rows)
-        drifted = column_drift(reference, sample, config.features.numeric, config.features.categorical)
+        key = (model.trained_at, view.as_of)
+        if key not in self.drift_cache:
+            self.drift_cache[key] = column_drift(reference, sample, config.features.numeric,
+                                                 config.features.categorical)
+        drifted = self.drift_cache[key]
         self.drift_days.append((view.as_of, reference, sample))
         own = view.served[(view.served["time"] >= window_start) & (view.served["trained_at"] == model.trained_at)]
         live = None if own.empty else float(np.mean(np.abs(own["actual"] - own["prediction"])))
@@ -288,6 +294,15 @@ def check_drift(config: ModelConfig, days: Sequence[tuple[datetime, pd.DataFrame
     return f"drift verdicts vs the flow's Evidently report on {len(days)} day(s): {agree}/{total} columns agree"
 
 
+def with_knobs(config: ModelConfig, items: Sequence[str]) -> ModelConfig:
+    """The config with monitoring knobs overridden (`retrain_every=6d`), validated like the YAML."""
+    if not items:
+        return config
+    knobs = dict(item.split("=", 1) for item in items)
+    monitoring = type(config.monitoring).model_validate({**config.monitoring.model_dump(mode="json"), **knobs})
+    return config.model_copy(update={"monitoring": monitoring})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO / "examples" / "flights.yaml"))
@@ -295,16 +310,14 @@ def main() -> None:
     parser.add_argument("--check-drift", type=int, default=0, help="check this many days against Evidently")
     parser.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
                         help="override a monitoring knob for the default policy (e.g. retrain_every=6d)")
+    parser.add_argument("--variant", action="append", default=[], metavar="KNOB=VALUE[,KNOB=VALUE]",
+                        help="also replay the default policy with these knobs (a row of its own; repeatable)")
     args = parser.parse_args()
 
     from tasks.example_data import read_flights_example
     from tasks.monitoring import trigger_policy
 
-    config = load_model_config(args.config)
-    if args.set:
-        knobs = dict(item.split("=", 1) for item in args.set)
-        monitoring = config.monitoring.model_validate({**config.monitoring.model_dump(), **knobs})
-        config = config.model_copy(update={"monitoring": monitoring})
+    config = with_knobs(load_model_config(args.config), args.set)
     frame = read_flights_example()
     timestamp, target = config.source.timestamp, config.target.column
     lookback = config.training_window.lookback
@@ -315,9 +328,12 @@ def main() -> None:
     sys.stdout.write(f"{len(frame):,} flights; {len(days)} replayed days from {days[0]:%Y-%m-%d %H:%M} UTC; "
                      f"{FIXED_ROUNDS} rounds of {FIXED_PARAMS}\n")
     results: dict[str, ReplayResult] = {}
-    default = DefaultPolicy(config, trigger_policy(config))
-    for name in args.policies.split(","):
-        decide = {"never": never, "default": default}.get(name) or every(INTERVALS[name])
+    drift_cache: dict[tuple[datetime, datetime], dict[str, bool]] = {}
+    default = DefaultPolicy(config, trigger_policy(config), drift_cache)
+    variants = {f"[{variant}]": DefaultPolicy(varied, trigger_policy(varied), drift_cache)
+                for variant in args.variant for varied in [with_knobs(config, variant.split(","))]}
+    for name in [*args.policies.split(","), *variants]:
+        decide = {"never": never, "default": default, **variants}.get(name) or every(INTERVALS[name])
         started = time.perf_counter()
         results[name] = replay(frame, timestamp, target, days, lookback, fit, decide)
         sys.stdout.write(f"  {name}: {time.perf_counter() - started:.0f} s, {len(cache)} models trained so far\n")
@@ -325,18 +341,21 @@ def main() -> None:
 
     daily = results.get("daily")
     knobs = config.monitoring
+    width = max(len(name) for name in results) + 2
     lines = [f"\nMAE of {target} over {len(next(iter(results.values())).predictions):,} flights after the first "
              f"{lookback.days} days, each predicted by the model current at its departure:",
-             f"{'policy':<10}{'MAE':>9}{'vs daily':>10}{'trainings':>11}{'share of daily':>16}"]
+             f"{'policy':<{width}}{'MAE':>9}{'vs daily':>10}{'trainings':>11}{'share of daily':>16}"]
     for name, result in results.items():
         versus = f"{(result.mae / daily.mae - 1):+.2%}" if daily else "-"
         share = f"{len(result.trainings) / len(daily.trainings):.2f}" if daily else "-"
-        lines.append(f"{name:<10}{result.mae:>9.2f}{versus:>10}{len(result.trainings):>11}{share:>16}")
+        lines.append(f"{name:<{width}}{result.mae:>9.2f}{versus:>10}{len(result.trainings):>11}{share:>16}")
     if "default" in results:
         lines.append(f"default policy: min_new_rows={knobs.min_new_rows}, retrain_every={knobs.retrain_every}, "
                      f"max_age={knobs.max_age}, cooldown={knobs.cooldown}, drift_share={knobs.drift_share}, "
                      f"degradation={knobs.degradation} x {knobs.consecutive_windows} windows; window={knobs.window}")
         lines.append(f"default retrains by signal: {dict(sorted(results['default'].reasons.items()))}")
+    for name in variants:
+        lines.append(f"{name} retrains by signal: {dict(sorted(results[name].reasons.items()))}")
         if daily:
             target_met = results["default"].mae <= daily.mae * 1.01 and \
                 len(results["default"].trainings) <= len(daily.trainings) / 5

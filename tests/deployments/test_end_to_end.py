@@ -131,9 +131,9 @@ def test_the_monitor_policy_starts_exactly_one_training_through_the_deployed_tri
     started = time.monotonic()
     deadline = started + WALL_SECONDS
     stack = prefect_stack
-    # The user's setup: example data up to Jan 20, a first champion trained as of Jan 10 (10 days stale).
-    run([RETRAIN, "load-example", "--config", CONFIG, "--until", "2013-01-20", "--json"], stack, 300)
-    first = run([RETRAIN, "train", "--config", CONFIG, "--as-of", "2013-01-10", "--trials", "2", "--json"], stack,
+    # The user's setup: example data up to Feb 5, a first champion trained as of Jan 25 (11 days stale).
+    run([RETRAIN, "load-example", "--config", CONFIG, "--until", "2013-02-05", "--json"], stack, 300)
+    first = run([RETRAIN, "train", "--config", CONFIG, "--as-of", "2013-01-25", "--trials", "4", "--json"], stack,
                 600)
     assert json.loads(first.stdout.strip().splitlines()[-1])["decision"] == "champion"
 
@@ -152,7 +152,7 @@ def test_the_monitor_policy_starts_exactly_one_training_through_the_deployed_tri
                               env=stack.environment, cwd=REPO, stdout=worker_log, stderr=subprocess.STDOUT,
                               start_new_session=True)
     try:
-        # Monitoring as of just after the newest row: ~9,000 new labelled rows, the champion 10 days old.
+        # Monitoring as of just after the newest row: ~10,000 new labelled rows, the champion 11 days old.
         api(stack, f"/deployments/{monitor}/create_flow_run", {"parameters": {}})
         monitored = wait_for_terminal(stack, monitor, 1, deadline)
         assert [run["state_type"] for run in monitored] == ["COMPLETED"], (stack.folder / "worker.log").read_text()[
