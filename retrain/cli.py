@@ -499,6 +499,7 @@ def serve(
     finish({"model": model.name, "stopped": True}, as_json, lambda r: f"stopped serving '{r['model']}'")
 
 
+@app.command()
 def monitor(
     config: ConfigOption,
     as_of: Annotated[
