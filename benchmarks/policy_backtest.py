@@ -352,15 +352,16 @@ def main() -> None:
     if "default" in results:
         lines.append(f"default policy: min_new_rows={knobs.min_new_rows}, retrain_every={knobs.retrain_every}, "
                      f"max_age={knobs.max_age}, cooldown={knobs.cooldown}, drift_share={knobs.drift_share}, "
-                     f"degradation={knobs.degradation} x {knobs.consecutive_windows} windows; window={knobs.window}")
-        lines.append(f"default retrains by signal: {dict(sorted(results['default'].reasons.items()))}")
-    for name in variants:
-        lines.append(f"{name} retrains by signal: {dict(sorted(results[name].reasons.items()))}")
-        if daily:
-            target_met = results["default"].mae <= daily.mae * 1.01 and \
-                len(results["default"].trainings) <= len(daily.trainings) / 5
-            lines.append(f"target (within 1% of daily, at most a fifth of its trainings): "
-                         f"{'met' if target_met else 'missed'}")
+                     f"drift_retrains={knobs.drift_retrains}, degradation={knobs.degradation} x "
+                     f"{knobs.consecutive_windows} windows, degradation_retrains={knobs.degradation_retrains}; "
+                     f"window={knobs.window}")
+    for name in ["default", *variants]:
+        if name not in results:
+            continue
+        result = results[name]
+        met = bool(daily) and result.mae <= daily.mae * 1.01 and len(result.trainings) <= len(daily.trainings) / 5
+        lines.append(f"{name}: retrains by signal {dict(sorted(result.reasons.items()))}; target (within 1% of "
+                     f"daily, at most a fifth of its trainings): {'met' if met else 'missed'}")
     if args.check_drift and default.drift_days:
         picks = np.linspace(0, len(default.drift_days) - 1, args.check_drift).astype(int)
         lines.append(check_drift(config, [default.drift_days[i] for i in picks]))
