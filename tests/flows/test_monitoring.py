@@ -98,6 +98,23 @@ def test_a_failed_run_is_recorded_listed_and_rerun(retrain_home: Path, flights_s
     assert again["parameters"] == failure["parameters"]
 
 
+def test_a_refused_ingest_inside_a_training_is_one_failure_naming_the_inner_one(
+    retrain_home: Path, flights_small: pd.DataFrame
+) -> None:
+    broken = flights_small.iloc[:3000].copy()
+    broken.loc[broken.index[::2], "distance"] = -1  # half the rows break the contract: the batch is refused
+    load_source(broken)
+    config = write_model_config(retrain_home.parent, tuning=QUICK)
+    state = train_model(config_path=str(config), return_state=True)
+    assert state.is_failed()
+    failed = [entry for entry in read_ledger(get_warehouse(), MODEL, limit=50) if entry.action == "run-failed"]
+    assert len(failed) == 1, [(entry.actor, entry.reason) for entry in failed]
+    entry = failed[0]
+    assert entry.actor == "flow:train-model" and entry.flow_run_id == str(state.state_details.flow_run_id)
+    assert entry.details["failed_subflows"] and entry.details["failed_subflows"][0].startswith("ingest-when-new-rows")
+    assert "inner failure: ingest-when-new-rows" in entry.reason and "bad_share" in entry.reason
+
+
 def test_one_retrain_request_starts_exactly_one_training_and_drift_alone_none(retrain_home: Path) -> None:
     """The train deployment's trigger in prefect.yaml, as an automation on the test server."""
     spec = next(d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]

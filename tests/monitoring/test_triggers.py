@@ -23,7 +23,7 @@ from monitoring.triggers import (
 AS_OF = datetime(2013, 6, 1)
 POLICY = TriggerPolicy(min_new_rows=1000, retrain_every=timedelta(days=4), max_age=timedelta(days=14),
                        cooldown=timedelta(days=1), drift_share=0.5, key_features=("temp",), degradation=0.2,
-                       consecutive_windows=2)
+                       consecutive_windows=2, drift_retrains=True)
 
 
 def signals(**overrides: object) -> Signals:
@@ -67,6 +67,13 @@ def test_drift_alone_without_new_data_is_reported_not_retrained() -> None:
 def test_drift_with_enough_new_rows_brings_retrain_forward() -> None:
     decision = decide_retrain(signals(drift_share=0.8, new_labelled_rows=2000), POLICY)
     assert decision.retrain and decision.events == (EVENT_DRIFT, EVENT_RETRAIN)
+
+
+def test_drift_is_only_reported_when_drift_may_not_retrain() -> None:
+    policy = TriggerPolicy(**{**POLICY.__dict__, "drift_retrains": False})
+    decision = decide_retrain(signals(drift_share=0.8, new_labelled_rows=2000), policy)
+    assert not decision.retrain and decision.action == DRIFT_DETECTED and decision.events == (EVENT_DRIFT,)
+    assert TriggerPolicy().drift_retrains is False  # the default, from benchmarks/policy_backtest.py
 
 
 def test_key_feature_drift_alone_is_a_signal() -> None:
