@@ -24,16 +24,25 @@ test-all: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# The whole loop on embedded defaults, everything written under .retrain/.
+# The whole loop on embedded defaults, everything written under .retrain/: data up to June 1, the first champion
+# as of May 1, monitoring of May against its training window, a retrain on the newest rows (a rejection, exit 1,
+# is an outcome, not a failure), its release as a canary, and the release state with the ledger.
+DEMO_CONFIG := examples/flights.yaml
 demo: $(STAMP)
-	$(BIN)/retrain load-example --config examples/flights.yaml
-	$(BIN)/retrain contract infer --config examples/flights.yaml
-	$(BIN)/retrain ingest --config examples/flights.yaml
-	$(BIN)/retrain train --config examples/flights.yaml
+	$(BIN)/retrain load-example --config $(DEMO_CONFIG) --until 2013-06-01
+	$(BIN)/retrain contract infer --config $(DEMO_CONFIG)
+	$(BIN)/retrain ingest --config $(DEMO_CONFIG)
+	$(BIN)/retrain train --config $(DEMO_CONFIG) --as-of 2013-05-01
+	$(BIN)/retrain monitor --config $(DEMO_CONFIG) --as-of 2013-06-01
+	$(BIN)/retrain train --config $(DEMO_CONFIG) || [ $$? -eq 1 ]
+	$(BIN)/retrain release --config $(DEMO_CONFIG) || [ $$? -eq 1 ]
+	$(BIN)/retrain status --config $(DEMO_CONFIG)
 
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/train_overhead.py
 	$(BIN)/python benchmarks/validate_throughput.py
+	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/monitoring.py
 
 clean:
 	rm -rf .retrain .pytest_cache
