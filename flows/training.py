@@ -10,9 +10,11 @@ Failed is for real failures.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from prefect import flow
 from prefect.states import Completed, State
+from pydantic import Field
 
 from flows.ingest import ingest_when_new_rows
 from flows.release import release_challenger
@@ -63,8 +65,8 @@ def outcome_state(outcome: TrainingOutcome) -> State:
 def train_model(
     config_path: str = "examples/flights.yaml",
     as_of: datetime | None = None,
-    trials: int | None = None,
-    timeout_seconds: float | None = None,
+    trials: Annotated[int, Field(ge=0)] = 0,
+    timeout_seconds: Annotated[float, Field(ge=0)] = 0.0,
     threshold: float | None = None,
 ) -> TrainingOutcome:
     """Tune, fit, gate and register one model on the training window as of `as_of`.
@@ -73,13 +75,14 @@ def train_model(
         config_path: The model config YAML (source table, target, features, metric, window, budget, gates).
         as_of: Train as of this instant (naive UTC): the window is the lookback before it. Empty: just
             after the newest clean row, so new rows move the window and nothing new skips.
-        trials: Finished Optuna trials the snapshot's study must hold (empty: the config's `tuning.trials`).
-        timeout_seconds: Tuning budget in seconds (empty: the config's).
+        trials: Finished Optuna trials the snapshot's study must hold (0: the config's `tuning.trials`). A
+            number, not an optional, so the Prefect UI form shows a value a person can edit.
+        timeout_seconds: Tuning budget in seconds (0: the config's `tuning.timeout_seconds`).
         threshold: Absolute gate on the holdout metric (empty: the config's).
     """
     verify_stores()  # warehouse, MLflow and Optuna answer, or the run fails here in seconds naming which
     config = load_model_config(config_path).with_overrides(
-        trials=trials, timeout_seconds=timeout_seconds, threshold=threshold
+        trials=trials or None, timeout_seconds=timeout_seconds or None, threshold=threshold
     )
     check_source_config(config)  # every configured column exists with a usable type, before any work
 

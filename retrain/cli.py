@@ -291,7 +291,8 @@ def train(
             from flows.training import train_model
 
             outcome = train_model(
-                config_path=str(config), as_of=instant, trials=trials, timeout_seconds=timeout, threshold=threshold
+                config_path=str(config), as_of=instant, trials=trials or 0, timeout_seconds=timeout or 0.0,
+                threshold=threshold
             )
     code = ExitCode.REFUSED if outcome.rejected else ExitCode.OK
     if code and not as_json:

@@ -65,3 +65,17 @@ def test_release_deployments_are_there_the_canary_check_on_a_schedule() -> None:
     assert {"flights-delay-release", "flights-delay-canary-check", "flights-delay-promote",
             "flights-delay-rollback"} <= set(names)
     assert names["flights-delay-canary-check"]["schedules"][0]["cron"]
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["name"])
+def test_the_ad_hoc_form_shows_editable_numbers_not_none_toggles(
+    deployment: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A count preset to None is drawn as an empty toggle a person must first switch on: give it a value instead.
+    from prefect.utilities.callables import parameter_schema
+
+    monkeypatch.chdir(REPO)
+    flow = load_flow_from_entrypoint(deployment["entrypoint"])
+    for name, field in parameter_schema(flow).model_dump()["properties"].items():
+        kinds = {option.get("type") for option in field.get("anyOf", [field])}
+        assert not ("integer" in kinds and field.get("default") is None), f"{flow.name}: '{name}' is an int | None"
