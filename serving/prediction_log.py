@@ -21,10 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as postgres_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from tasks.warehouse import Warehouse, create_declared_table, label_table, prediction_table
+from tasks.warehouse import Warehouse, create_declared_table, insert_new_rows, label_table, prediction_table
 
 logger = logging.getLogger(__name__)
 
@@ -33,23 +31,6 @@ RETRY_LONGEST_SECONDS = 5.0
 # Errors that say the warehouse cannot take the batch now (down, locked, schema gone): wait and retry.
 # Anything else (a constraint, a value the column refuses) is about the rows: they are dropped one by one.
 OUTAGE_ERRORS = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.ProgrammingError)
-
-
-def insert_new_rows(connection: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert rows, skipping any that a unique key of the table already holds (PostgreSQL and SQLite use
-    ON CONFLICT DO NOTHING; other databases insert row by row and skip duplicates)."""
-    dialect = connection.dialect.name
-    if dialect == "postgresql":
-        connection.execute(postgres_insert(table).on_conflict_do_nothing(), list(rows))
-    elif dialect == "sqlite":
-        connection.execute(sqlite_insert(table).on_conflict_do_nothing(), list(rows))
-    else:
-        for row in rows:
-            try:
-                with connection.begin_nested():
-                    connection.execute(sa.insert(table), [row])
-            except sa.exc.IntegrityError:
-                continue
 
 
 def count_rows(warehouse: Warehouse, table: sa.Table, model: str) -> int:

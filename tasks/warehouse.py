@@ -37,6 +37,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 
 from retrain.clock import wall_clock
@@ -1285,6 +1286,23 @@ def count_predictions(
         return int(connection.execute(query).scalar() or 0)
 
 
+def insert_new_rows(connection: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert rows, skipping any that a unique key of the table already holds (PostgreSQL and SQLite use
+    ON CONFLICT DO NOTHING; other databases insert row by row and skip duplicates)."""
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        connection.execute(postgres_insert(table).on_conflict_do_nothing(), list(rows))
+    elif dialect == "sqlite":
+        connection.execute(sqlite_insert(table).on_conflict_do_nothing(), list(rows))
+    else:
+        for row in rows:
+            try:
+                with connection.begin_nested():
+                    connection.execute(sa.insert(table), [row])
+            except sa.exc.IntegrityError:
+                continue
+
+
 def append_new_predictions(
     warehouse: Warehouse, predictions: Sequence[dict[str, Any]], labels: Sequence[dict[str, Any]]
 ) -> int:
@@ -1305,10 +1323,11 @@ def append_new_predictions(
             ).scalars())
         new_predictions = [row for row in predictions if row["request_id"] not in known]
         new_labels = [row for row in labels if row["request_id"] not in known]
+        # The same insert as the server's log: a row another writer added since the read is skipped, not an error.
         if new_predictions:
-            connection.execute(sa.insert(table), new_predictions)
+            insert_new_rows(connection, table, new_predictions)
         if new_labels:
-            connection.execute(sa.insert(label), new_labels)
+            insert_new_rows(connection, label, new_labels)
     return len(new_predictions)
 
 
