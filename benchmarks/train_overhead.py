@@ -40,11 +40,11 @@ import yaml  # noqa: E402
 
 from retrain.config import load_model_config  # noqa: E402
 from retrain.model_package import encode_rows  # noqa: E402
+from retrain.warehouse import get_warehouse, write_frame  # noqa: E402
 from tasks.example_data import read_flights_example  # noqa: E402
 from tasks.features import make_target, prepare_data, training_window  # noqa: E402
 from tasks.training import fit_and_score  # noqa: E402
 from tasks.tuning import tune  # noqa: E402
-from tasks.warehouse import get_warehouse, write_frame  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

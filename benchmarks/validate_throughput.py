@@ -31,20 +31,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.contract import Contract, read_contract  # noqa: E402
-from tasks.example_data import read_flights_example  # noqa: E402
-from tasks.validation import (  # noqa: E402
-    BatchOutcome,
-    BatchPlan,
-    BatchRows,
-    batch_record,
-    judge_batch,
-    outcome_of,
-    quarantine_records,
-    select_batch,
-    validate_batch,
-)
-from tasks.warehouse import (  # noqa: E402
+from retrain.contract import Contract, read_contract  # noqa: E402
+from retrain.warehouse import (  # noqa: E402
     WRITE_CHUNK_ROWS,
     clean_table,
     open_warehouse,
@@ -52,6 +40,17 @@ from tasks.warehouse import (  # noqa: E402
     read_source_rows,
     record_batch,
 )
+from tasks.example_data import read_flights_example  # noqa: E402
+from tasks.ingest import (  # noqa: E402
+    BatchOutcome,
+    BatchPlan,
+    BatchRows,
+    batch_record,
+    outcome_of,
+    quarantine_records,
+    select_batch,
+)
+from tasks.validation import judge_batch, validate_batch  # noqa: E402
 
 ROWS = 1_000_000
 FAULT_SHARE = 0.01

@@ -1,7 +1,7 @@
 """The ingest flows: validate the source rows that arrived since the last batch and land the clean ones.
 
-Wiring only; the work lives in `tasks.validation` (batch plan, row selection, coercion, rules, verdict)
-and `tasks.warehouse` (reads, ledger, writes, the lock). Both flows hold the source's lock
+Wiring only; the work lives in `tasks.ingest` (batch plan, row selection, recording), `tasks.validation`
+(coercion, rules, verdict) and `retrain.warehouse` (reads, ledger, writes, the lock). Both flows hold the source's lock
 (`source:<table>`) from planning to recording, so two ingests of one source never read the same rows.
 """
 
@@ -12,27 +12,26 @@ from datetime import datetime
 from prefect import flow
 
 from retrain.config import ModelConfig, load_model_config
+from retrain.contract import Contract
 from retrain.stores import WAREHOUSE
-from tasks.contract import Contract
+from tasks.contract import check_source_config, read_model_contract
 from tasks.failures import record_failed_run
-from tasks.stores import verify_stores
-from tasks.validation import (
-    REFUSED,
+from tasks.ingest import (
     BatchOutcome,
     BatchPlan,
     BatchRefused,
     BatchRows,
     announce_data_arrived,
-    check_source_config,
     count_new_rows,
     plan_batch,
     publish_batch_report,
     read_batch_rows,
-    read_model_contract,
     record_batch,
     source_lock,
     validate_new_rows,
 )
+from tasks.stores import verify_stores
+from tasks.validation import REFUSED
 
 __all__ = ["BatchOutcome", "count_new_rows", "ingest_new_rows", "ingest_when_new_rows"]
 

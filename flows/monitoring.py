@@ -14,7 +14,9 @@ from prefect import flow
 
 from flows.ingest import ingest_when_new_rows
 from retrain.config import load_model_config
+from tasks.contract import check_source_config
 from tasks.failures import record_failed_run
+from tasks.ingest import count_new_rows
 from tasks.monitoring import (
     MonitoringOutcome,
     assemble_outcome,
@@ -31,7 +33,6 @@ from tasks.monitoring import (
     store_metrics,
 )
 from tasks.stores import verify_stores
-from tasks.validation import check_source_config, count_new_rows
 
 
 @flow(name="monitor-model", log_prints=False, on_failure=[record_failed_run], on_crashed=[record_failed_run])

@@ -20,6 +20,7 @@ from flows.ingest import ingest_when_new_rows
 from flows.release import release_challenger
 from retrain.config import load_model_config
 from tasks.comparison import decide_release
+from tasks.contract import check_source_config, read_model_contract
 from tasks.failures import record_failed_run
 from tasks.features import (
     check_training_snapshot,
@@ -27,6 +28,7 @@ from tasks.features import (
     prepare_training_data,
     resolve_training_window,
 )
+from tasks.ingest import count_new_rows
 from tasks.limits import hold_model
 from tasks.outcome import SKIPPED, TrainingOutcome, find_earlier_training, score_current_champion
 from tasks.release import record_skipped_training, register_trained_model, released_outcome
@@ -43,7 +45,6 @@ from tasks.tracking import (
 )
 from tasks.training import fit_final_model
 from tasks.tuning import tune_hyperparameters
-from tasks.validation import check_source_config, count_new_rows, read_model_contract
 
 
 def outcome_state(outcome: TrainingOutcome) -> State:

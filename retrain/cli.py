@@ -234,8 +234,8 @@ def load_example(
     model = load_model_config(config)
     with stdout_to_stderr():
         check_stores_first("warehouse")
+        from retrain.warehouse import get_warehouse, write_frame
         from tasks.example_data import read_flights_example
-        from tasks.warehouse import get_warehouse, write_frame
 
         frame = read_flights_example(until=until)
         rows = write_frame(get_warehouse(), frame, model.source.table, if_exists="replace")
@@ -282,8 +282,8 @@ def train(
     instant = parse_instant_option(as_of, "--as-of")
     with stdout_to_stderr():
         check_stores_first("warehouse")
-        from tasks.contract import check_model_source
-        from tasks.warehouse import get_warehouse
+        from retrain.contract import check_model_source
+        from retrain.warehouse import get_warehouse
 
         check_model_source(model, get_warehouse())  # a config that does not fit fails before Prefect loads
         check_stores_first("mlflow", "optuna", "prefect")
@@ -362,8 +362,9 @@ def contract_infer(
     model = load_model_config(config)
     with stdout_to_stderr():
         check_stores_first("warehouse")
-        from tasks.contract import check_model_source, infer_contract, write_contract
-        from tasks.warehouse import get_warehouse, read_source_rows
+        from retrain.contract import check_model_source, write_contract
+        from retrain.warehouse import get_warehouse, read_source_rows
+        from tasks.contract import infer_contract
 
         warehouse = get_warehouse()
         check_model_source(model, warehouse, with_contract=False)
@@ -408,13 +409,13 @@ def ingest(
         )
     with stdout_to_stderr():
         check_stores_first("warehouse")
-        from tasks.contract import check_model_source
-        from tasks.warehouse import get_warehouse
+        from retrain.contract import check_model_source
+        from retrain.warehouse import get_warehouse
 
         check_model_source(model, get_warehouse())  # a config that does not fit fails before Prefect loads
         check_stores_first("prefect")
         from flows.ingest import ingest_new_rows
-        from tasks.validation import BatchRefused
+        from tasks.ingest import BatchRefused
 
         try:
             with prefect_api():
@@ -430,7 +431,7 @@ def ingest(
 
 
 def _quarantined_rows(table: str, batch_id: str, limit: int = 20) -> list[dict[str, Any]]:
-    from tasks.warehouse import get_warehouse, read_quarantine
+    from retrain.warehouse import get_warehouse, read_quarantine
 
     frame = read_quarantine(get_warehouse(), table, batch_id, limit=limit)
     return frame.to_dict("records")
@@ -561,8 +562,8 @@ def failures(
     model = load_model_config(config).name if config is not None else None
     with stdout_to_stderr():
         check_stores_first("warehouse")
+        from retrain.warehouse import get_warehouse, read_ledger
         from tasks.failures import RUN_FAILED
-        from tasks.warehouse import get_warehouse, read_ledger
 
         entries = read_ledger(get_warehouse(), model, limit, action=RUN_FAILED)
     runs = [
@@ -590,8 +591,8 @@ def rerun(
     prepare_environment()
     with stdout_to_stderr():
         check_stores_first("warehouse")
+        from retrain.warehouse import get_warehouse, read_ledger
         from tasks.failures import RUN_FAILED
-        from tasks.warehouse import get_warehouse, read_ledger
 
         entry = next((e for e in read_ledger(get_warehouse(), action=RUN_FAILED) if e.flow_run_id == run_id), None)
         if entry is None:
@@ -643,8 +644,8 @@ def status(
         import mlflow
         from mlflow.tracking import MlflowClient
 
+        from retrain.warehouse import get_warehouse, read_ledger
         from tasks.registry import ledger_summary, read_release_state
-        from tasks.warehouse import get_warehouse, read_ledger
 
         mlflow.set_tracking_uri(get_settings().resolved_tracking_uri())
         state = read_release_state(MlflowClient(), model.name)

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from retrain.clock import now
 from retrain.config import ModelConfig
 from retrain.settings import Settings
+from retrain.warehouse import Warehouse, open_warehouse
 from serving.feedback import MAX_REQUEST_ID, label_rows
 from serving.models import LoadedModel, ModelWatcher, Refresh, Served, ServedModels
 from serving.prediction_log import PredictionLog, insert_labels
@@ -50,7 +51,6 @@ from serving.records import (
     records_from_split,
 )
 from serving.routing import CANARY, CHAMPION, choose_arm
-from tasks.warehouse import Warehouse, open_warehouse
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class ServerConfig:
 
 def read_server_config(config: ModelConfig) -> ServerConfig:
     """The model's name and key, and column types from its data contract when the file exists."""
-    from tasks.contract import read_contract
+    from retrain.contract import read_contract
 
     contract_kinds: dict[str, str] | None = None
     not_nullable: frozenset[str] = frozenset()

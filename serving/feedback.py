@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from retrain.warehouse import prediction_key
 from serving.records import DATETIME, InputSpec, InvalidRecords, Problem, as_instant, value_problem
-from tasks.warehouse import prediction_key
 
 MAX_REQUEST_ID = 100  # the width of request_id in the prediction and label tables
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tasks.warehouse import Warehouse, create_declared_table, insert_new_rows, label_table, prediction_table
+from retrain.warehouse import Warehouse, create_declared_table, insert_new_rows, label_table, prediction_table
 
 logger = logging.getLogger(__name__)
 

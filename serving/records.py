@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from retrain.clock import parse_instant
-from tasks.warehouse import prediction_key
+from retrain.warehouse import prediction_key
 
 INTEGER, FLOAT, STRING, DATETIME, ANY = "integer", "float", "string", "datetime", "any"
 KINDS = (INTEGER, FLOAT, STRING, DATETIME, ANY)

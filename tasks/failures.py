@@ -22,7 +22,7 @@ from typing import Any
 
 from retrain.clock import now
 from retrain.settings import get_settings
-from tasks.warehouse import LedgerEntry, append_ledger_entry, get_warehouse
+from retrain.warehouse import LedgerEntry, append_ledger_entry, get_warehouse
 
 logger = logging.getLogger(__name__)
 

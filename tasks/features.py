@@ -21,9 +21,9 @@ from prefect.cache_policies import NO_CACHE
 
 from retrain.clock import as_naive_utc, format_duration
 from retrain.config import ModelConfig, TargetConfig, TaskType
+from retrain.contract import Contract
 from retrain.errors import ConfigError, DataError
 from retrain.model_package import Encoding, build_encoding
-from tasks.contract import Contract
 from tasks.retries import retry_when_transient
 from tasks.validation import check_snapshot
 
@@ -267,7 +267,7 @@ def snapshot_columns(config: ModelConfig) -> list[str]:
       retry_condition_fn=retry_when_transient)
 def resolve_training_window(config: ModelConfig, as_of: datetime | None) -> TrainingWindow:
     """The window this training reads: as of the given instant, or just after the newest clean row."""
-    from tasks.warehouse import get_warehouse, read_newest_timestamp
+    from retrain.warehouse import get_warehouse, read_newest_timestamp
 
     newest = None
     if as_of is None:
@@ -285,7 +285,7 @@ def resolve_training_window(config: ModelConfig, as_of: datetime | None) -> Trai
       retry_condition_fn=retry_when_transient)
 def load_training_snapshot(config: ModelConfig, window: TrainingWindow) -> pd.DataFrame:
     """The training window of the clean (validated) table; a lost connection is retried, a wrong column not."""
-    from tasks.warehouse import get_warehouse, read_window
+    from retrain.warehouse import get_warehouse, read_window
 
     frame = read_window(
         get_warehouse(),

@@ -8,7 +8,7 @@ and both become it. Both flows hold the model's slot instead: one global concurr
 that finds the slot taken waits for it, up to a bound, and then fails with `Busy` (exit 4) saying which
 model and limit; nothing was changed.
 
-`hold_model` adds the model's lock on the warehouse (`model:<name>`, `tasks.warehouse.hold_lock`), which
+`hold_model` adds the model's lock on the warehouse (`model:<name>`, `retrain.warehouse.hold_lock`), which
 holds on every path, with or without a Prefect server that knows the limit (two CLI commands with
 temporary servers of their own, a worker on another server).
 
@@ -34,7 +34,7 @@ from prefect.runtime import flow_run
 from retrain.config import ModelConfig
 from retrain.errors import Busy
 from retrain.settings import get_settings
-from tasks.warehouse import get_warehouse, hold_lock
+from retrain.warehouse import get_warehouse, hold_lock
 
 logger = logging.getLogger(__name__)
 

@@ -46,10 +46,7 @@ from retrain.clock import Window, as_naive_utc, now
 from retrain.config import ModelConfig, TaskType
 from retrain.errors import DataError
 from retrain.settings import get_settings
-from tasks.features import JUST_AFTER, make_target
-from tasks.retries import retry_when_transient
-from tasks.training import METRIC_FUNCTIONS, score_predictions
-from tasks.warehouse import (
+from retrain.warehouse import (
     LedgerEntry,
     Warehouse,
     append_ledger_entry,
@@ -68,6 +65,9 @@ from tasks.warehouse import (
     read_prediction_features,
     read_window,
 )
+from tasks.features import JUST_AFTER, make_target
+from tasks.retries import retry_when_transient
+from tasks.training import METRIC_FUNCTIONS, score_predictions
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from retrain.errors import ExitCode, RetrainError
-from tasks.warehouse import LedgerEntry, Warehouse, append_ledger_entry, hold_lock, read_ledger
+from retrain.warehouse import LedgerEntry, Warehouse, append_ledger_entry, hold_lock, read_ledger
 
 logger = logging.getLogger(__name__)
 

@@ -34,6 +34,8 @@ from retrain.clock import now
 from retrain.config import LOWER_IS_BETTER, CanaryConfig, ModelConfig, RollbackConfig, TaskType
 from retrain.errors import ExitCode
 from retrain.settings import get_settings
+from retrain.warehouse import LedgerEntry, Warehouse, append_ledger_entry, get_warehouse, read_labelled_predictions
+from retrain.warehouse import read_ledger as read_ledger_rows
 from tasks.comparison import Decision, Verdict
 from tasks.features import PreparedData
 from tasks.outcome import TrainingOutcome, trained_outcome
@@ -60,8 +62,6 @@ from tasks.registry import (
 from tasks.tracking import LoggedRun, configure_mlflow
 from tasks.training import METRIC_FUNCTIONS, FittedModel, is_improvement
 from tasks.tuning import TuningResult
-from tasks.warehouse import LedgerEntry, Warehouse, append_ledger_entry, get_warehouse, read_labelled_predictions
-from tasks.warehouse import read_ledger as read_ledger_rows
 
 PROMOTE, REJECT, WAIT = "promote", "reject", "wait"
 HOLDOUT_TAG = "retrain.holdout_{metric}"

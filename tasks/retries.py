@@ -56,3 +56,11 @@ def retry_when_transient(task: Any, task_run: Any, state: Any) -> bool:
             logger.info("not retrying %s: %s is not transient", getattr(task, "name", task), type(error).__name__)
         return transient
     return False
+
+
+# The one retry policy of tasks that talk to a store: twice, after 2 s then 10 s, and only when the failure may
+# pass by itself (a dropped connection, a busy database); a bad config or a refused batch fails the same way
+# every time and is never retried. `@task(**STORE_RETRIES)`.
+STORE_RETRIES: dict[str, Any] = {
+    "retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": retry_when_transient,
+}

@@ -48,11 +48,11 @@ from retrain.config import ModelConfig
 from retrain.model_package import BOOSTER_ARTIFACT, ENCODING_ARTIFACT
 from retrain.settings import Settings, get_settings, redact_url
 from retrain.stores import connect_mlflow, store_errors
+from retrain.warehouse import open_warehouse, read_window
 from tasks.comparison import Decision, Verdict
 from tasks.features import PreparedData, TrainingWindow, make_target
 from tasks.training import LIGHTGBM_METRIC, FittedModel, feature_importance
 from tasks.tuning import TuningResult
-from tasks.warehouse import open_warehouse, read_window
 
 if TYPE_CHECKING:
     from tasks.outcome import TrainingOutcome

@@ -74,7 +74,7 @@ def postgres_schema() -> Iterator[tuple[str, str]]:
 def postgres_warehouse(retrain_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The settings point the warehouse at a fresh PostgreSQL schema, so no other test's tables are seen."""
     from retrain.settings import get_settings
-    from tasks.warehouse import create_warehouse_engine
+    from retrain.warehouse import create_warehouse_engine
 
     with fresh_postgres_schema("retrain_flow") as schema:
         monkeypatch.setenv("RETRAIN_WAREHOUSE_URL", POSTGRES_URL)
@@ -103,7 +103,7 @@ def prefect_harness() -> Iterator[None]:
 def retrain_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh data folder (warehouse, MLflow, Optuna) for one test, with the settings cache reset."""
     from retrain.settings import get_settings
-    from tasks.warehouse import create_warehouse_engine
+    from retrain.warehouse import create_warehouse_engine
 
     home = tmp_path / "home"
     monkeypatch.setenv("RETRAIN_HOME", str(home))

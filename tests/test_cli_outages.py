@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.warehouse import open_warehouse, write_frame
+from retrain.warehouse import open_warehouse, write_frame
 from tests.conftest import POSTGRES_URL, REPO, fresh_postgres_schema, write_model_config
 
 PASSWORD = "S3cretPW42"

@@ -31,8 +31,8 @@ from retrain.config import (
     TuningConfig,
     WindowConfig,
 )
+from retrain.contract import BatchRules, ColumnRule, Contract
 from retrain.settings import Settings
-from tasks.contract import BatchRules, ColumnRule, Contract
 from tests.conftest import REPO
 
 DOC = REPO / "docs" / "config.md"

@@ -36,7 +36,7 @@ MONITOR = "monitor-model/flights-delay-monitor"
 TRAIN = "train-model/flights-delay-train"
 READ_LEDGER = f"""
 import json
-from tasks.warehouse import get_warehouse, read_ledger
+from retrain.warehouse import get_warehouse, read_ledger
 print(json.dumps([entry.action for entry in read_ledger(get_warehouse(), "{MODEL}", limit=100)]))
 """
 WALL_SECONDS = 900  # the whole scenario; each wait below has its own, smaller bound

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from flows.training import train_model
 from retrain.settings import get_settings
-from tasks.warehouse import get_warehouse, has_table, read_ledger, read_table, write_frame
+from retrain.warehouse import get_warehouse, has_table, read_ledger, read_table, write_frame
 from tests.conftest import REPO, cli_environment, write_model_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

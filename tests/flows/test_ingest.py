@@ -30,8 +30,7 @@ from flows.ingest import ingest_new_rows, ingest_when_new_rows
 from retrain.config import load_model_config
 from retrain.errors import ConfigError, DataContractError
 from retrain.settings import get_settings
-from tasks.validation import BatchRefused, count_new_rows
-from tasks.warehouse import (
+from retrain.warehouse import (
     BATCH_COLUMN,
     BATCH_LEDGER,
     get_warehouse,
@@ -42,6 +41,7 @@ from tasks.warehouse import (
     read_table,
     write_frame,
 )
+from tasks.ingest import BatchRefused, count_new_rows
 from tests.conftest import REPO, cli_environment, write_model_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

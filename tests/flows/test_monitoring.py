@@ -19,7 +19,7 @@ from prefect.events import DeploymentEventTrigger, emit_event
 
 from flows.monitoring import monitor_model
 from flows.training import train_model
-from tasks.warehouse import (
+from retrain.warehouse import (
     MONITORING_METRIC_TABLE,
     count_predictions,
     get_warehouse,

@@ -27,6 +27,14 @@ from prefect.flow_runs import resume_flow_run
 
 from flows.release import check_canary, promote_model, release_challenger, roll_back_model
 from retrain.settings import get_settings
+from retrain.warehouse import (
+    append_rows,
+    create_declared_table,
+    get_warehouse,
+    label_table,
+    prediction_table,
+    read_ledger,
+)
 from tasks.registry import (
     GATES_TAG,
     Record,
@@ -39,14 +47,6 @@ from tasks.registry import (
     read_release_state,
 )
 from tasks.release import ReleaseOutcome
-from tasks.warehouse import (
-    append_rows,
-    create_declared_table,
-    get_warehouse,
-    label_table,
-    prediction_table,
-    read_ledger,
-)
 from tests.conftest import write_model_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

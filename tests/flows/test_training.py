@@ -47,7 +47,7 @@ from prefect.events.filters import (
 from flows.training import train_model
 from retrain.errors import ConfigError, DataError
 from retrain.settings import get_settings
-from tasks.warehouse import get_warehouse, open_warehouse, read_ledger, write_frame
+from retrain.warehouse import get_warehouse, open_warehouse, read_ledger, write_frame
 from tests.conftest import POSTGRES_URL, REPO, write_model_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

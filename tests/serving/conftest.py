@@ -24,9 +24,9 @@ from mlflow.types import ColSpec, Schema
 
 import retrain.model_package
 from retrain.config import ModelConfig, load_model_config
+from retrain.contract import read_contract
 from retrain.model_package import BOOSTER_ARTIFACT, ENCODING_ARTIFACT, build_encoding, encode_rows
 from retrain.settings import Settings
-from tasks.contract import read_contract
 from tests.conftest import write_model_config
 
 MODEL = "flights-delay"

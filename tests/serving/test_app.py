@@ -23,15 +23,15 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from serving.app import create_app
-from serving.routing import CANARY_SHARE_TAG, choose_arm
-from tasks.warehouse import (
+from retrain.warehouse import (
     PREDICTION_TABLE,
     Warehouse,
     open_warehouse,
     prediction_table,
     read_labelled_predictions,
 )
+from serving.app import create_app
+from serving.routing import CANARY_SHARE_TAG, choose_arm
 from tests.conftest import POSTGRES_URL, REPO, fresh_postgres_schema
 from tests.serving.conftest import MODEL, Registry
 

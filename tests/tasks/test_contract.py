@@ -12,22 +12,19 @@ import pandas as pd
 import pytest
 
 from retrain.config import ModelConfig, load_model_config
-from retrain.errors import ConfigError
-from tasks.contract import (
+from retrain.contract import (
     ColumnType,
     Contract,
     check_config_against_table,
     contract_from_yaml,
     contract_to_yaml,
-    grows_with_time,
-    infer_column_rule,
-    infer_contract,
     read_contract,
-    widen_range,
     write_contract,
 )
+from retrain.errors import ConfigError
+from retrain.warehouse import TableDescription
+from tasks.contract import grows_with_time, infer_column_rule, infer_contract, widen_range
 from tasks.validation import judge_batch, validate_batch
-from tasks.warehouse import TableDescription
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = REPO / "examples" / "flights.yaml"

@@ -17,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from retrain.settings import get_settings
+from retrain.warehouse import Warehouse, get_warehouse, open_warehouse, read_ledger
 from tasks.registry import (
     CANARY_SHARE_TAG,
     GATES_TAG,
@@ -40,7 +41,6 @@ from tasks.registry import (
     read_release_state,
     step_names,
 )
-from tasks.warehouse import Warehouse, get_warehouse, open_warehouse, read_ledger
 from tests.conftest import REPO
 
 AT = datetime(2013, 3, 1, 12)
@@ -286,7 +286,7 @@ from datetime import datetime
 import mlflow
 from mlflow.tracking import MlflowClient
 from tasks.registry import Record, apply_transition, plan_promote, read_aliases
-from tasks.warehouse import get_warehouse
+from retrain.warehouse import get_warehouse
 
 class Killed(MlflowClient):
     def delete_registered_model_alias(self, *args, **kwargs):

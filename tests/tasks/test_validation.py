@@ -13,22 +13,20 @@ import pandas as pd
 import pandera.pandas as pa
 import pytest
 
+from retrain.contract import ColumnRule, ColumnType, Contract, read_contract
 from retrain.errors import ConfigError, DataContractError
-from tasks.contract import ColumnRule, ColumnType, Contract, read_contract
+from tasks.ingest import check_requested_range, row_fingerprint, select_batch
 from tasks.validation import (
     DUPLICATE_ACROSS_BATCHES,
     DUPLICATE_IN_BATCH,
     PASSED,
     REFUSED,
     ValidationResult,
-    check_requested_range,
     check_snapshot,
     coerce_column,
     compile_schema,
     enforce_batch_rules,
     judge_batch,
-    row_fingerprint,
-    select_batch,
     validate_batch,
 )
 

@@ -18,8 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from retrain.errors import Busy, DataError
-from tasks.validation import select_batch
-from tasks.warehouse import (
+from retrain.warehouse import (
     BATCH_LEDGER,
     Warehouse,
     append_rows,
@@ -37,6 +36,7 @@ from tasks.warehouse import (
     record_batch,
     write_frame,
 )
+from tasks.ingest import select_batch
 from tests.conftest import REPO
 
 
@@ -247,7 +247,7 @@ HOLDER_SCRIPT = textwrap.dedent(
     """
     import sys, time
     sys.path.insert(0, {repo!r})
-    from tasks.warehouse import hold_lock, open_warehouse
+    from retrain.warehouse import hold_lock, open_warehouse
     with hold_lock(open_warehouse({url!r}, {schema!r}), "source:flights", wait_seconds=30, holder="killed run"):
         print("held", flush=True)
         time.sleep(600)
@@ -297,7 +297,7 @@ def test_a_postgresql_timestamptz_source_is_read_as_instants(postgres_schema: tu
 
 
 def test_the_ledger_is_append_only_and_read_newest_first(warehouse: Warehouse) -> None:
-    from tasks.warehouse import LedgerEntry, append_ledger_entry, read_ledger
+    from retrain.warehouse import LedgerEntry, append_ledger_entry, read_ledger
 
     assert read_ledger(warehouse, "m") == []
     for minute, action in enumerate(["registered", "promoted", "rolled-back"]):
@@ -315,7 +315,7 @@ def test_the_ledger_is_append_only_and_read_newest_first(warehouse: Warehouse) -
 
 
 def test_predictions_join_labels_by_request_id_or_key_and_only_matured_ones(warehouse: Warehouse) -> None:
-    from tasks.warehouse import (
+    from retrain.warehouse import (
         append_rows,
         create_declared_table,
         label_table,
@@ -355,7 +355,7 @@ def test_predictions_join_labels_by_request_id_or_key_and_only_matured_ones(ware
 def test_a_key_is_the_same_text_whoever_writes_it() -> None:
     import numpy as np
 
-    from tasks.warehouse import prediction_key
+    from retrain.warehouse import prediction_key
 
     from_table = prediction_key([np.int64(1545), pd.Timestamp("2013-01-01 05:00:00"), "UA"])
     from_client = prediction_key([1545.0, datetime.fromisoformat("2013-01-01T00:00:00-05:00"), "UA"])

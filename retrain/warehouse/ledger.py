@@ -1,0 +1,78 @@
+"""The release ledger: one append-only row per decision about a model, and its reader."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from retrain.warehouse.engine import Warehouse
+from retrain.warehouse.tables import LEDGER_TABLE, append_rows, create_declared_table, has_table, ledger_table
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One decision about a model, as the ledger keeps it (see `ledger_table`)."""
+
+    model: str
+    action: str
+    reason: str
+    actor: str
+    at: datetime
+    from_version: str | None = None
+    to_version: str | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)
+    flow_run_id: str | None = None
+    mlflow_run_id: str | None = None
+
+
+def append_ledger_entry(warehouse: Warehouse, entry: LedgerEntry) -> None:
+    """Append one ledger row (the ledger is never updated or deleted from)."""
+    row = {
+        "at": entry.at,
+        "model": entry.model,
+        "action": entry.action,
+        "from_version": entry.from_version,
+        "to_version": entry.to_version,
+        "reason": entry.reason,
+        "actor": entry.actor,
+        "metrics": json.dumps(dict(entry.metrics), sort_keys=True, default=str),
+        "details": json.dumps(dict(entry.details), sort_keys=True, default=str),
+        "flow_run_id": entry.flow_run_id,
+        "mlflow_run_id": entry.mlflow_run_id,
+    }
+    append_rows(warehouse, create_declared_table(warehouse, ledger_table(warehouse.schema)), [row])
+
+
+def read_ledger(
+    warehouse: Warehouse, model: str | None = None, limit: int | None = None, *, action: str | None = None
+) -> list[LedgerEntry]:
+    """Ledger rows of one model (or of all), optionally of one action (e.g. every `run-failed`), newest first
+    (ties broken by insertion order)."""
+    if not has_table(warehouse, LEDGER_TABLE):
+        return []
+    ledger = ledger_table(warehouse.schema)
+    query = sa.select(ledger).order_by(ledger.c.at.desc(), ledger.c.id.desc())
+    if model is not None:
+        query = query.where(ledger.c.model == model)
+    if action is not None:
+        query = query.where(ledger.c.action == action)
+    if limit is not None:
+        query = query.limit(limit)
+    with warehouse.engine.connect() as connection:
+        rows = connection.execute(query).mappings().all()
+    return [
+        LedgerEntry(
+            model=row["model"], action=row["action"], reason=row["reason"], actor=row["actor"], at=row["at"],
+            from_version=row["from_version"], to_version=row["to_version"],
+            metrics=json.loads(row["metrics"] or "{}"), details=json.loads(row["details"] or "{}"),
+            flow_run_id=row["flow_run_id"], mlflow_run_id=row["mlflow_run_id"],
+        )
+        for row in rows
+    ]
+

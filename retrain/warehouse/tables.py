@@ -1,0 +1,392 @@
+"""The tables Retrain writes, declared here and nowhere else, and the generic reads and writes of any table.
+
+Declared with explicit types, so a first record holding a NULL cannot fix a column's type to TEXT (which
+PostgreSQL would then refuse numbers into): the batch ledger, the clean and quarantine tables of a source, the
+release ledger of model decisions, the prediction log and labels, monitoring metrics and the lock table. Ingest
+state belongs to the source table and its clean table, not to a model, so several models can read one source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgres_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from retrain.errors import DataError
+from retrain.warehouse.engine import WRITE_CHUNK_ROWS, Warehouse
+
+BATCH_LEDGER = "retrain_batches"
+LOCK_TABLE = "retrain_locks"
+LEDGER_TABLE = "retrain_ledger"
+PREDICTION_TABLE = "retrain_predictions"
+LABEL_TABLE = "retrain_labels"
+MONITORING_METRIC_TABLE = "retrain_monitoring_metrics"
+BATCH_COLUMN = "_batch_id"  # every clean row names the batch it landed with, so a batch can be traced or undone
+PASSED = "passed"
+
+_CLEAN_TYPES: dict[str, type[sa.types.TypeEngine[Any]]] = {
+    "integer": sa.BigInteger,
+    "float": sa.Float,
+    "string": sa.Text,
+    "datetime": sa.DateTime,
+}
+
+
+def batch_ledger(schema: str | None = None) -> sa.Table:
+    """The batch ledger: one row per ingest of a source into a clean table, passed or refused.
+
+    The watermark of a source is the end of the latest passed batch's range, so it belongs to the source
+    and its clean table: every model that reads them shares it.
+    """
+    return sa.Table(
+        BATCH_LEDGER,
+        sa.MetaData(schema=schema),
+        sa.Column("batch_id", sa.String(120), primary_key=True),
+        sa.Column("source_table", sa.String(200), nullable=False, index=True),
+        sa.Column("clean_table", sa.String(200), nullable=False),
+        sa.Column("model", sa.String(200), nullable=False),  # whose config ran it; the state is the source's
+        sa.Column("range_start", sa.DateTime, nullable=True),
+        sa.Column("range_end", sa.DateTime, nullable=True),
+        sa.Column("end_requested", sa.Boolean, nullable=False),
+        sa.Column("rows_read", sa.Integer, nullable=False),
+        sa.Column("rows_clean", sa.Integer, nullable=False),
+        sa.Column("rows_coerced", sa.Integer, nullable=False),
+        sa.Column("rows_quarantined", sa.Integer, nullable=False),
+        sa.Column("rows_waiting", sa.Integer, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("reasons", sa.Text, nullable=False),
+        sa.Column("unknown_columns", sa.Text, nullable=False),
+        sa.Column("rule", sa.String(64), nullable=True),
+        sa.Column("violation", sa.Text, nullable=True),
+        sa.Column("flow_run_id", sa.String(64), nullable=True),
+        sa.Column("as_of", sa.DateTime, nullable=False),
+        sa.Column("started_at", sa.DateTime, nullable=False),
+        sa.Column("finished_at", sa.DateTime, nullable=False),
+    )
+
+
+def quarantine_table(name: str, schema: str | None = None) -> sa.Table:
+    """Rejected rows: the batch, the row's position in it, its reasons (JSON list) and raw values (JSON).
+
+    `fingerprint` is set for rows without a usable timestamp (null or unparseable): no time range can
+    place them, so the next batches know them by their content and do not read them again.
+    """
+    return sa.Table(
+        name,
+        sa.MetaData(schema=schema),
+        sa.Column("batch_id", sa.String(120), nullable=False, index=True),
+        sa.Column("source_row", sa.Integer, nullable=False),
+        sa.Column("reasons", sa.Text, nullable=False),
+        sa.Column("raw", sa.Text, nullable=False),
+        sa.Column("fingerprint", sa.String(64), nullable=True),
+    )
+
+
+def clean_table(
+    name: str, column_types: Mapping[str, str], key: Sequence[str] = (), schema: str | None = None
+) -> sa.Table:
+    """The clean table declared from the contract's types, with a unique index on the key.
+
+    The unique index is what makes a second copy of a row impossible, whatever else goes wrong (two
+    writers without the lock, a replayed range): the database refuses it.
+
+    Args:
+        name: Table name.
+        column_types: Column name to contract type (`integer`, `float`, `string`, `datetime`).
+        key: The columns that identify a row.
+        schema: Database schema.
+    """
+    columns = [sa.Column(column, _CLEAN_TYPES[kind]()) for column, kind in column_types.items()]
+    table = sa.Table(
+        name, sa.MetaData(schema=schema), *columns, sa.Column(BATCH_COLUMN, sa.String(120), nullable=False)
+    )
+    if key:
+        sa.Index(_key_index_name(name), *[table.c[column] for column in key], unique=True)
+    return table
+
+
+def _key_index_name(table: str) -> str:
+    # PostgreSQL cuts names at 63 bytes: a long table name keeps a readable head and a unique tail.
+    name = f"uq_{table}_key"
+    return name if len(name) <= 60 else f"uq_{table[:40]}_{hashlib.sha256(table.encode()).hexdigest()[:12]}_key"
+
+
+def ledger_table(schema: str | None = None) -> sa.Table:
+    """The release ledger: one append-only row per decision about a model (registered, gated out, approved,
+    rejected, canary started, promoted, rolled back, skipped, retrain requested, run failed).
+
+    `from_version`/`to_version` say what the decision moved (both empty when it moved nothing); `metrics` and
+    `details` are JSON objects; `actor` says who or what decided (a person, a schedule, an event, automation).
+    """
+    return sa.Table(
+        LEDGER_TABLE,
+        sa.MetaData(schema=schema),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("at", sa.DateTime, nullable=False),
+        sa.Column("model", sa.String(200), nullable=False),
+        sa.Column("action", sa.String(60), nullable=False),
+        sa.Column("from_version", sa.String(50)),
+        sa.Column("to_version", sa.String(50)),
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("actor", sa.String(200), nullable=False),
+        sa.Column("metrics", sa.Text, nullable=False, default="{}"),
+        sa.Column("details", sa.Text, nullable=False, default="{}"),
+        sa.Column("flow_run_id", sa.String(64)),
+        sa.Column("mlflow_run_id", sa.String(64)),
+        sa.Index("ix_retrain_ledger_model_at", "model", "at"),
+    )
+
+
+def prediction_table(schema: str | None = None) -> sa.Table:
+    """Every prediction a model answered: served (arm `champion` or `canary`) or batch-scored (arm `batch`).
+
+    `request_id` is unique per model, so a retried write never logs a prediction twice. `features` holds the
+    raw record as JSON (what the model saw), `key` the model's key columns as JSON (so a label can arrive by
+    key instead of by request id). Times are naive UTC on the Retrain clock.
+    """
+    return sa.Table(
+        PREDICTION_TABLE,
+        sa.MetaData(schema=schema),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("request_id", sa.String(100), nullable=False),
+        sa.Column("model", sa.String(200), nullable=False),
+        sa.Column("version", sa.String(50), nullable=False),
+        sa.Column("arm", sa.String(20), nullable=False),
+        sa.Column("predicted_at", sa.DateTime, nullable=False),
+        sa.Column("prediction", sa.Float, nullable=False),
+        sa.Column("features", sa.Text, nullable=False),
+        sa.Column("key", sa.Text),
+        sa.Column("latency_ms", sa.Float),
+        sa.UniqueConstraint("model", "request_id", name="uq_retrain_predictions_request"),
+        sa.Index("ix_retrain_predictions_model_time", "model", "predicted_at"),
+        sa.Index("ix_retrain_predictions_model_key", "model", "key"),
+    )
+
+
+def label_table(schema: str | None = None) -> sa.Table:
+    """Actuals as they arrive, by request id or by the model's key columns (JSON, as in the prediction table).
+
+    A label is matured at `labelled_at`: metrics "as of" a moment use only labels that had arrived by then.
+    """
+    return sa.Table(
+        LABEL_TABLE,
+        sa.MetaData(schema=schema),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("model", sa.String(200), nullable=False),
+        sa.Column("request_id", sa.String(100)),
+        sa.Column("key", sa.Text),
+        sa.Column("actual", sa.Float, nullable=False),
+        sa.Column("labelled_at", sa.DateTime, nullable=False),
+        sa.Column("source", sa.String(50), nullable=False, default="feedback"),
+        sa.UniqueConstraint("model", "request_id", name="uq_retrain_labels_request"),
+        sa.UniqueConstraint("model", "key", name="uq_retrain_labels_key"),
+    )
+
+
+def monitoring_metric_table(schema: str | None = None) -> sa.Table:
+    """Every number a monitoring run read from its reports: one row per (model, version, window, metric, column).
+
+    `column` is empty for whole-window numbers (drift share, MAE) and names the column for per-column drift
+    scores, so history can be plotted and queried with plain SQL.
+    """
+    return sa.Table(
+        MONITORING_METRIC_TABLE,
+        sa.MetaData(schema=schema),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("model", sa.String(200), nullable=False),
+        sa.Column("version", sa.String(50), nullable=False),
+        sa.Column("window_start", sa.DateTime, nullable=False),
+        sa.Column("window_end", sa.DateTime, nullable=False),
+        sa.Column("metric", sa.String(100), nullable=False),
+        sa.Column("column", sa.String(200), nullable=False, default=""),
+        sa.Column("value", sa.Float),
+        sa.Column("recorded_at", sa.DateTime, nullable=False),
+        sa.Column("flow_run_id", sa.String(64)),
+        sa.Index("ix_retrain_monitoring_metrics_model", "model", "metric", "window_end"),
+    )
+
+
+def lock_table(schema: str | None = None) -> sa.Table:
+    """Who holds which lock since when: the lock itself on SQLite, a note beside the advisory lock on PostgreSQL."""
+    return sa.Table(
+        LOCK_TABLE,
+        sa.MetaData(schema=schema),
+        sa.Column("name", sa.String(300), primary_key=True),
+        sa.Column("token", sa.String(64), nullable=False),
+        sa.Column("holder", sa.Text, nullable=False),
+        sa.Column("host", sa.String(255), nullable=False),
+        sa.Column("pid", sa.Integer, nullable=False),
+        sa.Column("process_started", sa.String(32), nullable=False),
+        sa.Column("acquired_at", sa.DateTime, nullable=False),
+        sa.Column("heartbeat_at", sa.DateTime, nullable=False),
+    )
+
+
+# ------------------------------------------------------------------------------------ generic reads/writes
+
+
+def has_table(warehouse: Warehouse, table: str) -> bool:
+    return sa.inspect(warehouse.engine).has_table(table, schema=warehouse.schema)
+
+
+def list_tables(warehouse: Warehouse) -> list[str]:
+    return sorted(sa.inspect(warehouse.engine).get_table_names(schema=warehouse.schema))
+
+
+def reflect_table(warehouse: Warehouse, table: str) -> sa.Table:
+    """The table as the database has it; a missing table is a DataError naming it."""
+    if not has_table(warehouse, table):
+        raise DataError(f"table '{warehouse.name_of(table)}' does not exist in the warehouse {warehouse.url}")
+    return sa.Table(table, sa.MetaData(schema=warehouse.schema), autoload_with=warehouse.engine)
+
+
+def read_window(
+    warehouse: Warehouse,
+    table: str,
+    timestamp_column: str,
+    start: datetime | None,
+    end: datetime | None,
+    columns: Sequence[str] | None = None,
+    tie_breakers: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Rows with `start <= timestamp < end`, ordered by time; half-open so adjacent windows never overlap.
+
+    Meant for tables Retrain wrote (the clean table), whose timestamps are typed. Rows sharing a timestamp
+    come back in whatever order the database likes unless `tie_breakers` (the key) fix it; a snapshot that
+    must fingerprint and train the same everywhere passes them.
+
+    Raises:
+        DataError: the table, the timestamp column or a requested column does not exist.
+    """
+    source = reflect_table(warehouse, table)
+    wanted = list(columns) if columns is not None else [c.name for c in source.columns]
+    missing = [name for name in [timestamp_column, *wanted, *tie_breakers] if name not in source.c]
+    if missing:
+        raise DataError(
+            f"table '{warehouse.name_of(table)}' has no column(s) {sorted(set(missing))}; "
+            f"it has {[c.name for c in source.columns]}"
+        )
+    timestamp = source.c[timestamp_column]
+    query = sa.select(*[source.c[name] for name in wanted]).order_by(
+        timestamp, *[source.c[name] for name in tie_breakers]
+    )
+    if start is not None:
+        query = query.where(timestamp >= start)
+    if end is not None:
+        query = query.where(timestamp < end)
+    with warehouse.engine.connect() as connection:
+        return pd.read_sql(query, connection, parse_dates=[timestamp_column] if timestamp_column in wanted else None)
+
+
+def write_frame(warehouse: Warehouse, frame: pd.DataFrame, table: str, if_exists: str = "append") -> int:
+    """Write rows in chunks inside one transaction, so a failure leaves no partial write."""
+    with warehouse.engine.begin() as connection:
+        frame.to_sql(
+            table, connection, schema=warehouse.schema, if_exists=if_exists, index=False, chunksize=WRITE_CHUNK_ROWS
+        )
+    return len(frame)
+
+
+def append_rows(warehouse: Warehouse, table: sa.Table, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert rows as bound parameters, creating the (declared) table on first use."""
+    if not rows:
+        return 0
+    with warehouse.engine.begin() as connection:
+        table.create(connection, checkfirst=True)
+        connection.execute(sa.insert(table), list(rows))
+    return len(rows)
+
+
+def read_table(warehouse: Warehouse, table: str) -> pd.DataFrame:
+    """A whole (small) table: bookkeeping such as the audit log or the batch ledger."""
+    source = reflect_table(warehouse, table)
+    with warehouse.engine.connect() as connection:
+        return pd.read_sql(sa.select(source), connection)
+
+
+def create_declared_table(warehouse: Warehouse, table: sa.Table) -> sa.Table:
+    """Create one of our tables if it is missing; another process creating it at the same moment is fine."""
+    try:
+        with warehouse.engine.begin() as connection:
+            table.create(connection, checkfirst=True)
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+        # Another process created it between our check and our CREATE: what we wanted.
+        if not has_table(warehouse, table.name):
+            raise
+    return table
+
+
+def reflect_ours(connection: sa.Connection, declared: sa.Table) -> sa.Table | None:
+    """One of our tables as stored (None before its first write); one written by an older Retrain is an error."""
+    schema = declared.schema
+    if not sa.inspect(connection).has_table(declared.name, schema=schema):
+        return None
+    stored = sa.Table(declared.name, sa.MetaData(schema=schema), autoload_with=connection)
+    lacking = [column.name for column in declared.columns if column.name not in stored.c]
+    if lacking:
+        where = f"{schema}.{declared.name}" if schema else declared.name
+        raise DataError(
+            f"table '{where}' was written by an older version of Retrain: it has no column(s) {lacking}. "
+            "There is no migration: rename or drop it (and, for a batch ledger, the clean and quarantine tables "
+            "it describes), then ingest again"
+        )
+    return stored
+
+
+def stored_datetime(value: Any) -> datetime | None:
+    # func.max() loses the column type on SQLite and returns the stored text.
+    if value is None:
+        return None
+    return value if isinstance(value, datetime) else pd.Timestamp(value).to_pydatetime()
+
+
+
+def read_newest_timestamp(warehouse: Warehouse, table: str, timestamp_column: str) -> datetime | None:
+    """The newest timestamp of `table` (None when it holds no row): where a training's `as_of` defaults to.
+
+    Raises:
+        DataError: the table or the timestamp column does not exist.
+    """
+    source = reflect_table(warehouse, table)
+    if timestamp_column not in source.c:
+        raise DataError(f"table '{table}' has no column '{timestamp_column}'; it has {[c.name for c in source.c]}")
+    with warehouse.engine.connect() as connection:
+        value = connection.execute(sa.select(sa.func.max(source.c[timestamp_column]))).scalar()
+    return stored_datetime(value)
+
+
+
+def count_rows_between(
+    warehouse: Warehouse, table: str, timestamp_column: str, start: datetime, end: datetime
+) -> int:
+    """Rows of one of our typed tables (a clean table) with `start <= timestamp < end`."""
+    source = reflect_table(warehouse, table)
+    column = source.c[timestamp_column]
+    query = sa.select(sa.func.count()).where(column >= start, column < end)
+    with warehouse.engine.connect() as connection:
+        return int(connection.execute(query).scalar() or 0)
+
+
+
+def insert_new_rows(connection: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert rows, skipping any that a unique key of the table already holds (PostgreSQL and SQLite use
+    ON CONFLICT DO NOTHING; other databases insert row by row and skip duplicates)."""
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        connection.execute(postgres_insert(table).on_conflict_do_nothing(), list(rows))
+    elif dialect == "sqlite":
+        connection.execute(sqlite_insert(table).on_conflict_do_nothing(), list(rows))
+    else:
+        for row in rows:
+            try:
+                with connection.begin_nested():
+                    connection.execute(sa.insert(table), [row])
+            except sa.exc.IntegrityError:
+                continue
+
