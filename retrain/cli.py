@@ -644,8 +644,9 @@ def status(
         import mlflow
         from mlflow.tracking import MlflowClient
 
+        from retrain.release_state import read_release_state
         from retrain.warehouse import get_warehouse, read_ledger
-        from tasks.registry import ledger_summary, read_release_state
+        from tasks.registry import ledger_summary
 
         mlflow.set_tracking_uri(get_settings().resolved_tracking_uri())
         state = read_release_state(MlflowClient(), model.name)

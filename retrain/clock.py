@@ -7,6 +7,21 @@ aware value is converted once at the edge and nothing downstream compares aware 
 reference time, a record's `recorded_at`); a flow that depends on time takes `as_of` instead, so a
 replay of a year gives the same results as living through it. Tests freeze the clock with
 `frozen_clock`.
+
+Which clock each flow runs on when no `as_of` is given: the one rule. Every flow calls one of the two functions
+below, and nothing else decides a default.
+
+| flow | clock | default `as_of` |
+|---|---|---|
+| ingest-new-rows, ingest-when-new-rows | arrival (`arrival_as_of`) | `now()` |
+| train-model, monitor-model | model (`model_as_of`) | just after the newest clean row |
+| release-model, check-canary, promote-model, roll-back-model | arrival (`arrival_as_of`) | `now()` |
+
+Why: rows arrive on the wall clock (what is dated after now, plus the contract's tolerance, has not arrived yet);
+the same data must give the same training snapshot and monitoring window whenever they run; served predictions
+are logged at their request time, so canary periods and bake windows are measured on it.
+
+A replay passes `as_of` to every flow, so each reads exactly what it would have read at that instant.
 """
 
 from __future__ import annotations
@@ -22,6 +37,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as arrow
 import pyarrow.compute as arrow_compute
+
+from retrain.errors import DataError
 
 Clock = Callable[[], datetime]
 
@@ -48,6 +65,40 @@ def frozen_clock(moment: datetime | str) -> Iterator[datetime]:
         yield fixed
     finally:
         _clock.pop()
+
+
+JUST_AFTER = timedelta(microseconds=1)  # windows are half-open: as_of = newest + 1 µs includes the newest row
+
+
+def model_as_of(as_of: datetime | None, newest: datetime | None, table: str) -> datetime:
+    """The model's clock: the given instant (naive UTC), or just after the newest clean row, never the wall clock.
+
+    Args:
+        as_of: The instant asked for, if any.
+        newest: The newest timestamp of the clean table (None when it holds no row).
+        table: The clean table, for the message.
+
+    Raises:
+        DataError: nothing given and the clean table holds no row, so there is nothing to run on.
+    """
+    if as_of is not None:
+        return as_naive_utc(as_of)
+    if newest is None:
+        raise DataError(f"table '{table}' holds no clean row yet: run `retrain ingest` first, or pass --as-of")
+    return newest + JUST_AFTER
+
+
+def arrival_as_of(as_of: datetime | None) -> datetime:
+    """The arrival clock: the given instant (naive UTC), or now, for flows where what has happened by now matters."""
+    return as_naive_utc(as_of) if as_of is not None else now()
+
+
+def years_before(moment: datetime, years: int) -> datetime:
+    """The same calendar instant `years` earlier; 29 February becomes 28 February in a year without one."""
+    try:
+        return moment.replace(year=moment.year - years)
+    except ValueError:  # 29 February, and the target year is not a leap year
+        return moment.replace(year=moment.year - years, day=28)
 
 
 def as_naive_utc(moment: datetime) -> datetime:

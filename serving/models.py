@@ -1,7 +1,8 @@
 """The models a server answers with, loaded by alias and swapped atomically.
 
-The registry's aliases are the release state (tasks/registry.py moves them); the server only follows
-them. A watcher reads the aliases and the canary share every `alias_poll_seconds` (and on /reload), loads
+The registry's aliases are the release state (tasks/registry.py moves them, `retrain.release_state` reads
+them for everyone); the server only follows them. A watcher reads the aliases and the canary share every
+`alias_poll_seconds` (and on /reload), loads
 and warms any version it does not hold yet off the request path, and then replaces the whole `Served`
 set with one reference assignment. A request reads that reference once and predicts with what it got,
 so a request in flight finishes on the model it started with. A version that fails to load or to
@@ -21,13 +22,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from retrain import mlflow_keys as keys
 from retrain.clock import now
+from retrain.release_state import ReleaseState, read_release_state
 from serving.records import kind_of_signature_type
-from serving.routing import CANARY, CANARY_SHARE_TAG, CHAMPION, effective_canary_share
+from serving.routing import CANARY, CHAMPION, effective_canary_share
 
 logger = logging.getLogger(__name__)
-
-METADATA_KEY = "retrain"  # where training writes the model's feature kinds (tasks/tracking.py)
 
 RecordsPredictor = Callable[[Sequence[Mapping[str, Any]]], np.ndarray]
 
@@ -47,15 +48,6 @@ class LoadedModel:
     kinds: Mapping[str, str]
     loaded_at: datetime
     run_id: str | None = None
-
-
-@dataclass(frozen=True)
-class ReleaseState:
-    """What the registry says should be served: versions by alias and the canary share tag."""
-
-    champion: str | None
-    canary: str | None
-    canary_tag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,22 +81,6 @@ class ServedModels:
         return previous
 
 
-def read_release_state(client: Any, name: str) -> ReleaseState:
-    """The registered model's aliases and canary share tag (one registry call)."""
-    model = client.get_registered_model(name)
-    aliases = dict(getattr(model, "aliases", {}) or {})
-    tags = dict(getattr(model, "tags", {}) or {})
-    return ReleaseState(
-        champion=_as_version(aliases.get(CHAMPION)),
-        canary=_as_version(aliases.get(CANARY)),
-        canary_tag=tags.get(CANARY_SHARE_TAG),
-    )
-
-
-def _as_version(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
 def feature_kinds(pyfunc_model: Any) -> tuple[tuple[str, ...], dict[str, str]]:
     """The model's input columns and their kinds: from Retrain's metadata if the model has it, else from
     its signature.
@@ -113,7 +89,7 @@ def feature_kinds(pyfunc_model: Any) -> tuple[tuple[str, ...], dict[str, str]]:
         ModelLoadError: the model declares neither (the server cannot check a request against it).
     """
     metadata = getattr(pyfunc_model.metadata, "metadata", None) or {}
-    ours = metadata.get(METADATA_KEY, {}).get("features") if isinstance(metadata, dict) else None
+    ours = metadata.get(keys.METADATA_KEY, {}).get("features") if isinstance(metadata, dict) else None
     if isinstance(ours, dict) and ours:
         return tuple(ours), {name: str(kind) for name, kind in ours.items()}
     schema = pyfunc_model.metadata.get_input_schema()
@@ -339,7 +315,7 @@ class ModelWatcher:
         canary = None
         if state.canary is not None and state.canary != state.champion:
             canary = self._obtain(state.canary, CANARY, held, failures)
-        share = effective_canary_share(canary is not None, state.canary_tag, self.share_override)
+        share = effective_canary_share(canary is not None, state.canary_share, self.share_override)
         served = Served(champion, canary, share)
         if current is not None and _same(current, served):
             return Refresh(False, current.describe(), tuple(failures), "nothing changed")

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CANARY = "canary"
-CANARY_SHARE_TAG = "retrain.canary_share"
 _HASH_SPACE = float(2**64)
 
 
@@ -35,31 +33,11 @@ def choose_arm(routing_id: str, canary_share: float) -> str:
     return CANARY if routing_point(routing_id) < canary_share else CHAMPION
 
 
-def parse_canary_share(value: str | float | None, source: str) -> float | None:
-    """A share as release state writes it ("0.1"); None when absent or unusable (logged, never raised:
-    a bad tag must not stop the champion from serving).
-
-    Args:
-        value: The tag's text, a number, or None.
-        source: Where the value came from, for the log line.
-    """
-    if value is None or value == "":
-        return None
-    try:
-        share = float(value)
-    except (TypeError, ValueError):
-        logger.warning("canary share %r from %s is not a number; the canary gets no traffic", value, source)
-        return None
-    if not math.isfinite(share) or not 0 <= share <= 1:
-        logger.warning("canary share %r from %s is not in [0, 1]; the canary gets no traffic", value, source)
-        return None
-    return share
-
-
-def effective_canary_share(has_canary: bool, tag_value: str | None, override: float | None) -> float:
-    """The share the server applies: 0 without a canary; else the override, else the tag, else 0."""
+def effective_canary_share(has_canary: bool, tagged: float | None, override: float | None) -> float:
+    """The share the server applies: 0 without a canary; else the override, else the release state's share (the
+    tag, already parsed by `retrain.release_state`), else 0."""
     if not has_canary:
         return 0.0
     if override is not None:
         return override
-    return parse_canary_share(tag_value, f"tag {CANARY_SHARE_TAG}") or 0.0
+    return tagged or 0.0

@@ -19,15 +19,13 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from retrain.clock import as_naive_utc, format_duration
+from retrain.clock import format_duration, model_as_of
 from retrain.config import ModelConfig, TargetConfig, TaskType
 from retrain.contract import Contract
 from retrain.errors import ConfigError, DataError
 from retrain.model_package import Encoding, build_encoding
 from tasks.retries import retry_when_transient
 from tasks.validation import check_snapshot
-
-JUST_AFTER = timedelta(microseconds=1)  # the window is half-open: as_of = newest + 1 µs includes the newest row
 
 
 @dataclass(frozen=True)
@@ -85,19 +83,6 @@ class PreparedData:
     @property
     def feature_names(self) -> tuple[str, ...]:
         return self.encoding.features
-
-
-def resolve_as_of(as_of: datetime | None, newest: datetime | None, table: str) -> datetime:
-    """The instant a training runs as of: the given one (naive UTC), or just after the newest clean row.
-
-    Raises:
-        DataError: nothing given and the clean table holds no row, so there is nothing to train on.
-    """
-    if as_of is not None:
-        return as_naive_utc(as_of)
-    if newest is None:
-        raise DataError(f"table '{table}' holds no clean row yet: run `retrain ingest` first, or pass --as-of")
-    return newest + JUST_AFTER
 
 
 def training_window(config: ModelConfig, as_of: datetime, as_of_given: bool) -> TrainingWindow:
@@ -272,7 +257,7 @@ def resolve_training_window(config: ModelConfig, as_of: datetime | None) -> Trai
     newest = None
     if as_of is None:
         newest = read_newest_timestamp(get_warehouse(), config.source.clean, config.source.timestamp)
-    resolved = resolve_as_of(as_of, newest, config.source.clean)
+    resolved = model_as_of(as_of, newest, config.source.clean)
     window = training_window(config, resolved, as_of_given=as_of is not None)
     get_run_logger().info(
         "training '%s' as of %s (%s): window %s", config.name, window.as_of.isoformat(),

@@ -430,7 +430,7 @@ def _plan(
     source, clean = config.source.table, config.source.clean
     start = as_naive_utc(start) if start is not None else None
     end = as_naive_utc(end) if end is not None else None
-    moment = as_naive_utc(as_of) if as_of is not None else clock.now()
+    moment = clock.arrival_as_of(as_of)
     replay = None
     if end is not None:
         record = warehouse.find_passed_batch(store, source, clean, start, end)

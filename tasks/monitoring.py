@@ -42,7 +42,8 @@ from monitoring.triggers import (
     TriggerPolicy,
     decide_retrain,
 )
-from retrain.clock import Window, as_naive_utc, now
+from retrain import mlflow_keys as keys
+from retrain.clock import Window, as_naive_utc, model_as_of, now
 from retrain.config import ModelConfig, TaskType
 from retrain.errors import DataError
 from retrain.settings import get_settings
@@ -65,7 +66,7 @@ from retrain.warehouse import (
     read_prediction_features,
     read_window,
 )
-from tasks.features import JUST_AFTER, make_target
+from tasks.features import make_target
 from tasks.retries import retry_when_transient
 from tasks.training import METRIC_FUNCTIONS, score_predictions
 
@@ -317,8 +318,8 @@ def find_champion(config: ModelConfig) -> Champion | None:
     run = client.get_run(run_id)
     params = run.data.params
     try:
-        window = Window(datetime.fromisoformat(params["retrain.window_start"]),
-                        datetime.fromisoformat(params["retrain.window_end"]))
+        window = Window(datetime.fromisoformat(params[keys.WINDOW_START]),
+                        datetime.fromisoformat(params[keys.WINDOW_END]))
     except KeyError as missing:
         raise DataError(f"the champion's MLflow run {run_id} records no training window ({missing}): was it "
                         "trained by Retrain?") from None
@@ -333,16 +334,6 @@ def load_model(config: ModelConfig, version: str) -> Any:
 
 def predict_rows(model: Any, frame: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
     return np.asarray(model.predict(frame[list(features)]), dtype="float64").ravel()
-
-
-def resolve_monitoring_as_of(warehouse: Warehouse, config: ModelConfig, as_of: datetime | None) -> datetime:
-    """The given instant, or just after the newest clean row (like training), never the wall clock."""
-    if as_of is not None:
-        return as_naive_utc(as_of)
-    newest = read_newest_timestamp(warehouse, config.source.clean, config.source.timestamp)
-    if newest is None:
-        raise DataError(f"table '{config.source.clean}' holds no clean row yet: run `retrain ingest` first")
-    return newest + JUST_AFTER
 
 
 def score_batch(warehouse: Warehouse, config: ModelConfig, champion: Champion, as_of: datetime) -> int:
@@ -438,7 +429,9 @@ def find_champion_task(config: ModelConfig) -> Champion | None:
 
 @task(name="resolve-as-of", cache_policy=NO_CACHE, **STORE_RETRIES)
 def resolve_as_of_task(config: ModelConfig, as_of: datetime | None) -> datetime:
-    return resolve_monitoring_as_of(get_warehouse(), config, as_of)
+    newest = None if as_of is not None else read_newest_timestamp(get_warehouse(), config.source.clean,
+                                                                  config.source.timestamp)
+    return model_as_of(as_of, newest, config.source.clean)
 
 
 @task(name="score-new-rows", cache_policy=NO_CACHE, **STORE_RETRIES)
@@ -552,19 +545,19 @@ def publish_report(config: ModelConfig, outcome: MonitoringOutcome, result: Repo
         experiment_id = configure_mlflow(get_settings(), config.name)
         client = MlflowClient()
         run = client.create_run(experiment_id, run_name=f"monitor-{config.name}-{outcome.as_of:%Y-%m-%d}",
-                                tags={"retrain.model": config.name, "retrain.kind": "monitoring",
-                                      "retrain.champion_version": str(outcome.champion_version),
-                                      "retrain.decision": outcome.decision.action,
-                                      "retrain.reason": outcome.decision.reason[:5000],
-                                      "prefect.flow_run_id": str(_flow_run_id())})
+                                tags={keys.MODEL: config.name, keys.KIND: "monitoring",
+                                      keys.CHAMPION_VERSION: str(outcome.champion_version),
+                                      keys.DECISION: outcome.decision.action,
+                                      keys.REASON: outcome.decision.reason[:5000],
+                                      keys.FLOW_RUN_ID: str(_flow_run_id())})
         run_id = run.info.run_id
         numbers = {k: v for k, v in outcome.metrics.items() if v is not None}
         numbers["drift_share"] = result.drift.drift_share
         numbers = {name: value for name, value in numbers.items() if np.isfinite(value)}
         for name, value in numbers.items():
             client.log_metric(run_id, f"live_{name}" if name != "drift_share" else name, float(value))
-        client.log_param(run_id, "retrain.window_start", outcome.window.start.isoformat() if outcome.window else "")
-        client.log_param(run_id, "retrain.window_end", outcome.window.end.isoformat() if outcome.window else "")
+        client.log_param(run_id, keys.WINDOW_START, outcome.window.start.isoformat() if outcome.window else "")
+        client.log_param(run_id, keys.WINDOW_END, outcome.window.end.isoformat() if outcome.window else "")
         for path in result.paths:
             client.log_artifact(run_id, str(path), artifact_path="reports")
         client.set_terminated(run_id, status="FINISHED")

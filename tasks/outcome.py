@@ -17,11 +17,12 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from retrain import mlflow_keys as keys
 from retrain.config import ModelConfig
+from retrain.release_state import read_release_state
 from retrain.settings import get_settings
 from tasks.comparison import ChampionScore, Decision, Verdict, score_champion
 from tasks.features import PreparedData, TrainingWindow
-from tasks.registry import read_release_state
 from tasks.tracking import find_experiment
 from tasks.training import FittedModel
 from tasks.tuning import TuningResult
@@ -117,18 +118,18 @@ def find_same_training(
             continue
         registered = client.get_model_version(model_name, version)
         tags = registered.tags
-        if tags.get("retrain.fingerprint") == fingerprint and tags.get("retrain.settings") == settings:
+        if tags.get(keys.FINGERPRINT) == fingerprint and tags.get(keys.SETTINGS) == settings:
             return EarlierTraining(decision=alias, version=version, run_id=registered.run_id)
     rejected = client.search_runs(
         [experiment_id],
         filter_string=(
-            f"tags.`retrain.fingerprint` = '{fingerprint}' and tags.`retrain.settings` = '{settings}' "
-            "and tags.`retrain.decision` = 'rejected' and tags.`retrain.settled` = 'true'"
+            f"tags.`{keys.FINGERPRINT}` = '{fingerprint}' and tags.`{keys.SETTINGS}` = '{settings}' "
+            f"and tags.`{keys.DECISION}` = 'rejected' and tags.`{keys.SETTLED}` = 'true'"
         ),
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
-    if rejected and rejected[0].data.tags.get("retrain.champion_version") == (aliases.get("champion") or "none"):
+    if rejected and rejected[0].data.tags.get(keys.CHAMPION_VERSION) == (aliases.get("champion") or "none"):
         return EarlierTraining(decision="rejected", version=None, run_id=rejected[0].info.run_id)
     return None
 

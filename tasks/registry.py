@@ -1,9 +1,9 @@
-"""Model versions and aliases: the one function that applies a release transition, and the reads of release state.
+"""Model versions and aliases: the one function that applies a release transition.
 
 Release state is the registry's aliases (champion, challenger, canary, previous) plus the canary's traffic share
-(the registered model's tag `retrain.canary_share`). Every change is a named transition (register, start_canary,
-promote, reject, rollback) applied by `apply_transition`, the only code that calls
-`set_registered_model_alias` / `delete_registered_model_alias`:
+(the registered model's tag `retrain.canary_share`), read by `retrain.release_state`. Every change is a named
+transition (register, start_canary, promote, reject, rollback) applied by `apply_transition`, the only code that
+calls `set_registered_model_alias` / `delete_registered_model_alias`:
 
 - compare-and-set: under the model's release lock on the warehouse, the aliases must still be where the decision
   saw them; otherwise `TransitionConflict` and nothing moves, so of two promotions at once exactly one wins;
@@ -14,7 +14,7 @@ promote, reject, rollback) applied by `apply_transition`, the only code that cal
 - recorded: one append-only ledger row, facts on the model versions (tags and a dated line of description, which
   say what happened when, never a state the aliases do not have) and a Prefect event named by the action.
 
-No Prefect import at module level: `retrain status` reads release state with this module in about a second.
+No Prefect import at module level: the CLI's release commands import it before any flow starts.
 """
 
 from __future__ import annotations
@@ -31,15 +31,13 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from retrain import mlflow_keys as keys
 from retrain.errors import ExitCode, RetrainError
+from retrain.release_state import ALIASES, full_aliases, read_release_state
 from retrain.warehouse import LedgerEntry, Warehouse, append_ledger_entry, hold_lock, read_ledger
 
 logger = logging.getLogger(__name__)
 
-ALIASES = ("champion", "challenger", "canary", "previous")
-CANARY_SHARE_TAG = "retrain.canary_share"
-INTENT_TAG = "retrain.intent"
-GATES_TAG = "retrain.gates"  # "passed" on every registered version: only a version that passed may be promoted
 TAG_TEXT_LIMIT = 4000  # MLflow keeps tag values up to 5000 characters
 LOCK_WAIT_SECONDS = 30.0
 
@@ -128,22 +126,7 @@ class Record:
     mlflow_run_id: str | None = None
 
 
-@dataclass(frozen=True)
-class ReleaseState:
-    """What `retrain status` shows: aliases → version, the canary's share, a transition left half done."""
-
-    model: str
-    aliases: Mapping[str, str | None]
-    canary_share: float | None
-    pending: str | None = None  # the action of an interrupted transition the next one finishes
-
-
 # ------------------------------------------------------------------------------------- pure planning
-
-
-def full_aliases(aliases: Mapping[str, str]) -> dict[str, str | None]:
-    """All four aliases, None for those not set (other aliases a person added are left out)."""
-    return {alias: (str(aliases[alias]) if alias in aliases else None) for alias in ALIASES}
 
 
 def _transition(
@@ -197,7 +180,7 @@ def plan_promote(
     if seen["champion"] == version:
         raise TransitionRefused(f"version {version} of '{model}' is the champion already")
     if not passed_gates(version):
-        raise TransitionRefused(f"version {version} of '{model}' never passed the gates (no tag {GATES_TAG}=passed): "
+        raise TransitionRefused(f"version {version} of '{model}' never passed the gates (no tag {keys.GATES}=passed): "
                                 "only a version that passed them may become champion")
     moves: dict[str, str | None] = {"champion": version}
     if seen["champion"] is not None:
@@ -267,19 +250,19 @@ def fact_tags(transition: Transition, record: Record) -> dict[str, dict[str, str
     action = "restored" if transition.action is Action.ROLLBACK else transition.ledger_action.replace("-", "_")
     stamp = record.at.isoformat()
     facts = {
-        f"retrain.{action}_at": stamp,
-        f"retrain.{action}_by": record.actor[:TAG_TEXT_LIMIT],
-        f"retrain.{action}_reason": record.reason[:TAG_TEXT_LIMIT],
-        "retrain.last_action": f"{transition.ledger_action} at {stamp}",
+        keys.action_fact_tag(action, "at"): stamp,
+        keys.action_fact_tag(action, "by"): record.actor[:TAG_TEXT_LIMIT],
+        keys.action_fact_tag(action, "reason"): record.reason[:TAG_TEXT_LIMIT],
+        keys.LAST_ACTION: f"{transition.ledger_action} at {stamp}",
     }
     tags = {transition.version: facts} if transition.version is not None else {}
     replaced = transition.from_version
     if transition.action in (Action.PROMOTE, Action.ROLLBACK) and replaced is not None:
         verb = "replaced" if transition.action is Action.PROMOTE else "rolled_back"
         tags[replaced] = {
-            f"retrain.{verb}_at": stamp,
-            f"retrain.{verb}_by": record.actor[:TAG_TEXT_LIMIT],
-            "retrain.last_action": f"{verb.replace('_', '-')} as champion at {stamp}",
+            keys.action_fact_tag(verb, "at"): stamp,
+            keys.action_fact_tag(verb, "by"): record.actor[:TAG_TEXT_LIMIT],
+            keys.LAST_ACTION: f"{verb.replace('_', '-')} as champion at {stamp}",
         }
     return tags
 
@@ -334,20 +317,6 @@ def read_aliases(client: MlflowClient, model: str) -> dict[str, str | None]:
     return full_aliases(_registered(client, model).aliases)
 
 
-def read_release_state(client: MlflowClient, model: str) -> ReleaseState:
-    """Aliases, canary share and any interrupted transition; a model not registered yet has none of them."""
-    try:
-        registered = client.get_registered_model(model)
-    except MlflowException as error:
-        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return ReleaseState(model, full_aliases({}), None)
-        raise
-    tags = registered.tags or {}
-    pending = read_intent(tags[INTENT_TAG])[0].action.value if INTENT_TAG in tags else None
-    share = tags.get(CANARY_SHARE_TAG)
-    return ReleaseState(model, full_aliases(registered.aliases), float(share) if share else None, pending)
-
-
 def get_alias_version(client: MlflowClient, model: str, alias: str) -> str | None:
     """The version an alias points to, None when the model or the alias does not exist."""
     return read_release_state(client, model).aliases.get(alias)
@@ -367,7 +336,7 @@ def check_version(client: MlflowClient, model: str, version: str) -> Any:
 
 
 def passed_gates(client: MlflowClient, model: str, version: str) -> bool:
-    return check_version(client, model, version).tags.get(GATES_TAG) == "passed"
+    return check_version(client, model, version).tags.get(keys.GATES) == "passed"
 
 
 def former_champions(warehouse: Warehouse, model: str) -> list[str]:
@@ -431,7 +400,7 @@ def apply_transition(
                 f"the aliases of '{transition.model}' moved since this {transition.action} was decided ({described}); "
                 "nothing was moved: look at `retrain status` and decide again"
             )
-        client.set_registered_model_tag(transition.model, INTENT_TAG, intent_text(transition, record))
+        client.set_registered_model_tag(transition.model, keys.INTENT, intent_text(transition, record))
         _run_steps(client, warehouse, transition, record, announce)
     logger.info("%s: %s %s → %s (%s)", transition.model, transition.ledger_action, transition.from_version,
                 transition.to_version, record.reason)
@@ -452,7 +421,7 @@ def finish_interrupted(
         if error.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise
-    text = (registered.tags or {}).get(INTENT_TAG)
+    text = (registered.tags or {}).get(keys.INTENT)
     if text is None:
         return None
     transition, record = read_intent(text)
@@ -464,7 +433,7 @@ def finish_interrupted(
         raise TransitionConflict(
             f"an interrupted {transition.action} of '{model}' (intent {transition.id}) cannot be finished: aliases "
             f"{stray} were moved by other means since. Set them by hand, then delete the registered model tag "
-            f"{INTENT_TAG}"
+            f"{keys.INTENT}"
         )
     logger.warning("finishing an interrupted %s of '%s' (intent %s)", transition.action, model, transition.id)
     _run_steps(client, warehouse, transition, record, announce)
@@ -483,9 +452,9 @@ def _run_steps(
         if target is None and current[alias] is not None:
             client.delete_registered_model_alias(model, alias)
     if transition.canary_share is not None:
-        client.set_registered_model_tag(model, CANARY_SHARE_TAG, f"{transition.canary_share:g}")
-    if transition.clears_share and CANARY_SHARE_TAG in (_registered(client, model).tags or {}):
-        client.delete_registered_model_tag(model, CANARY_SHARE_TAG)
+        client.set_registered_model_tag(model, keys.CANARY_SHARE, f"{transition.canary_share:g}")
+    if transition.clears_share and keys.CANARY_SHARE in (_registered(client, model).tags or {}):
+        client.delete_registered_model_tag(model, keys.CANARY_SHARE)
     for version, tags in fact_tags(transition, record).items():
         for key, value in tags.items():
             client.set_model_version_tag(model, version, key, value)
@@ -502,7 +471,7 @@ def _run_steps(
         ))
     if announce is not None:
         announce(transition, record)
-    client.delete_registered_model_tag(model, INTENT_TAG)
+    client.delete_registered_model_tag(model, keys.INTENT)
 
 
 def ledger_summary(entries: Sequence[LedgerEntry]) -> list[dict[str, Any]]:

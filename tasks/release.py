@@ -30,9 +30,11 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 from scipy import stats
 
-from retrain.clock import now
+from retrain import mlflow_keys as keys
+from retrain.clock import arrival_as_of, years_before
 from retrain.config import LOWER_IS_BETTER, CanaryConfig, ModelConfig, RollbackConfig, TaskType
 from retrain.errors import ExitCode
+from retrain.release_state import ReleaseState, read_release_state
 from retrain.settings import get_settings
 from retrain.warehouse import LedgerEntry, Warehouse, append_ledger_entry, get_warehouse, read_labelled_predictions
 from retrain.warehouse import read_ledger as read_ledger_rows
@@ -40,9 +42,7 @@ from tasks.comparison import Decision, Verdict
 from tasks.features import PreparedData
 from tasks.outcome import TrainingOutcome, trained_outcome
 from tasks.registry import (
-    GATES_TAG,
     Record,
-    ReleaseState,
     Transition,
     TransitionConflict,
     TransitionRefused,
@@ -57,14 +57,12 @@ from tasks.registry import (
     plan_rollback,
     plan_start_canary,
     read_aliases,
-    read_release_state,
 )
 from tasks.tracking import LoggedRun, configure_mlflow
 from tasks.training import METRIC_FUNCTIONS, FittedModel, is_improvement
 from tasks.tuning import TuningResult
 
 PROMOTE, REJECT, WAIT = "promote", "reject", "wait"
-HOLDOUT_TAG = "retrain.holdout_{metric}"
 
 
 @dataclass(frozen=True)
@@ -267,7 +265,7 @@ def announce(transition: Transition, record: Record) -> None:
 
 def make_record(actor: str, reason: str, as_of: datetime | None, metrics: Mapping[str, float] | None = None,
                 details: Mapping[str, Any] | None = None, mlflow_run_id: str | None = None) -> Record:
-    return Record(actor=actor, reason=reason, at=as_of or now(), metrics=dict(metrics or {}),
+    return Record(actor=actor, reason=reason, at=arrival_as_of(as_of), metrics=dict(metrics or {}),
                   details=dict(details or {}), flow_run_id=flow_run.get_id(), mlflow_run_id=mlflow_run_id)
 
 
@@ -312,7 +310,7 @@ def last_entry(warehouse: Warehouse, model: str, actions: Sequence[str], version
 
 def holdout_metric(client: MlflowClient, model: str, version: str, metric: str) -> float | None:
     """The version's holdout metric as registered (a version tag written at registration)."""
-    value = check_version(client, model, version).tags.get(HOLDOUT_TAG.format(metric=metric))
+    value = check_version(client, model, version).tags.get(keys.holdout_metric_tag(metric))
     return None if value is None else float(value)
 
 
@@ -354,12 +352,12 @@ def register_trained_model(
         logged.model_uri,
         config.name,
         tags={
-            "retrain.fingerprint": data.fingerprint,
-            "retrain.settings": config.settings_digest(),
-            GATES_TAG: "passed",
-            "retrain.gate": decision.gate,
-            "retrain.window_end": data.window.end.isoformat(),
-            **{HOLDOUT_TAG.format(metric=name): f"{value:.6g}" for name, value in fitted.metrics.all.items()},
+            keys.FINGERPRINT: data.fingerprint,
+            keys.SETTINGS: config.settings_digest(),
+            keys.GATES: "passed",
+            keys.GATE: decision.gate,
+            keys.WINDOW_END: data.window.end.isoformat(),
+            **{keys.holdout_metric_tag(name): f"{value:.6g}" for name, value in fitted.metrics.all.items()},
         },
     ).version)
     client.update_model_version(
@@ -506,13 +504,13 @@ def carry_out_release(
 def judge_canary(config: ModelConfig, as_of: datetime | None, actor: str) -> ReleaseOutcome:
     """Promote, reject or wait on the running canary; with none, watch a freshly promoted champion."""
     client, warehouse = release_client(config), get_warehouse()
-    moment = as_of or now()
+    moment = arrival_as_of(as_of)
     state = read_release_state(client, config.name)
     canary = state.aliases["canary"]
     if canary is None:
         return watch_new_champion(client, warehouse, config, state, moment, actor)
     started = last_entry(warehouse, config.name, ("canary-started",), canary)
-    since = started.at if started is not None else moment.replace(year=moment.year - 1)
+    since = started.at if started is not None else years_before(moment, 1)
     rows = read_labelled_predictions(warehouse, config.name, since, moment, matured_by=moment,
                                      arms=["champion", "canary"])
     rows = _target_as_labels(rows, config)

@@ -43,6 +43,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 import retrain.model_package
+from retrain import mlflow_keys as keys
 from retrain.clock import now
 from retrain.config import ModelConfig
 from retrain.model_package import BOOSTER_ARTIFACT, ENCODING_ARTIFACT
@@ -63,7 +64,6 @@ SCHEMA_SAMPLE_ROWS = 10_000
 INPUT_EXAMPLE_ROWS = 5
 INFRA_CHECK_ROWS = 5_000  # rows the infra gate predicts: enough to prove the raw path, bounded on big tables
 MODEL_NAME = "model"
-MODEL_METADATA_KEY = "retrain"
 PREDICTIONS_FILE = "holdout_predictions.parquet"
 RUNNING_DECISION = "running"
 
@@ -186,7 +186,7 @@ def model_signature(data: PreparedData) -> ModelSignature:
 def model_metadata(config: ModelConfig, data: PreparedData) -> dict[str, Any]:
     """What a person or a server reads about a model's inputs (the vocabulary lives in the model's artifacts)."""
     return {
-        MODEL_METADATA_KEY: {
+        keys.METADATA_KEY: {
             "model": config.name,
             "features": {name: data.input_types[name] for name in data.encoding.features},
             "categorical": list(data.encoding.categorical),
@@ -311,7 +311,7 @@ def open_runs(client: MlflowClient, experiment_id: str, model: str) -> list[Any]
     """The model's runs still marked RUNNING."""
     return client.search_runs(
         [experiment_id],
-        filter_string=f"attributes.status = 'RUNNING' and tags.`retrain.model` = '{model}'",
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{keys.MODEL}` = '{model}'",
         max_results=1000,
     )
 
@@ -326,10 +326,10 @@ def close_abandoned_runs(
     """
     closed = []
     for run in open_runs(client, experiment_id, model):
-        if current_flow_run is not None and run.data.tags.get("prefect.flow_run_id") == current_flow_run:
+        if current_flow_run is not None and run.data.tags.get(keys.FLOW_RUN_ID) == current_flow_run:
             continue
-        client.set_tag(run.info.run_id, "retrain.decision", "abandoned")
-        client.set_tag(run.info.run_id, "retrain.reason", "its process ended before the training finished; "
+        client.set_tag(run.info.run_id, keys.DECISION, "abandoned")
+        client.set_tag(run.info.run_id, keys.REASON, "its process ended before the training finished; "
                        f"closed by the next training of '{model}' at {now().isoformat()}")
         client.set_terminated(run.info.run_id, status="KILLED")
         closed.append(run.info.run_id)
@@ -344,10 +344,10 @@ def fail_runs_of_flow_run(settings: Settings, model: str, flow_run_id: str, mess
     client = MlflowClient()
     failed = []
     for run in open_runs(client, experiment_id, model):
-        if run.data.tags.get("prefect.flow_run_id") != flow_run_id:
+        if run.data.tags.get(keys.FLOW_RUN_ID) != flow_run_id:
             continue
-        client.set_tag(run.info.run_id, "retrain.decision", "failed")
-        client.set_tag(run.info.run_id, "retrain.reason", message[:5000])
+        client.set_tag(run.info.run_id, keys.DECISION, "failed")
+        client.set_tag(run.info.run_id, keys.REASON, message[:5000])
         client.set_terminated(run.info.run_id, status="FAILED")
         failed.append(run.info.run_id)
     return failed
@@ -467,14 +467,14 @@ def start_training_run(config: ModelConfig, snapshot: pd.DataFrame, data: Prepar
     window = data.window
     name = run_name(config.name, window)
     tags = {
-        "retrain.model": config.name,
-        "retrain.fingerprint": data.fingerprint,
-        "retrain.settings": config.settings_digest(),
-        "retrain.window_end": window.end.isoformat(),
-        "retrain.as_of": window.as_of.isoformat(),
-        "retrain.decision": RUNNING_DECISION,
-        "prefect.flow_run_id": str(flow_run.get_id()),
-        "prefect.flow_run_name": name,  # the flow run was renamed so (label_training_run)
+        keys.MODEL: config.name,
+        keys.FINGERPRINT: data.fingerprint,
+        keys.SETTINGS: config.settings_digest(),
+        keys.WINDOW_END: window.end.isoformat(),
+        keys.AS_OF: window.as_of.isoformat(),
+        keys.DECISION: RUNNING_DECISION,
+        keys.FLOW_RUN_ID: str(flow_run.get_id()),
+        keys.FLOW_RUN_NAME: name,  # the flow run was renamed so (label_training_run)
         MLFLOW_RUN_NOTE: run_description(config, data),
     }
     commit = git_commit()
@@ -482,22 +482,22 @@ def start_training_run(config: ModelConfig, snapshot: pd.DataFrame, data: Prepar
         tags["mlflow.source.git.commit"] = commit
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     params = {
-        "retrain.window_start": window.start.isoformat(),
-        "retrain.window_end": window.end.isoformat(),
-        "retrain.as_of": window.as_of.isoformat(),
-        "retrain.lookback": window.summary()["lookback"],
-        "retrain.metric": config.metric,
-        "retrain.task": str(config.target.task),
-        "retrain.target": config.target.column,
-        "retrain.trials_budget": config.tuning.trials,
-        "retrain.threshold": config.gates.threshold,
-        "retrain.margin": config.gates.margin,
-        "retrain.baseline_margin": config.gates.baseline_margin,
-        "retrain.settings": config.settings_digest(),
-        "retrain.rows": data.rows,
-        "retrain.rows_train": len(data.split.train),
-        "retrain.rows_validation": len(data.split.validation),
-        "retrain.rows_holdout": len(data.split.holdout),
+        keys.WINDOW_START: window.start.isoformat(),
+        keys.WINDOW_END: window.end.isoformat(),
+        keys.AS_OF: window.as_of.isoformat(),
+        keys.LOOKBACK: window.summary()["lookback"],
+        keys.METRIC: config.metric,
+        keys.TASK: str(config.target.task),
+        keys.TARGET: config.target.column,
+        keys.TRIALS_BUDGET: config.tuning.trials,
+        keys.THRESHOLD: config.gates.threshold,
+        keys.MARGIN: config.gates.margin,
+        keys.BASELINE_MARGIN: config.gates.baseline_margin,
+        keys.SETTINGS: config.settings_digest(),
+        keys.ROWS: data.rows,
+        keys.ROWS_TRAIN: len(data.split.train),
+        keys.ROWS_VALIDATION: len(data.split.validation),
+        keys.ROWS_HOLDOUT: len(data.split.holdout),
     }
     client.log_batch(run.info.run_id, params=[Param(key, str(value)) for key, value in params.items()])
     source = WarehouseDatasetSource(
@@ -528,7 +528,7 @@ def log_training_results(
     """Params, metrics and artifacts of the training; the packaged model only when the gates passed."""
     client = MlflowClient()
     timestamp = int(now().timestamp() * 1000)
-    params = {**dict(tuning.best_params), "num_boost_round": fitted.rounds, "retrain.study": tuning.study_name}
+    params = {**dict(tuning.best_params), "num_boost_round": fitted.rounds, keys.STUDY: tuning.study_name}
     metrics = {
         **fitted.metrics.as_mlflow(),
         f"validation_{LIGHTGBM_METRIC[config.metric]}": tuning.best_value,
@@ -545,7 +545,7 @@ def log_training_results(
         run.run_id,
         metrics=[Metric(key, float(value), timestamp, 0) for key, value in metrics.items()],
         params=[Param(key, str(value)) for key, value in params.items()],
-        tags=[RunTag("retrain.study", tuning.study_name)],
+        tags=[RunTag(keys.STUDY, tuning.study_name)],
     )
     client.log_dict(run.run_id, feature_importance(fitted.booster), "feature_importance.json")
     client.log_table(run.run_id, tuning.trials, "optuna_trials.json")
@@ -582,16 +582,16 @@ def finish_training_run(
     client = MlflowClient()
     passed = outcome.decision in (Verdict.CHAMPION, Verdict.CHALLENGER)
     tags = [
-        RunTag("retrain.decision", outcome.decision),
-        RunTag("retrain.champion_version", outcome.champion_version or "none"),
-        RunTag("retrain.settled", "true" if outcome.settled else "false"),
-        RunTag("retrain.gate", str(outcome.gate)),
-        RunTag("retrain.reason", outcome.reason[:5000]),
+        RunTag(keys.DECISION, outcome.decision),
+        RunTag(keys.CHAMPION_VERSION, outcome.champion_version or "none"),
+        RunTag(keys.SETTLED, "true" if outcome.settled else "false"),
+        RunTag(keys.GATE, str(outcome.gate)),
+        RunTag(keys.REASON, outcome.reason[:5000]),
         RunTag(MLFLOW_RUN_NOTE, run_description(config, data, tuning, outcome.decision, outcome.reason,
                                                 outcome.version)),
     ]
     if outcome.version is not None:
-        tags.append(RunTag("retrain.version", outcome.version))
+        tags.append(RunTag(keys.VERSION, outcome.version))
     client.log_batch(
         run.run_id,
         metrics=[Metric("passed_gates", 1.0 if passed else 0.0, int(now().timestamp() * 1000), 0)],

@@ -26,6 +26,8 @@ from prefect.client.schemas.objects import StateType
 from prefect.flow_runs import resume_flow_run
 
 from flows.release import check_canary, promote_model, release_challenger, roll_back_model
+from retrain import mlflow_keys as keys
+from retrain.release_state import read_release_state
 from retrain.settings import get_settings
 from retrain.warehouse import (
     append_rows,
@@ -36,7 +38,6 @@ from retrain.warehouse import (
     read_ledger,
 )
 from tasks.registry import (
-    GATES_TAG,
     Record,
     ReleaseInputError,
     apply_transition,
@@ -44,7 +45,6 @@ from tasks.registry import (
     plan_register,
     plan_start_canary,
     read_aliases,
-    read_release_state,
 )
 from tasks.release import ReleaseOutcome
 from tests.conftest import write_model_config
@@ -64,7 +64,7 @@ def client(retrain_home: Path) -> MlflowClient:
 def registered(client: MlflowClient, versions: int, holdout_mae: float = 10.0, gates: bool = True) -> None:
     client.create_registered_model(MODEL)
     for _ in range(versions):
-        tags = {"retrain.holdout_mae": str(holdout_mae)} | ({GATES_TAG: "passed"} if gates else {})
+        tags = {"retrain.holdout_mae": str(holdout_mae)} | ({keys.GATES: "passed"} if gates else {})
         client.create_model_version(MODEL, source="file:///nowhere", tags=tags)
 
 

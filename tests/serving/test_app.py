@@ -23,6 +23,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from retrain import mlflow_keys as keys
 from retrain.warehouse import (
     PREDICTION_TABLE,
     Warehouse,
@@ -31,7 +32,7 @@ from retrain.warehouse import (
     read_labelled_predictions,
 )
 from serving.app import create_app
-from serving.routing import CANARY_SHARE_TAG, choose_arm
+from serving.routing import choose_arm
 from tests.conftest import POSTGRES_URL, REPO, fresh_postgres_schema
 from tests.serving.conftest import MODEL, Registry
 
@@ -125,7 +126,7 @@ def test_canary_share_comes_from_the_release_state_and_the_override(registry: Re
     canary = registry.register(35)
     client = registry.client
     registry.set_alias("canary", canary)
-    client.set_registered_model_tag(MODEL, CANARY_SHARE_TAG, "0.25")
+    client.set_registered_model_tag(MODEL, keys.CANARY_SHARE, "0.25")
     ids = [f"r{i}" for i in range(2000)]
     body = {"records": registry.feature_rows(1) * len(ids), "request_ids": ids}
     try:
@@ -142,7 +143,7 @@ def test_canary_share_comes_from_the_release_state_and_the_override(registry: Re
     finally:
         with contextlib.suppress(Exception):
             client.delete_registered_model_alias(MODEL, "canary")
-        client.delete_registered_model_tag(MODEL, CANARY_SHARE_TAG)
+        client.delete_registered_model_tag(MODEL, keys.CANARY_SHARE)
     share = sum(p["arm"] == "canary" for p in first) / len(first)
     assert abs(share - 0.25) < 0.04
     assert {p["version"] for p in first if p["arm"] == "canary"} == {canary}

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from retrain.clock import model_as_of
 from retrain.config import TargetConfig, TaskType, load_model_config
 from retrain.errors import ConfigError, DataError
 from tasks.features import (
@@ -16,7 +17,6 @@ from tasks.features import (
     fingerprint_frame,
     make_target,
     prepare_data,
-    resolve_as_of,
     split_by_time,
     training_window,
 )
@@ -85,10 +85,10 @@ def test_fingerprint_changes_with_content(change) -> None:
 
 def test_as_of_defaults_to_just_after_the_newest_clean_row_never_the_clock() -> None:
     newest = datetime(2013, 4, 30, 23)
-    assert resolve_as_of(None, newest, "t") == newest + timedelta(microseconds=1)
-    assert resolve_as_of(datetime(2013, 4, 1), newest, "t") == datetime(2013, 4, 1)
+    assert model_as_of(None, newest, "t") == newest + timedelta(microseconds=1)
+    assert model_as_of(datetime(2013, 4, 1), newest, "t") == datetime(2013, 4, 1)
     with pytest.raises(DataError, match="'t' holds no clean row"):
-        resolve_as_of(None, None, "t")
+        model_as_of(None, None, "t")
 
 
 def test_lookback_window_moves_with_as_of(config) -> None:

@@ -16,12 +16,11 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from retrain import mlflow_keys as keys
+from retrain.release_state import full_aliases, read_release_state
 from retrain.settings import get_settings
 from retrain.warehouse import Warehouse, get_warehouse, open_warehouse, read_ledger
 from tasks.registry import (
-    CANARY_SHARE_TAG,
-    GATES_TAG,
-    INTENT_TAG,
     Action,
     Record,
     ReleaseInputError,
@@ -31,14 +30,12 @@ from tasks.registry import (
     check_version,
     finish_interrupted,
     former_champions,
-    full_aliases,
     plan_promote,
     plan_register,
     plan_reject,
     plan_rollback,
     plan_start_canary,
     read_aliases,
-    read_release_state,
     step_names,
 )
 from tests.conftest import REPO
@@ -132,7 +129,7 @@ def make_versions(client: MlflowClient, count: int, gates: bool = True) -> str:
     model = f"m-{uuid.uuid4().hex[:8]}"
     client.create_registered_model(model)
     for _ in range(count):
-        client.create_model_version(model, source="file:///nowhere", tags={GATES_TAG: "passed"} if gates else {})
+        client.create_model_version(model, source="file:///nowhere", tags={keys.GATES: "passed"} if gates else {})
     return model
 
 
@@ -169,7 +166,7 @@ def test_a_model_goes_through_every_transition_and_the_ledger_says_so(
     assert "promoted to champion by person:tester: canary passed" in two.description
     assert "rolled back as champion (to version 1)" in two.description
     assert client.get_model_version(model, "3").tags["retrain.rejected_reason"] == "worse"
-    assert INTENT_TAG not in client.get_registered_model(model).tags
+    assert keys.INTENT not in client.get_registered_model(model).tags
 
 
 def test_a_decision_on_aliases_that_moved_since_is_refused_and_moves_nothing(
@@ -317,5 +314,5 @@ def test_a_killed_promotion_is_finished_by_the_next_transition(client: MlflowCli
     assert state.aliases == seen(champion="2", previous="1", challenger="3") and state.canary_share is None
     actions = [(e.action, e.reason) for e in read_ledger(warehouse, model)][:2]
     assert actions == [("registered", "test"), ("promoted", "killed")]
-    assert CANARY_SHARE_TAG not in client.get_registered_model(model).tags
+    assert keys.CANARY_SHARE not in client.get_registered_model(model).tags
     assert Action.PROMOTE.value == "promote"
