@@ -14,8 +14,8 @@ from prefect import flow
 from prefect.states import Completed, State
 
 from retrain.config import load_model_config
+from retrain.outcomes import ReleaseOutcome
 from tasks.release import (
-    ReleaseOutcome,
     carry_out_release,
     finish_interrupted_transition,
     judge_canary,

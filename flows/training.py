@@ -19,6 +19,7 @@ from pydantic import Field
 from flows.ingest import ingest_when_new_rows
 from flows.release import release_challenger
 from retrain.config import load_model_config
+from retrain.outcomes import SKIPPED, TrainingOutcome
 from tasks.comparison import decide_release
 from tasks.contract import check_source_config, read_model_contract
 from tasks.failures import record_failed_run
@@ -30,7 +31,7 @@ from tasks.features import (
 )
 from tasks.ingest import count_new_rows
 from tasks.limits import hold_model
-from tasks.outcome import SKIPPED, TrainingOutcome, find_earlier_training, score_current_champion
+from tasks.outcome import find_earlier_training, score_current_champion
 from tasks.release import record_skipped_training, register_trained_model, released_outcome
 from tasks.stores import verify_stores
 from tasks.tracking import (

@@ -13,7 +13,7 @@ Dedupe: each signal carries a key naming the signal and the data it was computed
 instant); a key already fired is never fired again, so re-running monitoring on the same data changes nothing.
 Cooldown: no retrain (except a manual one) within `cooldown` of the last training or retrain request.
 
-Nothing here imports Prefect, MLflow or pandas.
+Nothing here imports Prefect, MLflow or pandas, nor anything of ours but the kernel's JSON shapes.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+
+from retrain.jsonable import json_field
 
 # Ledger actions (shared convention) and the Prefect events that go with them.
 RETRAIN_REQUESTED = "retrain-requested"
@@ -96,8 +98,9 @@ class Signal:
     detail: str
     key: str
 
-    def summary(self) -> dict[str, str]:
-        return {"name": self.name, "detail": self.detail, "key": self.key}
+
+def signal_keys(signals: Sequence[Signal]) -> list[str]:
+    return [signal.key for signal in signals]
 
 
 @dataclass(frozen=True)
@@ -109,18 +112,8 @@ class TriggerDecision:
     reason: str
     action: str
     signals: tuple[Signal, ...] = ()
-    fired: tuple[Signal, ...] = ()
+    fired: tuple[Signal, ...] = json_field(write=signal_keys, default=())  # written as their keys
     events: tuple[str, ...] = field(default_factory=tuple)
-
-    def summary(self) -> dict[str, object]:
-        return {
-            "retrain": self.retrain,
-            "reason": self.reason,
-            "action": self.action,
-            "signals": [signal.summary() for signal in self.signals],
-            "fired": [signal.key for signal in self.fired],
-            "events": list(self.events),
-        }
 
 
 def format_age(duration: timedelta) -> str:

@@ -16,7 +16,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, is_dataclass
+from dataclasses import is_dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,6 +27,7 @@ import typer.core
 from retrain.clock import parse_instant
 from retrain.config import load_model_config
 from retrain.errors import ConfigError, ExitCode, RetrainError
+from retrain.jsonable import to_jsonable
 from retrain.redaction import redact_text
 from retrain.settings import get_settings
 
@@ -160,21 +161,6 @@ def prepare_environment() -> None:
     os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "30")
 
 
-def to_jsonable(value: Any) -> Any:
-    """Dataclasses, paths and datetimes as plain JSON values."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return to_jsonable(asdict(value))
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value
-
-
 @contextlib.contextmanager
 def stdout_to_stderr() -> Iterator[None]:
     """Anything a library prints from Python while a command runs goes to stderr; stdout stays for the result."""
@@ -297,7 +283,7 @@ def train(
     code = ExitCode.REFUSED if outcome.rejected else ExitCode.OK
     if code and not as_json:
         typer.echo(f"rejected: {outcome.reason}", err=True)
-    finish(outcome.summary(), as_json, _render_training, code)
+    finish(to_jsonable(outcome), as_json, _render_training, code)
 
 
 def parse_instant_option(value: str | None, option: str) -> datetime | None:
@@ -427,7 +413,7 @@ def ingest(
         quarantined = [] if as_json else _quarantined_rows(model.source.quarantine, outcome.batch_id)
     if not as_json and quarantined:
         _print_quarantine(outcome.batch_id, quarantined)
-    finish(outcome.summary(), as_json, _render_batch, code)
+    finish(to_jsonable(outcome), as_json, _render_batch, code)
 
 
 def _quarantined_rows(table: str, batch_id: str, limit: int = 20) -> list[dict[str, Any]]:
@@ -529,7 +515,7 @@ def monitor(
             from flows.monitoring import monitor_model
 
             outcome = monitor_model(config_path=str(config), as_of=instant, manual_reason=request_retrain or "")
-    finish(outcome.summary(), as_json, _render_monitoring)
+    finish(to_jsonable(outcome), as_json, _render_monitoring)
 
 
 def _render_monitoring(result: dict[str, Any]) -> str:
@@ -603,7 +589,7 @@ def rerun(
         with prefect_api():
             state = flow(**parameters, return_state=True)
     result = state.result(raise_on_failure=False)
-    summary = result.summary() if hasattr(result, "summary") else {"result": str(result)}
+    summary = to_jsonable(result) if is_dataclass(result) else {"result": str(result)}
     failed = state.is_failed() or state.is_crashed()
     outcome = {"rerun_of": run_id, "flow": flow_name, "parameters": parameters, "state": state.name,
                "outcome": summary if not failed else None, "error": str(result) if failed else None}
@@ -682,7 +668,7 @@ def _run_release_flow(name: str, **parameters: Any) -> dict[str, Any]:
             import flows.release
 
             outcome = getattr(flows.release, name)(**parameters)
-    return outcome.summary() | {"exit_code": outcome.exit_code}
+    return to_jsonable(outcome) | {"exit_code": outcome.exit_code}
 
 
 def _render_release(result: dict[str, Any]) -> str:

@@ -13,7 +13,6 @@ margin in all but `significance` of the resamples. A tie never passes.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import StrEnum
 
 import mlflow
 import numpy as np
@@ -23,6 +22,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from retrain.config import LOWER_IS_BETTER, ModelConfig
+from retrain.outcomes import Verdict
 from tasks.registry import get_alias_version
 from tasks.training import METRIC_FUNCTIONS, FittedModel, is_improvement
 
@@ -36,12 +36,6 @@ class ChampionScore:
     version: str
     predictions: np.ndarray | None = None
     error: str | None = None
-
-
-class Verdict(StrEnum):
-    CHAMPION = "champion"  # first model: nothing to beat, the absolute gate was enough
-    CHALLENGER = "challenger"  # beat the champion: registered, waits for release
-    REJECTED = "rejected"
 
 
 @dataclass(frozen=True)

@@ -11,48 +11,21 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from retrain.clock import format_duration, model_as_of
+from retrain.clock import model_as_of
 from retrain.config import ModelConfig, TargetConfig, TaskType
 from retrain.contract import Contract
 from retrain.errors import ConfigError, DataError
 from retrain.model_package import Encoding, build_encoding
+from retrain.outcomes import TrainingWindow
 from tasks.retries import retry_when_transient
 from tasks.validation import check_snapshot
-
-
-@dataclass(frozen=True)
-class TrainingWindow:
-    """The rows one training reads, `[start, end)`, and the instant it trains as of.
-
-    `as_of_given` tells a replay or an operator's choice from the default (just after the newest
-    clean row); `lookback` is None for a fixed window.
-    """
-
-    start: datetime
-    end: datetime
-    as_of: datetime
-    as_of_given: bool
-    lookback: timedelta | None
-
-    def __str__(self) -> str:
-        return f"[{self.start.isoformat()}, {self.end.isoformat()})"
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "start": self.start.isoformat(),
-            "end": self.end.isoformat(),
-            "as_of": self.as_of.isoformat(),
-            "as_of_source": "given" if self.as_of_given else "newest clean row",
-            "lookback": None if self.lookback is None else format_duration(self.lookback),
-        }
 
 
 @dataclass(frozen=True)
@@ -261,7 +234,7 @@ def resolve_training_window(config: ModelConfig, as_of: datetime | None) -> Trai
     window = training_window(config, resolved, as_of_given=as_of is not None)
     get_run_logger().info(
         "training '%s' as of %s (%s): window %s", config.name, window.as_of.isoformat(),
-        window.summary()["as_of_source"], window,
+        window.as_of_source, window,
     )
     return window
 

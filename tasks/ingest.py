@@ -34,6 +34,7 @@ from retrain.clock import as_naive_utc, parse_timestamps
 from retrain.config import ModelConfig
 from retrain.contract import Contract, read_contract
 from retrain.errors import ConfigError, DataContractError
+from retrain.jsonable import json_field
 from tasks.retries import STORE_RETRIES
 from tasks.validation import (
     PASSED,
@@ -128,35 +129,10 @@ class BatchOutcome:
     range_start: datetime | None = None
     range_end: datetime | None = None
     violation: BatchViolation | None = None
-    flow_run_id: str | None = None
-    source_table: str = ""
+    flow_run_id: str | None = json_field(None, default=None)  # in the batch ledger, not in `ingest --json`
+    source_table: str = json_field("source", default="")
     waiting: int = 0
     as_of: datetime | None = None
-
-    def summary(self) -> dict[str, Any]:
-        """The fields `retrain ingest --json` prints."""
-        return {
-            "batch_id": self.batch_id,
-            "model": self.model,
-            "source": self.source_table,
-            "as_of": self.as_of,
-            "read": self.read,
-            "clean": self.clean,
-            "coerced": self.coerced,
-            "quarantined": self.quarantined,
-            "status": self.status,
-            "reasons": dict(self.reasons),
-            "unknown_columns": list(self.unknown_columns),
-            "range_start": self.range_start,
-            "range_end": self.range_end,
-            "waiting": self.waiting,
-            "violation": None if self.violation is None else {
-                "rule": self.violation.rule,
-                "observed": self.violation.observed,
-                "limit": self.violation.limit,
-                "detail": self.violation.detail,
-            },
-        }
 
 
 class BatchRefused(DataContractError):

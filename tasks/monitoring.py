@@ -46,6 +46,7 @@ from retrain import mlflow_keys as keys
 from retrain.clock import Window, as_naive_utc, model_as_of, now
 from retrain.config import ModelConfig, TaskType
 from retrain.errors import DataError
+from retrain.jsonable import to_jsonable
 from retrain.settings import get_settings
 from retrain.warehouse import (
     LedgerEntry,
@@ -127,25 +128,6 @@ class MonitoringOutcome:
     decision: TriggerDecision
     reports: tuple[Path, ...] = ()
     mlflow_run_id: str | None = None
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "as_of": self.as_of.isoformat(),
-            "window": None if self.window is None else {"start": self.window.start.isoformat(),
-                                                         "end": self.window.end.isoformat()},
-            "champion_version": self.champion_version,
-            "source": self.source,
-            "rows": self.rows,
-            "labelled": self.labelled,
-            "scored": self.scored,
-            "drift_share": self.drift_share,
-            "drifted_columns": list(self.drifted_columns),
-            "metrics": dict(self.metrics),
-            "decision": self.decision.summary(),
-            "reports": [str(path) for path in self.reports],
-            "mlflow_run_id": self.mlflow_run_id,
-        }
 
 
 # ------------------------------------------------------------------------------------------ pure functions
@@ -290,9 +272,8 @@ def decision_entry(
     return LedgerEntry(
         model=config.name, action=decision.action, reason=decision.reason, actor=actor, at=outcome.as_of,
         from_version=outcome.champion_version, metrics=metrics,
-        details={"fired": [signal.key for signal in decision.fired], "signals": [s.summary() for s in
-                                                                                decision.signals],
-                 "window": outcome.summary()["window"], "drifted_columns": list(outcome.drifted_columns),
+        details={"fired": [signal.key for signal in decision.fired], "signals": to_jsonable(decision.signals),
+                 "window": to_jsonable(outcome.window), "drifted_columns": list(outcome.drifted_columns),
                  "reports": [str(path) for path in outcome.reports], "source": outcome.source},
         flow_run_id=flow_run_id, mlflow_run_id=outcome.mlflow_run_id,
     )
@@ -525,7 +506,7 @@ def record_decision(config: ModelConfig, outcome: MonitoringOutcome, actor: str)
     payload = {"model": config.name, "reason": decision.reason, "as_of": outcome.as_of.isoformat(),
                "champion_version": outcome.champion_version, "drift_share": outcome.drift_share,
                "drifted_columns": list(outcome.drifted_columns), "metrics": dict(outcome.metrics),
-               "signals": [signal.summary() for signal in decision.fired]}
+               "signals": to_jsonable(decision.fired)}
     for event in decision.events:
         emit_event(event=event, resource={"prefect.resource.id": f"retrain.model.{config.name}"}, payload=payload)
     if decision.events:

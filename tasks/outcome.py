@@ -8,10 +8,6 @@ against the same champion: the same model would be rejected again, and the runs 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
-
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -19,92 +15,14 @@ from prefect.runtime import flow_run
 
 from retrain import mlflow_keys as keys
 from retrain.config import ModelConfig
+from retrain.outcomes import SKIPPED, EarlierTraining, TrainingOutcome
 from retrain.release_state import read_release_state
 from retrain.settings import get_settings
-from tasks.comparison import ChampionScore, Decision, Verdict, score_champion
-from tasks.features import PreparedData, TrainingWindow
+from tasks.comparison import ChampionScore, Decision, score_champion
+from tasks.features import PreparedData
 from tasks.tracking import find_experiment
 from tasks.training import FittedModel
 from tasks.tuning import TuningResult
-
-SKIPPED = "skipped"
-
-
-@dataclass(frozen=True)
-class EarlierTraining:
-    """An earlier training on the same snapshot with the same settings: the champion's, the challenger's,
-    or a rejection against the current champion (then `version` is None)."""
-
-    decision: str
-    version: str | None
-    run_id: str | None
-
-    def summary(self) -> dict[str, Any]:
-        return {"decision": self.decision, "version": self.version, "run_id": self.run_id}
-
-
-@dataclass(frozen=True)
-class TrainingOutcome:
-    """What one training decided (champion, challenger, rejected or skipped): the CLI's and the API's answer.
-
-    `run_id` is None for a skipped training (nothing was logged), `version` is None unless a version was
-    registered; `same_as` names the version a skipped training would have repeated.
-    """
-
-    model: str
-    decision: str
-    reason: str
-    fingerprint: str
-    rows: int
-    window: TrainingWindow
-    settings: str
-    metric_name: str
-    run_id: str | None = None
-    version: str | None = None
-    gate: str | None = None
-    metric_value: float | None = None
-    threshold: float | None = None
-    champion_metric: float | None = None
-    champion_version: str | None = None
-    baseline_metric: float | None = None
-    metrics: Mapping[str, float] = field(default_factory=dict)
-    baseline: Mapping[str, float] = field(default_factory=dict)
-    p_value: float | None = None
-    study: str | None = None
-    trials: Mapping[str, int] = field(default_factory=dict)
-    same_as: EarlierTraining | None = None
-    flow_run_id: str | None = None
-    settled: bool = False  # a rejection the same model would meet again against the same champion
-
-    @property
-    def rejected(self) -> bool:
-        return self.decision == Verdict.REJECTED
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "decision": self.decision,
-            "reason": self.reason,
-            "run_id": self.run_id,
-            "version": self.version,
-            "gate": self.gate,
-            "metric": {"name": self.metric_name, "value": self.metric_value},
-            "metrics": dict(self.metrics),
-            "threshold": self.threshold,
-            "champion_metric": self.champion_metric,
-            "champion_version": self.champion_version,
-            "baseline_metric": self.baseline_metric,
-            "baseline": dict(self.baseline),
-            "p_value": self.p_value,
-            "fingerprint": self.fingerprint,
-            "rows": self.rows,
-            "window": self.window.summary(),
-            "settings": self.settings,
-            "study": self.study,
-            "trials": dict(self.trials),
-            "same_as": None if self.same_as is None else self.same_as.summary(),
-            "flow_run_id": self.flow_run_id,
-        }
 
 
 def find_same_training(
@@ -197,7 +115,6 @@ def skipped_outcome(config: ModelConfig, data: PreparedData, earlier: EarlierTra
 
 
 @task(name="find-earlier-training", cache_policy=NO_CACHE)
-@task(name="find-earlier-training", cache_policy=NO_CACHE)
 def find_earlier_training(data: PreparedData, config: ModelConfig) -> TrainingOutcome | None:
     """A skipped outcome when the champion, the challenger or a settled rejection was trained on this snapshot
     with these settings."""
@@ -214,7 +131,6 @@ def find_earlier_training(data: PreparedData, config: ModelConfig) -> TrainingOu
     return outcome
 
 
-@task(name="score-champion", cache_policy=NO_CACHE)
 @task(name="score-champion", cache_policy=NO_CACHE)
 def score_current_champion(data: PreparedData, config: ModelConfig) -> ChampionScore | None:
     find_experiment(get_settings(), config.name)  # points MLflow at our store

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -34,13 +34,14 @@ from retrain import mlflow_keys as keys
 from retrain.clock import arrival_as_of, years_before
 from retrain.config import LOWER_IS_BETTER, CanaryConfig, ModelConfig, RollbackConfig, TaskType
 from retrain.errors import ExitCode
+from retrain.outcomes import ReleaseOutcome, TrainingOutcome, Verdict
 from retrain.release_state import ReleaseState, read_release_state
 from retrain.settings import get_settings
 from retrain.warehouse import LedgerEntry, Warehouse, append_ledger_entry, get_warehouse, read_labelled_predictions
 from retrain.warehouse import read_ledger as read_ledger_rows
-from tasks.comparison import Decision, Verdict
+from tasks.comparison import Decision
 from tasks.features import PreparedData
-from tasks.outcome import TrainingOutcome, trained_outcome
+from tasks.outcome import trained_outcome
 from tasks.registry import (
     Record,
     Transition,
@@ -63,28 +64,6 @@ from tasks.training import METRIC_FUNCTIONS, FittedModel, is_improvement
 from tasks.tuning import TuningResult
 
 PROMOTE, REJECT, WAIT = "promote", "reject", "wait"
-
-
-@dataclass(frozen=True)
-class ReleaseOutcome:
-    """What a release, canary check, promotion or rollback did: the CLI's and the flow's answer."""
-
-    model: str
-    action: str  # the ledger action written ("promoted", "rejected", ...) or "none"
-    decision: str  # what was decided: canary, champion, promote, reject, rollback, wait, skipped, refused
-    reason: str
-    from_version: str | None = None
-    to_version: str | None = None
-    metrics: Mapping[str, float] = field(default_factory=dict)
-    exit_code: int = int(ExitCode.OK)
-    flow_run_id: str | None = None
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "model": self.model, "action": self.action, "decision": self.decision, "reason": self.reason,
-            "from_version": self.from_version, "to_version": self.to_version, "metrics": dict(self.metrics),
-            "flow_run_id": self.flow_run_id,
-        }
 
 
 @dataclass(frozen=True)

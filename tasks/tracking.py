@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightgbm as lgb
 import mlflow
@@ -46,17 +46,16 @@ import retrain.model_package
 from retrain import mlflow_keys as keys
 from retrain.clock import now
 from retrain.config import ModelConfig
+from retrain.jsonable import to_jsonable
 from retrain.model_package import BOOSTER_ARTIFACT, ENCODING_ARTIFACT
+from retrain.outcomes import TrainingOutcome, TrainingWindow, Verdict
 from retrain.settings import Settings, get_settings, redact_url
 from retrain.stores import connect_mlflow, store_errors
 from retrain.warehouse import open_warehouse, read_window
-from tasks.comparison import Decision, Verdict
-from tasks.features import PreparedData, TrainingWindow, make_target
+from tasks.comparison import Decision
+from tasks.features import PreparedData, make_target
 from tasks.training import LIGHTGBM_METRIC, FittedModel, feature_importance
 from tasks.tuning import TuningResult
-
-if TYPE_CHECKING:
-    from tasks.outcome import TrainingOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +149,7 @@ def run_description(
     """The run's description (MLflow's note): what was trained on what, and what was decided."""
     window = data.window
     lines = [
-        f"Training of **{config.name}** as of {window.as_of.isoformat()} ({window.summary()['as_of_source']}) "
+        f"Training of **{config.name}** as of {window.as_of.isoformat()} ({window.as_of_source}) "
         f"on `{config.source.clean}` {window}: {data.rows:,} rows, snapshot `{data.fingerprint}`.",
     ]
     if tuning is not None:
@@ -193,7 +192,7 @@ def model_metadata(config: ModelConfig, data: PreparedData) -> dict[str, Any]:
             "task": str(config.target.task),
             "target": config.target.model_dump(mode="json"),
             "metric": config.metric,
-            "window": data.window.summary(),
+            "window": to_jsonable(data.window),
             "fingerprint": data.fingerprint,
         }
     }
@@ -485,7 +484,7 @@ def start_training_run(config: ModelConfig, snapshot: pd.DataFrame, data: Prepar
         keys.WINDOW_START: window.start.isoformat(),
         keys.WINDOW_END: window.end.isoformat(),
         keys.AS_OF: window.as_of.isoformat(),
-        keys.LOOKBACK: window.summary()["lookback"],
+        keys.LOOKBACK: to_jsonable(window.lookback),
         keys.METRIC: config.metric,
         keys.TASK: str(config.target.task),
         keys.TARGET: config.target.column,
@@ -608,7 +607,7 @@ def publish_training_report(config: ModelConfig, outcome: TrainingOutcome, run: 
     link = run_link(get_settings(), run) if run is not None else None
     key = "".join(c if c.isalnum() else "-" for c in config.name.lower()).strip("-") + "-training"
     create_markdown_artifact(
-        markdown=training_report_markdown(outcome.summary(), link),
+        markdown=training_report_markdown(to_jsonable(outcome), link),
         key=key,
         description=f"training of {config.name} as of {outcome.window.as_of.isoformat()}: {outcome.decision}",
     )

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 import yaml
 
 if TYPE_CHECKING:
-    from tasks.features import TrainingWindow
+    from retrain.outcomes import TrainingWindow
 
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="retrain-prefect-"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -132,7 +132,7 @@ def flights_small(flights_all: pd.DataFrame) -> pd.DataFrame:
 
 def window_around(frame: pd.DataFrame, timestamp: str = "time_hour") -> TrainingWindow:
     """The fixed window holding every row of `frame`: what a unit test of a pure step passes."""
-    from tasks.features import TrainingWindow
+    from retrain.outcomes import TrainingWindow
 
     end = frame[timestamp].max().to_pydatetime() + timedelta(microseconds=1)
     return TrainingWindow(frame[timestamp].min().to_pydatetime(), end, end, False, None)

@@ -19,6 +19,7 @@ from prefect.events import DeploymentEventTrigger, emit_event
 
 from flows.monitoring import monitor_model
 from flows.training import train_model
+from retrain.jsonable import to_jsonable
 from retrain.warehouse import (
     MONITORING_METRIC_TABLE,
     count_predictions,
@@ -42,7 +43,7 @@ def test_monitoring_scores_reports_decides_and_dedupes(retrain_home: Path, fligh
     assert trained.decision == "champion"
 
     outcome = monitor_model(config_path=config, as_of=datetime(2013, 1, 24))
-    summary = outcome.summary()
+    summary = to_jsonable(outcome)
     assert summary["window"] == {"start": "2013-01-21T00:00:00", "end": "2013-01-24T00:00:00"}
     assert summary["source"] == "batch" and summary["champion_version"] == "1"
     january = flights_small["time_hour"]

@@ -27,6 +27,7 @@ from prefect.flow_runs import resume_flow_run
 
 from flows.release import check_canary, promote_model, release_challenger, roll_back_model
 from retrain import mlflow_keys as keys
+from retrain.outcomes import ReleaseOutcome
 from retrain.release_state import read_release_state
 from retrain.settings import get_settings
 from retrain.warehouse import (
@@ -46,7 +47,6 @@ from tasks.registry import (
     plan_start_canary,
     read_aliases,
 )
-from tasks.release import ReleaseOutcome
 from tests.conftest import write_model_config
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

@@ -193,7 +193,7 @@ def test_the_window_follows_as_of_and_new_rows_are_trained_on(
     load_source(flights_small[flights_small["time_hour"] >= january_18], if_exists="append")
     newest = train_model(config_path=config)
     assert newest.window.end == flights_small["time_hour"].max() + pd.Timedelta(microseconds=1)
-    assert newest.window.summary()["as_of_source"] == "newest clean row"
+    assert newest.window.as_of_source == "newest clean row"
     assert newest.decision in ("challenger", "rejected") and newest.fingerprint != later.fingerprint
     run = registry(MODEL).client.get_run(newest.run_id)
     assert run.data.params["retrain.window_end"] == newest.window.end.isoformat()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from retrain.outcomes import Verdict
 from tasks.comparison import (
-    Verdict,
     champion_unscorable,
     check_baseline,
     compare_with_champion,

@@ -11,8 +11,9 @@ import pytest
 from retrain.clock import model_as_of
 from retrain.config import TargetConfig, TaskType, load_model_config
 from retrain.errors import ConfigError, DataError
+from retrain.jsonable import to_jsonable
+from retrain.outcomes import TrainingWindow
 from tasks.features import (
-    TrainingWindow,
     check_training_frame,
     fingerprint_frame,
     make_target,
@@ -96,7 +97,7 @@ def test_lookback_window_moves_with_as_of(config) -> None:
     later = training_window(config, datetime(2013, 4, 15), as_of_given=True)
     assert (first.start, first.end) == (datetime(2012, 12, 31), datetime(2013, 3, 1))
     assert later.end - later.start == timedelta(days=60) and later.start > first.start
-    assert first.summary()["lookback"] == "60d" and first.summary()["as_of_source"] == "given"
+    assert to_jsonable(first)["lookback"] == "60d" and to_jsonable(first)["as_of_source"] == "given"
 
 
 def test_fixed_window_ending_after_a_given_as_of_is_refused(config) -> None:

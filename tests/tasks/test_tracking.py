@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType
 
-from tasks.features import TrainingWindow
+from retrain.outcomes import TrainingWindow
 from tasks.tracking import (
     close_abandoned_runs,
     fail_runs_of_flow_run,
