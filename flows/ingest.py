@@ -76,7 +76,9 @@ def ingest_new_rows(
 
 
 @flow(name="ingest-when-new-rows", log_prints=False, on_failure=[record_failed_run], on_crashed=[record_failed_run])
-def ingest_when_new_rows(config_path: str, as_of: datetime | None = None) -> BatchOutcome | None:
+def ingest_when_new_rows(
+    config_path: str, as_of: datetime | None = None, config: ModelConfig | None = None
+) -> BatchOutcome | None:
     """Ingest only if rows arrived since the last batch: what schedules and the training flow call.
 
     New rows are counted under the source's lock, so when another run has just ingested them this
@@ -89,6 +91,8 @@ def ingest_when_new_rows(config_path: str, as_of: datetime | None = None) -> Bat
         config_path: The model config YAML; the data contract is found beside it.
         as_of: The run's clock; default `retrain.clock.now()`. A replay passes the instant it replays, so
             rows dated after it (plus the future tolerance) are not read: they have not arrived yet.
+        config: The loaded model config, which a parent flow passes so the YAML is read once per run; empty:
+            read from `config_path`.
 
     Returns:
         The batch's outcome, or None when there was nothing new.
@@ -97,7 +101,7 @@ def ingest_when_new_rows(config_path: str, as_of: datetime | None = None) -> Bat
         ConfigError, Busy, DataContractError: as `ingest_new_rows`.
     """
     verify_stores((WAREHOUSE,))
-    config = load_model_config(config_path)
+    config = config or load_model_config(config_path)
     check_source_config(config)
     contract = read_model_contract(config)
 

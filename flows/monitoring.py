@@ -54,7 +54,7 @@ def monitor_model(
 
     # Ingest: rows that arrived up to as_of pass the data contract first (a refused batch fails this run).
     if count_new_rows(config, as_of=as_of):
-        ingest_when_new_rows(config_path=config_path, as_of=as_of)
+        ingest_when_new_rows(config_path=config_path, as_of=as_of, config=config)
     instant = resolve_as_of_task(config=config, as_of=as_of)
 
     # The champion and its training window (the reference); without one there is nothing to watch.

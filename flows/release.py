@@ -3,7 +3,8 @@
 Wiring only: decisions are `tasks.release`'s, alias moves `tasks.registry.apply_transition`'s. Each flow takes
 `as_of` (the release clock: bake windows and canary periods are measured on it) and `actor` (who asked:
 `person:<name>`, `schedule`, `event`, `automation` or `flow:<name>`), and ends Completed, named after what it
-decided (Refused and Rejected are outcomes, not failures).
+decided (Refused and Rejected are outcomes, not failures). A run that fails after its retries leaves one `run-failed`
+ledger row, like the other flows, so `retrain failures` lists it and `retrain rerun` starts it again.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from datetime import datetime
 from prefect import flow
 from prefect.states import Completed, State
 
-from retrain.config import load_model_config
+from retrain.config import ModelConfig, load_model_config
 from retrain.outcomes import ReleaseOutcome
+from tasks.failures import record_failed_run
 from tasks.release import (
     carry_out_release,
     finish_interrupted_transition,
@@ -32,17 +34,24 @@ def release_state(outcome: ReleaseOutcome) -> State:
     return Completed(name=outcome.decision.replace("-", " ").title(), message=outcome.reason, data=outcome)
 
 
-@flow(name="release-model", log_prints=False)
+@flow(name="release-model", log_prints=False, on_failure=[record_failed_run], on_crashed=[record_failed_run])
 def release_challenger(
-    config_path: str = "examples/flights.yaml", as_of: datetime | None = None, actor: str = "person:prefect-ui"
+    config_path: str = "examples/flights.yaml",
+    as_of: datetime | None = None,
+    actor: str = "person:prefect-ui",
+    config: ModelConfig | None = None,
 ) -> ReleaseOutcome:
     """Move the challenger on: a canary beside the champion, or champion when there is none.
 
     In `release.mode: manual` the run pauses with a form in the Prefect UI showing challenger vs champion;
     approve goes on, reject (or no answer within `release.approval_timeout`) rejects the challenger.
+
+    Args:
+        config: The loaded model config, which the training flow passes so the YAML is read once per run; empty:
+            read from `config_path`.
     """
     verify_stores()
-    config = load_model_config(config_path)
+    config = config or load_model_config(config_path)
     finish_interrupted_transition(config=config)
     plan = plan_release(config=config, actor=actor)
     if plan.outcome is not None:
@@ -52,7 +61,7 @@ def release_challenger(
     return release_state(carry_out_release(config=config, plan=plan, approval=approval, as_of=as_of, actor=actor))
 
 
-@flow(name="check-canary", log_prints=False)
+@flow(name="check-canary", log_prints=False, on_failure=[record_failed_run], on_crashed=[record_failed_run])
 def check_canary(
     config_path: str = "examples/flights.yaml", as_of: datetime | None = None, actor: str = "schedule"
 ) -> ReleaseOutcome:
@@ -64,7 +73,7 @@ def check_canary(
     return release_state(judge_canary(config=config, as_of=as_of, actor=actor))
 
 
-@flow(name="promote-model", log_prints=False)
+@flow(name="promote-model", log_prints=False, on_failure=[record_failed_run], on_crashed=[record_failed_run])
 def promote_model(
     config_path: str = "examples/flights.yaml",
     version: str = "",
@@ -84,7 +93,7 @@ def promote_model(
     return release_state(promote_by_hand(config=config, version=version, as_of=as_of, actor=actor, reason=reason))
 
 
-@flow(name="roll-back-model", log_prints=False)
+@flow(name="roll-back-model", log_prints=False, on_failure=[record_failed_run], on_crashed=[record_failed_run])
 def roll_back_model(
     config_path: str = "examples/flights.yaml",
     to_version: str = "",

@@ -97,7 +97,7 @@ def train_model(
         # batch fails this run here. Counted first so a run with nothing new pays for no subflow, and counted
         # again under the source's lock, so rows another run has just ingested are "nothing new", not a refusal.
         if count_new_rows(config, as_of=as_of):
-            ingest_when_new_rows(config_path=config_path, as_of=as_of)
+            ingest_when_new_rows(config_path=config_path, as_of=as_of, config=config)
 
         # Window: as of the given instant, or just after the newest clean row; the run is named after it.
         window = resolve_training_window(config=config, as_of=as_of)
@@ -136,7 +136,8 @@ def train_model(
             config=config, logged=logged, data=data, tuning=tuning, fitted=fitted, decision=decision
         )
         if outcome.version is not None and decision.verdict == "champion" and config.release.mode == "auto":
-            release = release_challenger(config_path=config_path, as_of=window.as_of, actor="flow:train-model")
+            release = release_challenger(config_path=config_path, as_of=window.as_of, actor="flow:train-model",
+                                         config=config)
             outcome = released_outcome(outcome, release)
         finish_training_run(run=run, config=config, data=data, tuning=tuning, outcome=outcome)
         publish_training_report(config=config, outcome=outcome, run=run)

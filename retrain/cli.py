@@ -601,9 +601,11 @@ def _flow_by_name(name: str) -> Any:
     """The flow object of one of Retrain's flows, by its Prefect name."""
     from flows.ingest import ingest_new_rows, ingest_when_new_rows
     from flows.monitoring import monitor_model
+    from flows.release import check_canary, promote_model, release_challenger, roll_back_model
     from flows.training import train_model
 
-    known = {f.name: f for f in (train_model, ingest_new_rows, ingest_when_new_rows, monitor_model)}
+    known = {f.name: f for f in (train_model, ingest_new_rows, ingest_when_new_rows, monitor_model,
+                                 release_challenger, check_canary, promote_model, roll_back_model)}
     if name not in known:
         raise ConfigError(f"flow '{name}' cannot be re-run from here: known flows are {sorted(known)}")
     return known[name]

@@ -7,7 +7,16 @@ from datetime import datetime, timedelta
 import pandas as pd
 import pytest
 
-from retrain.clock import Window, format_duration, frozen_clock, now, parse_duration, parse_instant, parse_timestamps
+from retrain.clock import (
+    Window,
+    format_duration,
+    frozen_clock,
+    now,
+    parse_duration,
+    parse_instant,
+    parse_timestamps,
+    years_before,
+)
 
 
 @pytest.mark.parametrize(
@@ -72,3 +81,15 @@ def test_aware_datetime_column_is_converted() -> None:
     values = pd.Series(pd.to_datetime(["2013-01-01 06:00+05:00", "2013-01-01 07:00+05:00"], utc=True))
     parsed = parse_timestamps(values)
     assert parsed.values.tolist() == [pd.Timestamp("2013-01-01 01:00"), pd.Timestamp("2013-01-01 02:00")]
+
+
+@pytest.mark.parametrize(
+    ("moment", "expected"),
+    [
+        (datetime(2024, 2, 29, 12), datetime(2023, 2, 28, 12)),
+        (datetime(2024, 3, 1), datetime(2023, 3, 1)),
+        (datetime(2013, 12, 31, 23, 59), datetime(2012, 12, 31, 23, 59)),
+    ],
+)
+def test_a_year_before_is_the_same_day_or_28_february(moment: datetime, expected: datetime) -> None:
+    assert years_before(moment, 1) == expected

@@ -38,6 +38,7 @@ from retrain.warehouse import (
     prediction_table,
     read_ledger,
 )
+from tasks.failures import RUN_FAILED
 from tasks.registry import (
     Record,
     ReleaseInputError,
@@ -264,4 +265,21 @@ def test_promote_and_roll_back_by_hand_with_their_refusals(retrain_home: Path, c
     assert read_aliases(client, MODEL) == {"champion": "1", "challenger": None, "canary": None, "previous": None}
     again = roll_back_model(config_path=path, to_version="2", actor="person:ops")
     assert (again.action, again.to_version) == ("rolled-back", "2")
-    assert actions() == ["rolled-back", "rolled-back", "promoted", "registered", "promoted"]
+    assert [action for action in actions() if action != RUN_FAILED] == [
+        "rolled-back", "rolled-back", "promoted", "registered", "promoted"]
+    # The promotion of a version that does not exist failed its run: recorded once, like any flow's failure.
+    failed = read_ledger(get_warehouse(), MODEL, action=RUN_FAILED)
+    assert len(failed) == 1 and "has no version 9" in failed[0].reason
+    assert failed[0].details["flow"] == "promote-model" and failed[0].details["parameters"]["version"] == "9"
+
+
+def test_a_canary_check_on_29_february_without_a_start_record_reads_the_year_before(
+    retrain_home: Path, client: MlflowClient
+) -> None:
+    """A canary whose start the ledger does not hold is judged on the year before as_of; on 29 February that
+    year has no 29 February (the old `replace(year=...)` raised ValueError there)."""
+    registered(client, 2)
+    move(client, "promote", version="1")
+    client.set_registered_model_alias(MODEL, "canary", "2")  # set by hand: no canary-started row
+    outcome = check_canary(config_path=config(retrain_home), as_of=datetime(2024, 2, 29, 12), actor="schedule")
+    assert outcome.decision == "wait" and "not enough data yet" in outcome.reason
