@@ -73,7 +73,7 @@ def test_writes_below_python_stdout_go_to_stderr() -> None:
     """LightGBM's C++ warnings write to file descriptor 1 directly: they must not reach stdout."""
     script = (
         "import os, sys\n"
-        "from retrain.cli import protected_stdout\n"
+        "from retrain.cli.app import protected_stdout\n"
         "with protected_stdout():\n"
         "    os.write(1, b'[LightGBM] [Warning] Met negative value in categorical features\\n')\n"
         "    sys.stdout.write('{\"ok\": true}\\n')\n"
