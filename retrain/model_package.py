@@ -16,8 +16,10 @@ functions, so the flow's predictions and the served model's are computed by one 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,83 @@ def build_encoding(frame: pd.DataFrame, numeric: Sequence[str], categorical: Seq
     return Encoding(numeric=tuple(numeric), categorical=tuple(categorical), vocabulary=vocabulary)
 
 
+# Values a JSON record holds whose encoding needs no pandas: the fast, exact case of each rule below.
+_NUMBER_TYPES = frozenset({int, float})
+_NONE = type(None)
+Column = Sequence[Any] | pd.Series
+
+
+def numeric_values(values: Column) -> np.ndarray:
+    """A numeric column as float64: numbers as they are, anything that is not a number missing (NaN).
+
+    A list of ints, floats and None (what JSON records hold) is read directly; anything else through pandas, as a
+    pandas column built from the same list would be, so both give the same numbers.
+    """
+    if isinstance(values, list):
+        if {type(value) for value in values} <= _NUMBER_TYPES | {_NONE}:
+            try:
+                return np.array(values, dtype="float64")  # None becomes NaN
+            except OverflowError:  # an integer beyond float64: pandas decides what it is
+                pass
+        values = pd.Series(values)
+    return pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+
+
+@lru_cache(maxsize=256)
+def _codes_of(vocabulary: tuple[str, ...]) -> dict[str, float]:
+    return {label: float(code) for code, label in enumerate(vocabulary)}
+
+
+def category_codes(values: Column, vocabulary: Sequence[str]) -> np.ndarray:
+    """A categorical column as its codes (the label's position in the vocabulary), NaN when missing or unseen.
+
+    Labels are `category_labels`'s; a list of text (or of numbers) and None is labelled directly, anything else
+    through a pandas column built from the same list, so both give the same codes.
+    """
+    if isinstance(values, list):
+        kinds = {type(value) for value in values} - {_NONE}
+        if kinds <= {str} or kinds <= _NUMBER_TYPES:
+            codes = _codes_of(tuple(vocabulary))
+            nan = float("nan")
+            if kinds <= {str}:
+                return np.array([nan if value is None else codes.get(value, nan) for value in values], dtype="float64")
+            return np.array([nan if value is None else codes.get(_number_label(value), nan) for value in values],
+                            dtype="float64")
+        values = pd.Series(values)
+    codes = pd.Categorical(category_labels(values), categories=list(vocabulary)).codes
+    return np.where(codes < 0, np.nan, codes.astype("float64"))
+
+
+def _number_label(value: float) -> str | None:
+    """`category_labels`' text of one number: whole numbers as integers ("7"), others as Python writes them."""
+    if value != value:  # NaN  # noqa: PLR0124
+        return None
+    if isinstance(value, int) or (math.isfinite(value) and value == round(value)):
+        return str(int(value))
+    return str(float(value))
+
+
+def encode_columns(columns: Mapping[str, Column], encoding: Encoding, rows: int) -> np.ndarray:
+    """Raw columns → the booster's input matrix (rows × features, float64): the one encoding of Retrain.
+
+    Training, the registered pyfunc and the prediction server all encode through here, column by column, so a
+    model sees the same numbers however its rows arrive (a frame read from the table, or JSON records).
+
+    Raises:
+        KeyError: a feature column is absent, naming it.
+    """
+    missing = [column for column in encoding.features if column not in columns]
+    if missing:
+        raise KeyError(f"rows lack the model's input column(s) {missing}")
+    matrix = np.empty((rows, len(encoding.features)), dtype="float64")
+    for position, column in enumerate(encoding.numeric):
+        matrix[:, position] = numeric_values(columns[column])
+    offset = len(encoding.numeric)
+    for position, column in enumerate(encoding.categorical, start=offset):
+        matrix[:, position] = category_codes(columns[column], encoding.vocabulary[column])
+    return matrix
+
+
 def encode_rows(frame: pd.DataFrame, encoding: Encoding) -> pd.DataFrame:
     """Raw rows → model inputs, all float64, vectorised; the input frame is not changed.
 
@@ -106,13 +185,8 @@ def encode_rows(frame: pd.DataFrame, encoding: Encoding) -> pd.DataFrame:
     missing = [column for column in encoding.features if column not in frame.columns]
     if missing:
         raise KeyError(f"rows lack the model's input column(s) {missing}")
-    encoded: dict[str, np.ndarray] = {}
-    for column in encoding.numeric:
-        encoded[column] = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-    for column in encoding.categorical:
-        codes = pd.Categorical(category_labels(frame[column]), categories=encoding.vocabulary[column]).codes
-        encoded[column] = np.where(codes < 0, np.nan, codes.astype("float64"))
-    return pd.DataFrame(encoded, index=frame.index, columns=list(encoding.features))
+    matrix = encode_columns({column: frame[column] for column in encoding.features}, encoding, len(frame))
+    return pd.DataFrame(matrix, index=frame.index, columns=list(encoding.features))
 
 
 class RawRowModel(PythonModel):

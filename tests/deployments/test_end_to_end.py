@@ -27,7 +27,7 @@ import yaml
 
 from retrain.prefect_server import free_port
 from tests.conftest import REPO
-from tests.test_cli_outages import RETRAIN, command_environment
+from tests.retrain.test_cli_outages import RETRAIN, command_environment
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 CONFIG = "examples/flights.yaml"

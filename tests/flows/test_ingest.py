@@ -44,7 +44,7 @@ from retrain.warehouse import (
 from tasks.ingest import BatchRefused, count_new_rows
 from tests.conftest import REPO, cli_environment, write_model_config
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.data]
 
 MODEL = "flights-delay"
 SOURCE = "flights"

@@ -50,7 +50,7 @@ from retrain.settings import get_settings
 from retrain.warehouse import get_warehouse, open_warehouse, read_ledger, write_frame
 from tests.conftest import POSTGRES_URL, REPO, write_model_config
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.model]
 
 MODEL = "flights-delay"
 QUICK = {"trials": 2, "seed": 7, "max_rounds": 60, "early_stopping_rounds": 10}

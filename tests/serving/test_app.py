@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import socket
 import subprocess
@@ -31,7 +32,7 @@ from retrain.warehouse import (
     prediction_table,
     read_labelled_predictions,
 )
-from serving.app import create_app
+from serving.app import INLINE_RECORDS, create_app
 from serving.routing import choose_arm
 from tests.conftest import POSTGRES_URL, REPO, fresh_postgres_schema
 from tests.serving.conftest import MODEL, Registry
@@ -363,3 +364,42 @@ def test_the_server_imports_no_training_stack() -> None:
             "print([m for m in ('prefect', 'optuna', 'pandera') if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_a_large_request_does_not_hold_up_the_requests_behind_it(registry: Registry) -> None:
+    """A request over INLINE_RECORDS predicts in the thread pool: while it is being predicted, /health and a
+    one-record prediction are answered (on the event loop they would wait for it)."""
+    app = create_app(registry.config, registry.settings())
+    released = threading.Event()
+    with running_server(app) as url:
+        server = app.state.server
+        for _ in range(100):
+            if server.models.current is not None:
+                break
+            time.sleep(0.1)
+        served = server.models.current
+        own = served.champion.predict
+
+        def slow(records: Any) -> Any:
+            if len(records) > INLINE_RECORDS:
+                assert released.wait(30), "the large request was never let go"
+            return own(records)
+
+        server.models.swap(dataclasses.replace(served, champion=dataclasses.replace(served.champion, predict=slow)))
+        large: dict[str, Any] = {}
+
+        def send_large() -> None:
+            large["response"] = httpx.post(f"{url}/predict", json={"records": registry.raw_rows(INLINE_RECORDS + 1)},
+                                           timeout=60)
+
+        sender = threading.Thread(target=send_large)
+        sender.start()
+        try:
+            time.sleep(0.3)  # the large request is inside its predict by now
+            assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+            single = httpx.post(f"{url}/predict", json={"records": registry.raw_rows(1)}, timeout=5)
+            assert single.status_code == 200 and "response" not in large
+        finally:
+            released.set()
+            sender.join(60)
+    assert large["response"].status_code == 200 and len(large["response"].json()["predictions"]) == INLINE_RECORDS + 1

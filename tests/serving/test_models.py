@@ -5,9 +5,13 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 
 from serving.models import load_version
 from tests.serving.conftest import MODEL, Registry
+
+pytestmark = pytest.mark.model
+
 
 
 def test_served_predictions_equal_the_pyfunc_on_unusual_values(registry: Registry) -> None:

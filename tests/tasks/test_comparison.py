@@ -13,6 +13,9 @@ from tasks.comparison import (
     paired_bootstrap_p_value,
 )
 
+pytestmark = pytest.mark.model
+
+
 RNG = np.random.default_rng(0)
 Y = RNG.normal(10.0, 5.0, size=2000)
 GOOD = Y + RNG.normal(0.0, 1.0, size=2000)

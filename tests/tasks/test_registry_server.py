@@ -17,7 +17,7 @@ import pytest
 
 from retrain.prefect_server import free_port
 from tests.conftest import write_model_config
-from tests.test_cli_outages import PASSWORD, RETRAIN, command_environment, password_hits_under
+from tests.retrain.test_cli_outages import PASSWORD, RETRAIN, command_environment, password_hits_under
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 LOAD_CHAMPION = """

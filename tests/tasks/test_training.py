@@ -12,6 +12,8 @@ from tasks.features import prepare_data
 from tasks.training import baseline_predictions, baseline_scores, fit_and_score, is_improvement, score_predictions
 from tests.conftest import EXAMPLE_CONFIG, window_around
 
+pytestmark = pytest.mark.model
+
 
 def test_regression_metrics_match_hand_computed_values() -> None:
     scores = score_predictions(np.array([1.0, 2.0, 3.0]), np.array([1.0, 2.0, 5.0]), TaskType.REGRESSION)
@@ -34,6 +36,7 @@ def test_auc_on_one_class_is_the_constant_predictor_score() -> None:
     ("metric", "task", "expected"),
     [("mae", TaskType.REGRESSION, 2.0), ("rmse", TaskType.REGRESSION, 25.0 / 4), ("auc", TaskType.BINARY, 6.25)],
 )
+
 def test_baseline_is_the_right_constant(metric: str, task: TaskType, expected: float) -> None:
     y = np.array([1.0, 2.0, 2.0, 20.0])
     assert baseline_predictions(y, 3, task, metric).tolist() == [expected] * 3

@@ -30,6 +30,9 @@ from tasks.validation import (
     validate_batch,
 )
 
+pytestmark = pytest.mark.data
+
+
 EXAMPLE_CONTRACT = Path(__file__).resolve().parents[2] / "examples" / "flights.contract.yaml"
 NOW = datetime(2026, 11, 25, 12, 0)
 ROWS = 400

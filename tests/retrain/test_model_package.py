@@ -12,6 +12,9 @@ import pytest
 from retrain.model_package import Encoding, build_encoding, category_labels, encode_rows
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.model
+
+
 TRAIN = pd.DataFrame({"carrier": ["UA", "AA", "UA", None], "distance": [100, 200, 300, 400],
                       "gate": [7, 12, 7, 12]})
 

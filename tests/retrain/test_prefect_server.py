@@ -15,7 +15,7 @@ import pytest
 
 from retrain.prefect_server import temporary_prefect_server
 from tests.conftest import write_model_config
-from tests.test_cli_outages import RETRAIN, command_environment
+from tests.retrain.test_cli_outages import RETRAIN, command_environment
 
 PARENT = """
 import os, subprocess, sys, time
