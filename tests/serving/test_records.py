@@ -1,0 +1,136 @@
+"""Request records against a model's inputs: the checks and conversions of `serving.records`, on inline values."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from retrain.warehouse import prediction_key
+from serving.records import (
+    ANY,
+    DATETIME,
+    FLOAT,
+    INTEGER,
+    STRING,
+    InvalidRecords,
+    as_instant,
+    build_input_spec,
+    check_records,
+    kind_of_signature_type,
+    record_key,
+    record_problems,
+    records_from_columns,
+    records_from_split,
+    value_problem,
+)
+
+SPEC = build_input_spec(
+    features=("distance", "temp", "carrier"),
+    model_kinds={"distance": ANY, "temp": FLOAT, "carrier": STRING},
+    contract_kinds={"distance": INTEGER, "time_hour": DATETIME, "flight": INTEGER},
+    key=("time_hour", "flight"),
+    not_nullable=("time_hour", "flight", "distance"),
+)
+GOOD = {"distance": 1400, "temp": 39.9, "carrier": "UA", "time_hour": "2013-01-01T05:00:00", "flight": 1545}
+
+
+def test_the_contract_names_a_columns_kind_before_the_model_does() -> None:
+    assert SPEC.kinds == {"distance": INTEGER, "temp": FLOAT, "carrier": STRING, "time_hour": DATETIME,
+                          "flight": INTEGER}
+    assert SPEC.allowed == {"distance", "temp", "carrier", "time_hour", "flight"}
+    assert SPEC.not_nullable == {"time_hour", "flight", "distance"}
+
+
+@pytest.mark.parametrize(
+    ("type_name", "kind"),
+    [("double", FLOAT), ("long", INTEGER), ("string", STRING), ("datetime", DATETIME), ("boolean", ANY),
+     ("binary", ANY)],
+)
+def test_signature_types_map_to_kinds(type_name: str, kind: str) -> None:
+    assert kind_of_signature_type(type_name) == kind
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "problem"),
+    [
+        (3, INTEGER, None), (3.0, INTEGER, None), (3.5, INTEGER, "expected an integer, got float 3.5"),
+        (True, INTEGER, "expected an integer, got bool True"), ("3", FLOAT, "expected a number, got str '3'"),
+        (float("nan"), FLOAT, "expected a number, got float nan"), ("UA", STRING, None),
+        (7, STRING, "expected text, got int 7"), ("2013-01-01T05:00+05:00", DATETIME, None),
+        (1357016400000, DATETIME, None), ("yesterday", DATETIME, "expected ISO 8601 text or epoch milliseconds"),
+        ({"a": 1}, ANY, "expected a number or text, got a JSON object"), ([1], FLOAT, "got a JSON array"),
+    ],
+)
+def test_a_value_fits_its_kind_or_says_what_was_expected(value: Any, kind: str, problem: str | None) -> None:
+    found = value_problem(value, kind)
+    assert found is None if problem is None else problem in str(found)
+
+
+@pytest.mark.parametrize(
+    ("record", "field", "problem"),
+    [
+        ([1, 2], "(record)", "expected a JSON object"),
+        ({k: v for k, v in GOOD.items() if k != "temp"}, "temp", "missing feature"),
+        ({**GOOD, "colour": "red"}, "colour", "unknown field"),
+        ({**GOOD, "distance": None}, "distance", "null is not allowed"),
+        ({**GOOD, "carrier": 7}, "carrier", "expected text"),
+    ],
+)
+def test_each_problem_of_a_record_names_its_field(record: Any, field: str, problem: str) -> None:
+    problems = record_problems(3, record, SPEC)
+    assert [(p.record, p.field) for p in problems] == [(3, field)] and problem in problems[0].problem
+
+
+def test_a_null_feature_is_fine_where_the_contract_allows_it() -> None:
+    assert record_problems(0, {**GOOD, "temp": None, "carrier": None}, SPEC) == []
+
+
+def test_check_records_gives_each_records_key_and_lists_at_most_twenty_problems() -> None:
+    without_key = {name: value for name, value in GOOD.items() if name not in SPEC.key}
+    checked = check_records([GOOD, without_key], SPEC)
+    assert checked.keys == [prediction_key([datetime(2013, 1, 1, 5), 1545]), None]
+    with pytest.raises(InvalidRecords) as raised:
+        check_records([{**GOOD, "carrier": 1}] * 50, SPEC)
+    assert len(raised.value.problems) == 20 and str(raised.value).startswith("record 0, field 'carrier'")
+    with pytest.raises(InvalidRecords, match="no records"):
+        check_records([], SPEC)
+
+
+@pytest.mark.parametrize(
+    ("value", "instant"),
+    [("2013-01-01T05:00:00", datetime(2013, 1, 1, 5)), ("2013-01-01T10:00+05:00", datetime(2013, 1, 1, 5)),
+     (1357016400000, datetime(2013, 1, 1, 5)), (None, None)],
+)
+def test_instants_read_as_naive_utc(value: Any, instant: datetime | None) -> None:
+    assert as_instant(value) == instant
+
+
+def test_a_key_sent_as_text_or_epoch_milliseconds_joins_the_same_row() -> None:
+    by_text = record_key(GOOD, SPEC)
+    by_millis = record_key({**GOOD, "time_hour": 1357016400000, "flight": 1545.0}, SPEC)
+    assert by_text == by_millis == prediction_key([datetime(2013, 1, 1, 5), 1545])
+
+
+def test_mlflow_split_and_column_forms_become_records() -> None:
+    assert records_from_split({"columns": ["a", "b"], "data": [[1, "x"], [2, None]]}) == [
+        {"a": 1, "b": "x"}, {"a": 2, "b": None}]
+    assert records_from_columns({"a": [1, 2], "b": ["x", None]}) == [{"a": 1, "b": "x"}, {"a": 2, "b": None}]
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [({"columns": "a", "data": []}, "dataframe_split.columns"), ({"columns": ["a"], "data": {}},
+                                                                   "dataframe_split.data"),
+     ({"columns": ["a", "b"], "data": [[1]]}, "dataframe_split.data")],
+)
+def test_a_malformed_split_names_its_part(payload: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidRecords) as raised:
+        records_from_split(payload)
+    assert raised.value.problems[0].field == field
+
+
+def test_columns_of_different_lengths_are_refused() -> None:
+    with pytest.raises(InvalidRecords, match="same length"):
+        records_from_columns({"a": [1, 2], "b": [1]})
