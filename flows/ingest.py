@@ -14,7 +14,6 @@ from prefect import flow
 from retrain.config import ModelConfig, load_model_config
 from retrain.contract import Contract
 from retrain.stores import WAREHOUSE
-from tasks.contract import check_source_config, read_model_contract
 from tasks.failures import record_failed_run
 from tasks.ingest import (
     BatchOutcome,
@@ -22,10 +21,12 @@ from tasks.ingest import (
     BatchRefused,
     BatchRows,
     announce_data_arrived,
+    check_source_config,
     count_new_rows,
     plan_batch,
     publish_batch_report,
     read_batch_rows,
+    read_model_contract,
     record_batch,
     source_lock,
     validate_new_rows,

@@ -14,9 +14,8 @@ from prefect import flow
 
 from flows.ingest import ingest_when_new_rows
 from retrain.config import load_model_config
-from tasks.contract import check_source_config
 from tasks.failures import record_failed_run
-from tasks.ingest import count_new_rows
+from tasks.ingest import check_source_config, count_new_rows
 from tasks.monitoring import (
     MonitoringOutcome,
     assemble_outcome,

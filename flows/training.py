@@ -21,7 +21,6 @@ from flows.release import release_challenger
 from retrain.config import load_model_config
 from retrain.outcomes import SKIPPED, TrainingOutcome
 from tasks.comparison import decide_release
-from tasks.contract import check_source_config, read_model_contract
 from tasks.failures import record_failed_run
 from tasks.features import (
     check_training_snapshot,
@@ -29,7 +28,7 @@ from tasks.features import (
     prepare_training_data,
     resolve_training_window,
 )
-from tasks.ingest import count_new_rows
+from tasks.ingest import check_source_config, count_new_rows, read_model_contract
 from tasks.limits import hold_model
 from tasks.outcome import find_earlier_training, score_current_champion
 from tasks.release import record_skipped_training, register_trained_model, released_outcome

@@ -1,5 +1,7 @@
 """Inferring a first data contract from a source table as it is (the contract itself: `retrain.contract`).
 
+Pure, and free of Prefect: `retrain contract infer` runs it without starting any flow or server.
+
 Inferring ranges: the observed `[min, max]` is widened by `RANGE_MARGIN` (a quarter of the observed
 span) on each side, so next month's ordinary values are not quarantined for being slightly outside
 what one sample happened to hold. A column that never went below zero keeps zero as its floor
@@ -28,23 +30,11 @@ import math
 from collections.abc import Callable
 
 import pandas as pd
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from retrain.clock import parse_timestamps
 from retrain.config import ModelConfig
-from retrain.contract import (
-    BatchRules,
-    ColumnRule,
-    ColumnType,
-    Contract,
-    TimestampOffsets,
-    check_model_source,
-    read_contract,
-)
+from retrain.contract import BatchRules, ColumnRule, ColumnType, Contract, TimestampOffsets
 from retrain.errors import ConfigError
-from retrain.warehouse import TableDescription, get_warehouse
-from tasks.retries import STORE_RETRIES
 
 RANGE_MARGIN = 0.25  # share of the observed span added below the minimum and above the maximum
 CONSTANT_MARGIN = 0.01  # share of the value (at least 1) added on each side when a column held a single value
@@ -176,22 +166,3 @@ def _string_rule(present: pd.Series, nullable: bool, key: bool = False) -> Colum
 
 
 
-
-# --- Prefect tasks -------------------------------------------------------------------------------
-
-
-@task(cache_policy=NO_CACHE)
-def read_model_contract(config: ModelConfig) -> Contract:
-    """The contract beside the model config; a missing one is an error saying how to write it."""
-    return read_contract(config.contract_path)
-
-
-@task(cache_policy=NO_CACHE, **STORE_RETRIES)
-def check_source_config(config: ModelConfig) -> TableDescription:
-    """Check the model config against its source table and contract: the first thing a flow does.
-
-    Every configured column must exist with a usable type, the key must be a key, and the contract must
-    fit (see `retrain.contract.check_config_against_table`). Fails in well under a second with a
-    `ConfigError` naming the config file and the field, instead of after retries at the training snapshot.
-    """
-    return check_model_source(config, get_warehouse())

@@ -32,7 +32,7 @@ from prefect.cache_policies import NO_CACHE
 from retrain import clock, warehouse
 from retrain.clock import as_naive_utc, parse_timestamps
 from retrain.config import ModelConfig
-from retrain.contract import Contract, read_contract
+from retrain.contract import Contract, check_model_source, read_contract
 from retrain.errors import ConfigError, DataContractError
 from retrain.jsonable import json_field
 from tasks.retries import STORE_RETRIES
@@ -376,6 +376,23 @@ def quarantine_records(batch_id: str, result: ValidationResult, fingerprints: di
         "raw": quarantined["raw"],
         "fingerprint": [fingerprints.get(int(position)) for position in positions],
     })
+
+
+@task(cache_policy=NO_CACHE)
+def read_model_contract(config: ModelConfig) -> Contract:
+    """The contract beside the model config; a missing one is an error saying how to write it."""
+    return read_contract(config.contract_path)
+
+
+@task(cache_policy=NO_CACHE, **STORE_RETRIES)
+def check_source_config(config: ModelConfig) -> warehouse.TableDescription:
+    """Check the model config against its source table and contract: the first thing a flow does.
+
+    Every configured column must exist with a usable type, the key must be a key, and the contract must
+    fit (see `retrain.contract.check_config_against_table`). Fails in well under a second with a
+    `ConfigError` naming the config file and the field, instead of after retries at the training snapshot.
+    """
+    return check_model_source(config, warehouse.get_warehouse())
 
 
 @contextlib.contextmanager
