@@ -12,6 +12,11 @@ zero (or one, for champions made):
   kill-in-tuning    a training killed with SIGKILL while Optuna tunes, then a second training:
                     MLflow runs and Prefect flow runs left RUNNING, processes left behind, trials that
                     repeated earlier parameters
+  interleaved-releases
+                    `retrain promote` paused at each step of its transition (RETRAIN_PAUSE_AT; a checkout
+                    without the hook runs it through) while `retrain rollback` and `retrain status` run:
+                    transition ids in the ledger more than once, whether replaying the ledger gives the
+                    aliases, live transitions that `status` called interrupted, lock rows left behind
 
 Run it against any checkout, so a before/after comparison uses the same script:
 
@@ -193,6 +198,68 @@ def kill_in_tuning(scenario: Scenario) -> dict[str, object]:
             "next training": outcome(stdout).get("decision") or outcome(stdout).get("error"), "exit code": code}
 
 
+PROMOTION_STEPS = ["intent", "set previous", "set champion", "version facts", "ledger", "event", "clear intent"]
+REGISTER_VERSIONS = """
+import sys
+import mlflow
+from mlflow.tracking import MlflowClient
+mlflow.set_tracking_uri(sys.argv[1])
+client = MlflowClient()
+client.create_registered_model(sys.argv[2])
+for _ in range(2):
+    client.create_model_version(sys.argv[2], source="file:///nowhere", tags={"retrain.gates": "passed"})
+client.set_registered_model_alias(sys.argv[2], "champion", "1")
+"""
+
+
+def interleaved_releases(scenario: Scenario) -> dict[str, object]:
+    config = str(scenario.config())
+    model = yaml.safe_load(Path(config).read_text())["name"]
+    python = scenario.repo / ".venv" / "bin" / "python"
+    subprocess.run([str(python), "-c", REGISTER_VERSIONS, f"sqlite:///{scenario.home / 'mlflow.db'}", model],
+                   check=True, env=scenario.env, cwd=scenario.home, capture_output=True)
+    called_interrupted, paused_rounds, codes = 0, 0, []
+    for step in PROMOTION_STEPS:
+        folder = Path(tempfile.mkdtemp(prefix="pause-", dir=scenario.home))
+        first = scenario.start("promote", "--config", config, "--version", "2", "--reason", f"paused at {step}",
+                               extra_env={"RETRAIN_PAUSE_AT": f"{step}={folder}"})
+        while not (folder / "paused").exists() and first.poll() is None:
+            time.sleep(0.1)
+        if first.poll() is None:  # paused, alive, mid-transition: what does a second command do?
+            paused_rounds += 1
+            _, status, _ = scenario.run("status", "--config", config)
+            called_interrupted += bool(outcome(status).get("pending"))
+            second = scenario.start("rollback", "--config", config, "--reason", f"while paused at {step}")
+            time.sleep(15)  # long enough for the rollback's flow to reach the lock (or, before, to finish it)
+            (folder / "resume").touch()
+        else:
+            second = scenario.start("rollback", "--config", config, "--reason", f"after {step}")
+        codes.append([first.wait(timeout=600), second.wait(timeout=600)])
+    with scenario.warehouse() as connection:
+        rows = connection.execute("select action, details from retrain_ledger order by at, id").fetchall()
+        locks = connection.execute("select count(*) from retrain_locks").fetchone()[0]
+    transitions = [json.loads(details or "{}").get("transition") for _, details in rows]
+    repeated = sum(count > 1 for count in _counts([t for t in transitions if t]).values())
+    replayed: dict[str, str | None] = {"champion": "1"}
+    for _, details in rows:
+        replayed.update(json.loads(details or "{}").get("moves", {}))
+    _, status, _ = scenario.run("status", "--config", config)
+    aliases = {alias: version for alias, version in outcome(status).get("aliases", {}).items() if version}
+    return {"rounds paused mid-transition": f"{paused_rounds} of {len(PROMOTION_STEPS)}",
+            "exit codes (promote, rollback)": codes,
+            "transition ids in the ledger more than once": repeated,
+            "ledger replay gives the aliases": {k: v for k, v in replayed.items() if v} == aliases,
+            "live transitions status called interrupted": called_interrupted,
+            "lock rows left in retrain_locks": locks}
+
+
+def _counts(values: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
 def _last_line(text: str) -> str:
     """The last line that reads like an error (else the last line): why a process ended."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
@@ -248,6 +315,7 @@ SCENARIOS: dict[str, Callable[[Scenario], dict[str, object]]] = {
     "shared-source": shared_source,
     "password": password,
     "kill-in-tuning": kill_in_tuning,
+    "interleaved-releases": interleaved_releases,
 }
 
 

@@ -23,7 +23,7 @@ from retrain.warehouse.engine import (
     open_warehouse,
 )
 from retrain.warehouse.ledger import LedgerEntry, append_ledger_entry, read_ledger
-from retrain.warehouse.locks import LockHolder, hold_lock, read_lock_holder
+from retrain.warehouse.locks import LockHolder, hold_lock, live_lock_holder, read_lock_holder
 from retrain.warehouse.predictions import (
     append_new_predictions,
     count_predictions,
@@ -69,7 +69,8 @@ __all__ = [
     "append_ledger_entry", "append_new_predictions", "append_rows", "batch_ledger", "clean_table", "column_kind",
     "count_predictions", "count_rows_after", "count_rows_between", "create_declared_table", "create_warehouse_engine",
     "describe_table", "find_passed_batch", "get_warehouse", "has_table", "hold_lock", "insert_new_rows",
-    "label_table", "ledger_table", "list_tables", "lock_table", "monitoring_metric_table", "open_warehouse",
+    "label_table", "ledger_table", "list_tables", "live_lock_holder", "lock_table", "monitoring_metric_table",
+    "open_warehouse",
     "prediction_key", "prediction_table", "quarantine_table", "read_batches", "read_clean_keys",
     "read_known_fingerprints", "read_labelled_predictions", "read_ledger", "read_lock_holder",
     "read_monitoring_metric", "read_newest_timestamp", "read_prediction_features", "read_quarantine",

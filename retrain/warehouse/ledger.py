@@ -1,4 +1,8 @@
-"""The release ledger: one append-only row per decision about a model, and its reader."""
+"""The release ledger: one append-only row per decision about a model, and its reader.
+
+A row of an alias transition carries the transition's id in `transition_id`, which a unique index backs: the
+database, not the care of its writers, keeps a transition's row once.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from retrain.warehouse.engine import Warehouse
-from retrain.warehouse.tables import LEDGER_TABLE, append_rows, create_declared_table, has_table, ledger_table
+from retrain.warehouse.tables import (
+    LEDGER_TABLE,
+    LEDGER_TRANSITION_INDEX,
+    create_declared_table,
+    has_table,
+    insert_new_rows,
+    ledger_table,
+)
 
 
 @dataclass(frozen=True)
@@ -29,10 +40,15 @@ class LedgerEntry:
     details: Mapping[str, Any] = field(default_factory=dict)
     flow_run_id: str | None = None
     mlflow_run_id: str | None = None
+    transition_id: str | None = None  # set for alias transitions: unique in the ledger
 
 
-def append_ledger_entry(warehouse: Warehouse, entry: LedgerEntry) -> None:
-    """Append one ledger row (the ledger is never updated or deleted from)."""
+def append_ledger_entry(warehouse: Warehouse, entry: LedgerEntry) -> bool:
+    """Append one ledger row (the ledger is never updated or deleted from).
+
+    Returns:
+        False when the entry names a transition the ledger holds already (nothing was written), else True.
+    """
     row = {
         "at": entry.at,
         "model": entry.model,
@@ -45,8 +61,37 @@ def append_ledger_entry(warehouse: Warehouse, entry: LedgerEntry) -> None:
         "details": json.dumps(dict(entry.details), sort_keys=True, default=str),
         "flow_run_id": entry.flow_run_id,
         "mlflow_run_id": entry.mlflow_run_id,
+        "transition_id": entry.transition_id,
     }
-    append_rows(warehouse, create_declared_table(warehouse, ledger_table(warehouse.schema)), [row])
+    table = _ready_ledger(warehouse)
+    with warehouse.engine.begin() as connection:
+        if entry.transition_id is None:
+            connection.execute(sa.insert(table), [row])
+            return True
+        return insert_new_rows(connection, table, [row]) == 1
+
+
+def _ready_ledger(warehouse: Warehouse) -> sa.Table:
+    """The ledger table, created if missing; one written before transition ids were unique gets the column and
+    its unique index (rows written before carry none, so the index always builds)."""
+    table = create_declared_table(warehouse, ledger_table(warehouse.schema))
+    with warehouse.engine.connect() as connection:
+        stored = {column["name"] for column in sa.inspect(connection).get_columns(LEDGER_TABLE, schema=table.schema)}
+    if "transition_id" in stored:
+        return table
+    index = next(index for index in table.indexes if index.name == LEDGER_TRANSITION_INDEX)
+    try:
+        with warehouse.engine.begin() as connection:
+            name = connection.dialect.identifier_preparer.format_table(table)
+            connection.execute(sa.text(f"ALTER TABLE {name} ADD COLUMN transition_id VARCHAR(64)"))
+            index.create(connection, checkfirst=True)
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+        # Another process added it between our look and our ALTER: what we wanted.
+        with warehouse.engine.connect() as connection:
+            columns = sa.inspect(connection).get_columns(LEDGER_TABLE, schema=table.schema)
+        if "transition_id" not in {column["name"] for column in columns}:
+            raise
+    return table
 
 
 def read_ledger(
@@ -72,6 +117,7 @@ def read_ledger(
             from_version=row["from_version"], to_version=row["to_version"],
             metrics=json.loads(row["metrics"] or "{}"), details=json.loads(row["details"] or "{}"),
             flow_run_id=row["flow_run_id"], mlflow_run_id=row["mlflow_run_id"],
+            transition_id=row.get("transition_id"),
         )
         for row in rows
     ]

@@ -24,6 +24,7 @@ from retrain.warehouse.engine import WRITE_CHUNK_ROWS, Warehouse
 BATCH_LEDGER = "retrain_batches"
 LOCK_TABLE = "retrain_locks"
 LEDGER_TABLE = "retrain_ledger"
+LEDGER_TRANSITION_INDEX = "uq_retrain_ledger_transition"
 PREDICTION_TABLE = "retrain_predictions"
 LABEL_TABLE = "retrain_labels"
 MONITORING_METRIC_TABLE = "retrain_monitoring_metrics"
@@ -123,6 +124,8 @@ def ledger_table(schema: str | None = None) -> sa.Table:
 
     `from_version`/`to_version` say what the decision moved (both empty when it moved nothing); `metrics` and
     `details` are JSON objects; `actor` says who or what decided (a person, a schedule, an event, automation).
+    `transition_id` is set on rows of alias transitions, unique: whatever the interleaving of two processes
+    finishing one transition, the database keeps its row once.
     """
     return sa.Table(
         LEDGER_TABLE,
@@ -139,7 +142,9 @@ def ledger_table(schema: str | None = None) -> sa.Table:
         sa.Column("details", sa.Text, nullable=False, default="{}"),
         sa.Column("flow_run_id", sa.String(64)),
         sa.Column("mlflow_run_id", sa.String(64)),
+        sa.Column("transition_id", sa.String(64), nullable=True),
         sa.Index("ix_retrain_ledger_model_at", "model", "at"),
+        sa.Index(LEDGER_TRANSITION_INDEX, "transition_id", unique=True),
     )
 
 
@@ -374,19 +379,25 @@ def count_rows_between(
 
 
 
-def insert_new_rows(connection: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
+def insert_new_rows(connection: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> int:
     """Insert rows, skipping any that a unique key of the table already holds (PostgreSQL and SQLite use
-    ON CONFLICT DO NOTHING; other databases insert row by row and skip duplicates)."""
+    ON CONFLICT DO NOTHING; other databases insert row by row and skip duplicates); returns how many were new
+    (where the driver reports it: -1 when it does not)."""
     dialect = connection.dialect.name
-    if dialect == "postgresql":
-        connection.execute(postgres_insert(table).on_conflict_do_nothing(), list(rows))
-    elif dialect == "sqlite":
-        connection.execute(sqlite_insert(table).on_conflict_do_nothing(), list(rows))
-    else:
-        for row in rows:
-            try:
-                with connection.begin_nested():
-                    connection.execute(sa.insert(table), [row])
-            except sa.exc.IntegrityError:
-                continue
+    if dialect in ("postgresql", "sqlite"):
+        statement = (postgres_insert if dialect == "postgresql" else sqlite_insert)(table).on_conflict_do_nothing()
+        primary = list(table.primary_key.columns)
+        if primary and len(rows) == 1:
+            # The driver's rowcount is -1 where SQLAlchemy adds RETURNING itself (psycopg): count what came back.
+            return len(connection.execute(statement.returning(*primary), dict(rows[0])).all())
+        return int(connection.execute(statement, list(rows)).rowcount)
+    inserted = 0
+    for row in rows:
+        try:
+            with connection.begin_nested():
+                connection.execute(sa.insert(table), [row])
+            inserted += 1
+        except sa.exc.IntegrityError:
+            continue
+    return inserted
 
