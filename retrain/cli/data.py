@@ -137,7 +137,8 @@ def ingest(
             code = ExitCode.OK
         except BatchRefused as refusal:
             outcome, code = refusal.outcome, refusal.exit_code
-            typer.echo(f"refused: {refusal}", err=True)
+            again = f" (the same rows as batch {outcome.repeats}: nothing was stored again)" if outcome.repeats else ""
+            typer.echo(f"refused: {refusal}{again}", err=True)
         quarantined = [] if as_json else _quarantined_rows(model.source.quarantine, outcome.batch_id)
     if not as_json and quarantined:
         _print_quarantine(outcome.batch_id, quarantined)
@@ -171,6 +172,16 @@ def _render_batch(result: dict[str, Any]) -> str:
         f"  quarantined {result['quarantined']:,}",
     ]
     lines += [f"  {count:>9,}  {reason}" for reason, count in result["reasons"].items()]
+    if result["already_quarantined"]:
+        lines.append(f"           {result['already_quarantined']:,} of the quarantined rows were in quarantine "
+                     "already (not stored again)")
+    if result["already_clean"] or result["copies"]:
+        lines.append(f"there      {result['already_clean']:,} rows equal to rows already clean, {result['copies']:,} "
+                     "byte-identical copies (each row lands once)")
+    if result["late"]:
+        taken = f"landed by batch {result['late_batch']}" if result["late_batch"] else (
+            "replay their range, or set batch.late_rows: ingest in the contract")
+        lines.append(f"late       {result['late']:,} rows dated before the watermark that no batch had read: {taken}")
     if result["unknown_columns"]:
         lines.append(f"unknown    {', '.join(result['unknown_columns'])} (reported, not ingested)")
     if result["waiting"]:
@@ -179,6 +190,8 @@ def _render_batch(result: dict[str, Any]) -> str:
     verdict = f"{result['status']}"
     if violation:
         verdict += f" by rule '{violation['rule']}': observed {violation['observed']}, limit {violation['limit']}"
+    if result["repeats"]:
+        verdict += f" (the same rows as batch {result['repeats']}, refused before: nothing was stored again)"
     lines.append(f"status     {verdict}")
     return "\n".join(lines)
 

@@ -8,10 +8,14 @@ batch), `locks` (one writer across processes and machines), `ledger` (the releas
 
 from retrain.warehouse.batches import (
     find_passed_batch,
+    read_batch_record,
     read_batches,
     read_clean_keys,
+    read_clean_rows,
+    read_clean_rows_by_key,
     read_known_fingerprints,
     read_quarantine,
+    read_quarantined_fingerprints,
     read_watermark,
     record_batch,
 )
@@ -71,7 +75,8 @@ __all__ = [
     "describe_table", "find_passed_batch", "get_warehouse", "has_table", "hold_lock", "insert_new_rows",
     "label_table", "ledger_table", "list_tables", "live_lock_holder", "lock_table", "monitoring_metric_table",
     "open_warehouse",
-    "prediction_key", "prediction_table", "quarantine_table", "read_batches", "read_clean_keys",
+    "prediction_key", "prediction_table", "quarantine_table", "read_batch_record", "read_batches",
+    "read_clean_keys", "read_clean_rows", "read_clean_rows_by_key", "read_quarantined_fingerprints",
     "read_known_fingerprints", "read_labelled_predictions", "read_ledger", "read_lock_holder",
     "read_monitoring_metric", "read_newest_timestamp", "read_prediction_features", "read_quarantine",
     "read_source_rows", "read_table", "read_watermark", "read_window", "record_batch", "reflect_table",

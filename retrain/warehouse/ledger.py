@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from retrain.warehouse.engine import Warehouse
 from retrain.warehouse.tables import (
     LEDGER_TABLE,
-    LEDGER_TRANSITION_INDEX,
+    add_missing_columns,
     create_declared_table,
     has_table,
     insert_new_rows,
@@ -75,22 +75,9 @@ def _ready_ledger(warehouse: Warehouse) -> sa.Table:
     """The ledger table, created if missing; one written before transition ids were unique gets the column and
     its unique index (rows written before carry none, so the index always builds)."""
     table = create_declared_table(warehouse, ledger_table(warehouse.schema))
-    with warehouse.engine.connect() as connection:
-        stored = {column["name"] for column in sa.inspect(connection).get_columns(LEDGER_TABLE, schema=table.schema)}
-    if "transition_id" in stored:
-        return table
-    index = next(index for index in table.indexes if index.name == LEDGER_TRANSITION_INDEX)
-    try:
-        with warehouse.engine.begin() as connection:
-            name = connection.dialect.identifier_preparer.format_table(table)
-            connection.execute(sa.text(f"ALTER TABLE {name} ADD COLUMN transition_id VARCHAR(64)"))
-            index.create(connection, checkfirst=True)
-    except (sa.exc.OperationalError, sa.exc.ProgrammingError):
-        # Another process added it between our look and our ALTER: what we wanted.
-        with warehouse.engine.connect() as connection:
-            columns = sa.inspect(connection).get_columns(LEDGER_TABLE, schema=table.schema)
-        if "transition_id" not in {column["name"] for column in columns}:
-            raise
+    with warehouse.engine.begin() as connection:
+        stored = sa.Table(LEDGER_TABLE, sa.MetaData(schema=warehouse.schema), autoload_with=connection)
+        add_missing_columns(connection, table, stored)
     return table
 
 

@@ -69,16 +69,24 @@ def batch_ledger(schema: str | None = None) -> sa.Table:
         sa.Column("as_of", sa.DateTime, nullable=False),
         sa.Column("started_at", sa.DateTime, nullable=False),
         sa.Column("finished_at", sa.DateTime, nullable=False),
+        # Added later, so nullable: a ledger written before gets them on first use (`reflect_ours`).
+        sa.Column("rows_already_clean", sa.Integer, nullable=True),
+        sa.Column("rows_copies", sa.Integer, nullable=True),
+        sa.Column("rows_already_quarantined", sa.Integer, nullable=True),
+        sa.Column("rows_late", sa.Integer, nullable=True),
+        sa.Column("kind", sa.String(16), nullable=True),  # "late": a batch of late rows; empty: a range
     )
 
 
 def quarantine_table(name: str, schema: str | None = None) -> sa.Table:
     """Rejected rows: the batch, the row's position in it, its reasons (JSON list) and raw values (JSON).
 
-    `fingerprint` is set for rows without a usable timestamp (null or unparseable): no time range can
-    place them, so the next batches know them by their content and do not read them again.
+    `fingerprint` is the fingerprint of the row's stored values (`tasks.ingest.row_fingerprints`): a row is
+    stored once however often it is read (a refused batch tried again, a re-sent day), and rows without a
+    usable timestamp, which no time range can place, are known by it and not read again. Rows stored by an
+    older Retrain may have none.
     """
-    return sa.Table(
+    table = sa.Table(
         name,
         sa.MetaData(schema=schema),
         sa.Column("batch_id", sa.String(120), nullable=False, index=True),
@@ -87,6 +95,8 @@ def quarantine_table(name: str, schema: str | None = None) -> sa.Table:
         sa.Column("raw", sa.Text, nullable=False),
         sa.Column("fingerprint", sa.String(64), nullable=True),
     )
+    sa.Index(_index_name(name, "fingerprint"), table.c.fingerprint)
+    return table
 
 
 def clean_table(
@@ -116,6 +126,11 @@ def _key_index_name(table: str) -> str:
     # PostgreSQL cuts names at 63 bytes: a long table name keeps a readable head and a unique tail.
     name = f"uq_{table}_key"
     return name if len(name) <= 60 else f"uq_{table[:40]}_{hashlib.sha256(table.encode()).hexdigest()[:12]}_key"
+
+
+def _index_name(table: str, column: str) -> str:
+    name = f"ix_{table}_{column}"
+    return name if len(name) <= 60 else f"ix_{table[:30]}_{hashlib.sha256(table.encode()).hexdigest()[:12]}_{column}"
 
 
 def ledger_table(schema: str | None = None) -> sa.Table:
@@ -328,11 +343,17 @@ def create_declared_table(warehouse: Warehouse, table: sa.Table) -> sa.Table:
 
 
 def reflect_ours(connection: sa.Connection, declared: sa.Table) -> sa.Table | None:
-    """One of our tables as stored (None before its first write); one written by an older Retrain is an error."""
+    """One of our tables as stored (None before its first write).
+
+    A table written by an older Retrain gets the nullable columns (and their indexes) added since; one that lacks
+    a column that cannot be empty is an error saying what to do.
+    """
     schema = declared.schema
     if not sa.inspect(connection).has_table(declared.name, schema=schema):
         return None
     stored = sa.Table(declared.name, sa.MetaData(schema=schema), autoload_with=connection)
+    if add_missing_columns(connection, declared, stored):
+        stored = sa.Table(declared.name, sa.MetaData(schema=schema), autoload_with=connection)
     lacking = [column.name for column in declared.columns if column.name not in stored.c]
     if lacking:
         where = f"{schema}.{declared.name}" if schema else declared.name
@@ -342,6 +363,33 @@ def reflect_ours(connection: sa.Connection, declared: sa.Table) -> sa.Table | No
             "it describes), then ingest again"
         )
     return stored
+
+
+def add_missing_columns(connection: sa.Connection, declared: sa.Table, stored: sa.Table) -> list[str]:
+    """Add the nullable columns `declared` has and `stored` lacks, and the indexes on them; returns their names.
+
+    Within the caller's transaction: rows stored before keep NULL in them. Another process adding the same
+    column at the same moment is fine (its ALTER wins, ours finds the column there).
+    """
+    added = []
+    for column in declared.columns:
+        if column.name in stored.c or not column.nullable:
+            continue
+        name = connection.dialect.identifier_preparer.format_table(declared)
+        kind = column.type.compile(dialect=connection.dialect)
+        quoted = connection.dialect.identifier_preparer.quote(column.name)
+        try:
+            with connection.begin_nested():
+                connection.execute(sa.text(f"ALTER TABLE {name} ADD COLUMN {quoted} {kind}"))
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+            columns = sa.inspect(connection).get_columns(declared.name, schema=declared.schema)
+            if column.name not in {stored_column["name"] for stored_column in columns}:
+                raise
+        added.append(column.name)
+    for index in declared.indexes:
+        if {column.name for column in index.columns} & set(added):
+            index.create(connection, checkfirst=True)
+    return added
 
 
 def stored_datetime(value: Any) -> datetime | None:
