@@ -12,6 +12,11 @@ zero (or one, for champions made):
   kill-in-tuning    a training killed with SIGKILL while Optuna tunes, then a second training:
                     MLflow runs and Prefect flow runs left RUNNING, processes left behind, trials that
                     repeated earlier parameters
+  late-rows         five rows of an hour arrive after their hour was ingested: late rows the next ingest
+                    reports, late rows a replay of the hour lands, other clean rows it changed
+  refused-thrice    a new arrival with 300 keys sent twice with other content (refused), ingested by two
+                    commands at once, again, and once more after the day is re-sent: quarantine rows
+                    against the arrival's distinct rows
   interleaved-releases
                     `retrain promote` paused at each step of its transition (RETRAIN_PAUSE_AT; a checkout
                     without the hook runs it through) while `retrain rollback` and `retrain status` run:
@@ -198,6 +203,72 @@ def kill_in_tuning(scenario: Scenario) -> dict[str, object]:
             "next training": outcome(stdout).get("decision") or outcome(stdout).get("error"), "exit code": code}
 
 
+def _source(scenario: Scenario) -> sqlite3.Connection:
+    return sqlite3.connect(scenario.home / "warehouse.db")
+
+
+def late_rows(scenario: Scenario) -> dict[str, object]:
+    config = str(scenario.config())
+    scenario.run("load-example", "--config", config, "--until", "2013-02-01")
+    hour = "2013-01-29 15:00:00.000000"  # as load-example stores it
+    import pandas as pd
+
+    with _source(scenario) as connection:
+        held_back = pd.read_sql(f"select * from flights where time_hour = '{hour}' limit 5", connection)
+        connection.execute(f"delete from flights where rowid in (select rowid from flights where time_hour = "
+                           f"'{hour}' limit 5)")
+    scenario.run("ingest", "--config", config)
+    with _source(scenario) as connection:
+        before = connection.execute("select count(*) from flights_clean").fetchone()[0]
+        held_back.to_sql("flights", connection, if_exists="append", index=False)
+    _, reported, _ = scenario.run("ingest", "--config", config)  # nothing new: refused as empty, late counted
+    code, replayed, _ = scenario.run("ingest", "--config", config, "--start", "2013-01-29T15:00",
+                                     "--end", "2013-01-29T16:00")
+    replay = outcome(replayed)
+    with _source(scenario) as connection:
+        after = connection.execute("select count(*) from flights_clean").fetchone()[0]
+        flights = ",".join(str(int(value)) for value in held_back["flight"])
+        landed = connection.execute(f"select count(*) from flights_clean where time_hour like '2013-01-29 15%' and "
+                                    f"flight in ({flights}) and _batch_id = ?", (replay.get("batch_id"),)).fetchone()[0]
+    return {"late rows reported by the next ingest": outcome(reported).get("late", "not reported"),
+            "replay exit code, status": [code, replay.get("status"), (replay.get("violation") or {}).get("rule")],
+            "late rows landed by the replay (of 5)": landed,
+            "clean rows before, after (difference)": [before, after, after - before],
+            "quarantined by the replay": replay.get("quarantined")}
+
+
+def refused_thrice(scenario: Scenario) -> dict[str, object]:
+    config = str(scenario.config())
+    # Four months first, so the new arrival lies beyond the 100,000 rows whose keys the config check samples.
+    scenario.run("load-example", "--config", config, "--until", "2013-05-04")
+    import pandas as pd
+
+    with _source(scenario) as connection:
+        arrival = pd.read_sql("select * from flights where time_hour >= '2013-05-01'", connection)
+        connection.execute("delete from flights where time_hour >= '2013-05-01'")
+    scenario.run("ingest", "--config", config)
+    twins = arrival.iloc[:300].copy()
+    twins["dep_delay"] = twins["dep_delay"] + 7
+    arrival = pd.concat([arrival, twins], ignore_index=True)
+    with _source(scenario) as connection:
+        arrival.to_sql("flights", connection, if_exists="append", index=False)
+    first, second = scenario.start("ingest", "--config", config), scenario.start("ingest", "--config", config)
+    runs = [first.communicate(timeout=900), second.communicate(timeout=900)]
+    third = scenario.run("ingest", "--config", config)
+    with _source(scenario) as connection:
+        arrival.to_sql("flights", connection, if_exists="append", index=False)  # the day is sent again
+    fourth = scenario.run("ingest", "--config", config)
+    outputs = [outcome(stdout) for stdout, _ in runs] + [outcome(third[1]), outcome(fourth[1])]
+    with _source(scenario) as connection:
+        quarantined = connection.execute("select count(*) from flights_quarantine").fetchone()[0]
+        refused = connection.execute("select count(*) from retrain_batches where status = 'refused'").fetchone()[0]
+    return {"arrival: rows, distinct rows": [len(arrival), len(arrival.drop_duplicates())],
+            "exit codes": [first.returncode, second.returncode, third[0], fourth[0]],
+            "answers that repeat an earlier refusal": sum(bool(result.get("repeats")) for result in outputs),
+            "refused batches in the ledger": refused,
+            "quarantine rows": quarantined}
+
+
 PROMOTION_STEPS = ["intent", "set previous", "set champion", "version facts", "ledger", "event", "clear intent"]
 REGISTER_VERSIONS = """
 import sys
@@ -315,6 +386,8 @@ SCENARIOS: dict[str, Callable[[Scenario], dict[str, object]]] = {
     "shared-source": shared_source,
     "password": password,
     "kill-in-tuning": kill_in_tuning,
+    "late-rows": late_rows,
+    "refused-thrice": refused_thrice,
     "interleaved-releases": interleaved_releases,
 }
 
