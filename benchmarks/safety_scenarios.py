@@ -17,6 +17,9 @@ zero (or one, for champions made):
   refused-thrice    a new arrival with 300 keys sent twice with other content (refused), ingested by two
                     commands at once, again, and once more after the day is re-sent: quarantine rows
                     against the arrival's distinct rows
+  kill-serve        `retrain serve` killed with SIGKILL after 20 s of load from 4 clients, then started again
+                    and stopped with SIGTERM: predictions answered 200, missing from the log, logged twice;
+                    the exit code and output of the SIGTERM
   interleaved-releases
                     `retrain promote` paused at each step of its transition (RETRAIN_PAUSE_AT; a checkout
                     without the hook runs it through) while `retrain rollback` and `retrain status` run:
@@ -269,6 +272,75 @@ def refused_thrice(scenario: Scenario) -> dict[str, object]:
             "quarantine rows": quarantined}
 
 
+def kill_serve(scenario: Scenario) -> dict[str, object]:
+    import socket
+    import threading
+
+    import httpx
+
+    config = str(scenario.config())
+    scenario.run("load-example", "--config", config, "--until", "2013-03-01")
+    scenario.run("train", "--config", config)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with scenario.warehouse() as connection:
+        columns = "sched_dep_time, sched_arr_time, distance, hour, minute, temp, dewp, humid, wind_dir, wind_speed, " \
+                  "wind_gust, precip, pressure, visib, carrier, origin, dest"
+        cursor = connection.execute(f"select {columns} from flights_clean limit 200")
+        names = [column[0] for column in cursor.description]
+        records = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def serve() -> subprocess.Popen[str]:
+        process = scenario.start("serve", "--config", config, "--port", str(port))
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                    return process
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        raise RuntimeError("the server did not get ready")
+
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def client(number: int) -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            index = 0
+            while not stop.is_set():
+                body = {"records": records[index % 150: index % 150 + 1 + index % 3],
+                        "request_id": f"c{number}-{index}"}
+                index += 1
+                try:
+                    response = http.post("/predict", json=body)
+                except httpx.HTTPError:
+                    return
+                if response.status_code == 200:
+                    answered.extend(p["request_id"] for p in response.json()["predictions"])
+
+    first = serve()
+    threads = [threading.Thread(target=client, args=(number,)) for number in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(20)
+    first.kill()
+    first.wait()
+    stop.set()
+    for thread in threads:
+        thread.join()
+    second = serve()
+    time.sleep(10)  # a restarted server ships what the killed one left (if it can) within its flush time
+    second.terminate()
+    stdout, _ = second.communicate(timeout=120)
+    with scenario.warehouse() as connection:
+        logged = [row[0] for row in connection.execute("select request_id from retrain_predictions")]
+    return {"predictions answered 200": len(answered),
+            "answered but missing from the log": len(set(answered) - set(logged)),
+            "request ids logged more than once": len(logged) - len(set(logged)),
+            "SIGTERM: exit code, output": [second.returncode, stdout.strip()[-200:]]}
+
+
 PROMOTION_STEPS = ["intent", "set previous", "set champion", "version facts", "ledger", "event", "clear intent"]
 REGISTER_VERSIONS = """
 import sys
@@ -388,6 +460,7 @@ SCENARIOS: dict[str, Callable[[Scenario], dict[str, object]]] = {
     "kill-in-tuning": kill_in_tuning,
     "late-rows": late_rows,
     "refused-thrice": refused_thrice,
+    "kill-serve": kill_serve,
     "interleaved-releases": interleaved_releases,
 }
 

@@ -20,6 +20,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -38,6 +39,7 @@ from retrain.config import ModelConfig
 from retrain.settings import Settings
 from retrain.warehouse import Warehouse, open_warehouse
 from serving.feedback import MAX_REQUEST_ID, label_rows
+from serving.journal import JournalUnavailable, PredictionJournal
 from serving.models import LoadedModel, ModelWatcher, Refresh, Served, ServedModels
 from serving.prediction_log import PredictionLog, insert_labels
 from serving.records import (
@@ -169,10 +171,11 @@ class ServingMetrics:
                                    ["arm", "version"], registry=r)
         self.latency = Histogram("retrain_prediction_latency_seconds", "Time to answer a prediction request.",
                                  ["arm", "version"], buckets=LATENCY_BUCKETS, registry=r)
-        self.log_depth = Gauge("retrain_prediction_log_queue_depth", "Predictions waiting for the log.", registry=r)
+        self.log_depth = Gauge("retrain_prediction_log_queue_depth",
+                               "Answered predictions waiting in the journal for the warehouse.", registry=r)
         self.log_depth.set_function(log_depth)
-        self.log_dropped = Counter("retrain_prediction_log_dropped_rows", "Predictions that never reached the log.",
-                                   registry=r)
+        self.log_dropped = Counter("retrain_prediction_log_dropped_rows",
+                                   "Journaled predictions the warehouse refused (a value it cannot store).", registry=r)
         self.log_written = Counter("retrain_prediction_log_written_rows", "Predictions written to the log.",
                                    registry=r)
         self.swaps = Counter("retrain_model_swaps", "Times a new set of models was swapped in.", registry=r)
@@ -197,8 +200,10 @@ class Server:
         self.settings = settings
         self.warehouse = warehouse
         self.models = ServedModels()
+        journal = PredictionJournal(settings.journal_dir / journal_name(config.model), settings.journal_fsync,
+                                    settings.journal_fsync_seconds)
         self.log = PredictionLog(
-            warehouse, settings.log_batch_rows, settings.log_queue_rows, settings.log_flush_seconds,
+            warehouse, journal, settings.log_batch_rows, settings.log_flush_seconds,
             on_dropped=self._count_dropped, on_written=self._count_written,
         )
         self.metrics = ServingMetrics(lambda: self.log.depth)
@@ -285,6 +290,11 @@ class Server:
 
 class NotReady(RuntimeError):
     """No champion is loaded: 503, try again."""
+
+
+def journal_name(model: str) -> str:
+    """The model's folder in the journal: its name, with anything a file name should not hold replaced."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip(".-") or "model"
 
 
 def request_ids_of(body: PredictRequest) -> list[str | None]:
@@ -458,6 +468,13 @@ def add_error_handlers(app: FastAPI, server: Server) -> None:
     async def not_ready(request: Request, error: NotReady) -> JSONResponse:
         server.metrics.errors.labels(request.url.path, "not_ready").inc()
         return error_response(503, "not_ready", str(error))
+
+    @app.exception_handler(JournalUnavailable)
+    async def not_journaled(request: Request, error: JournalUnavailable) -> JSONResponse:
+        server.metrics.errors.labels(request.url.path, "journal").inc()
+        logger.error("%s", error)
+        return error_response(503, "journal_unavailable", "the predictions could not be recorded, so they were not "
+                              "answered; try again later")
 
     @app.exception_handler(AdminRefused)
     async def admin_refused(request: Request, error: AdminRefused) -> JSONResponse:
