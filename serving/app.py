@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -38,10 +39,10 @@ from retrain.clock import now
 from retrain.config import ModelConfig
 from retrain.settings import Settings
 from retrain.warehouse import Warehouse, open_warehouse
-from serving.feedback import MAX_REQUEST_ID, label_rows
+from serving.feedback import MAX_REQUEST_ID, label_rows, request_id_problem
 from serving.journal import JournalUnavailable, PredictionJournal
 from serving.models import LoadedModel, ModelWatcher, Refresh, Served, ServedModels
-from serving.prediction_log import PredictionLog, insert_labels
+from serving.prediction_log import OUTAGE_ERRORS, PredictionLog, insert_labels
 from serving.records import (
     InputSpec,
     InvalidRecords,
@@ -51,6 +52,7 @@ from serving.records import (
     record_key,
     records_from_columns,
     records_from_split,
+    text_problem,
 )
 from serving.routing import CANARY, CHAMPION, choose_arm
 
@@ -310,10 +312,14 @@ def request_ids_of(body: PredictRequest) -> list[str | None]:
             raise InvalidRecords([Problem(None, "request_ids", f"expected {count} ids, one per record, "
                                                                f"got {len(body.request_ids)}")])
         for index, request_id in enumerate(body.request_ids):
-            if not 0 < len(request_id) <= MAX_REQUEST_ID:
-                raise InvalidRecords([Problem(index, "request_ids", f"expected 1 to {MAX_REQUEST_ID} characters")])
+            problem = request_id_problem(request_id)
+            if problem:
+                raise InvalidRecords([Problem(index, "request_ids", problem)])
         return list(body.request_ids)
     if body.request_id:
+        problem = text_problem(body.request_id)
+        if problem:
+            raise InvalidRecords([Problem(None, "request_id", problem)])
         return [body.request_id] if count == 1 else [f"{body.request_id}/{i}" for i in range(count)]
     return [None] * count
 
@@ -345,6 +351,10 @@ def problems_of_validation(error: RequestValidationError) -> list[dict[str, Any]
     """FastAPI's validation errors in our shape: record index (for a record's error) and field."""
     problems = []
     for item in error.errors():
+        if item.get("type") == "json_invalid":  # its location is a character position, not a field
+            position = item.get("ctx", {}).get("error") or f"at character {item.get('loc', ('', '?'))[-1]}"
+            problems.append(Problem(None, "(body)", f"not valid JSON: {position}").as_json())
+            continue
         location = [part for part in item.get("loc", ()) if part != "body"]
         record = None
         if len(location) >= 2 and location[0] in ("records", "labels") and isinstance(location[1], int):
@@ -555,15 +565,23 @@ def add_routes(app: FastAPI, server: Server) -> None:
     async def feedback(body: FeedbackRequest) -> Any:
         """Actual outcomes by request id or by key; stored with their arrival time (when they matured)."""
         spec = server._key_spec
+        problem = text_problem(body.source)
+        if problem:
+            raise InvalidRecords([Problem(None, "source", problem)])
         rows = label_rows([label.model_dump() for label in body.labels], spec, server.config.model, now(),
                           body.source)
         try:
             new = await run_in_threadpool(insert_labels, server.warehouse, rows)
-        except Exception as error:  # noqa: BLE001 - the warehouse is down: the client should retry later
+        except OUTAGE_ERRORS as error:  # the warehouse is down: the client should retry later
             logger.warning("feedback not stored: %s", str(error).splitlines()[0][:300])
             server.metrics.errors.labels("/feedback", "warehouse").inc()
             return error_response(503, "warehouse_unavailable", "the labels were not stored (the warehouse did "
                                   "not answer); send them again later")
+        except (sa.exc.SQLAlchemyError, ValueError) as error:  # a value it cannot store: retrying will not help
+            logger.warning("feedback refused by the warehouse: %s", str(error).splitlines()[0][:300])
+            server.metrics.errors.labels("/feedback", "invalid_records").inc()
+            return error_response(422, "invalid_records", "the warehouse refused a value of these labels (nothing "
+                                  f"was stored): {str(error).splitlines()[0][:200]}")
         return {"received": len(rows), "new": new}
 
     @app.post("/reload", dependencies=[Depends(require_admin)],

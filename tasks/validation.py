@@ -13,7 +13,8 @@ rows a batch holds, and how it is recorded, is `tasks.ingest`'s.
 
 Reasons read `check:column`: `not_integer:dep_time`, `not_number:temp`, `null:carrier`,
 `out_of_range:distance`, `not_allowed:origin`, `too_long:tailnum`, `unparseable:time_hour`,
-`offset:time_hour` (an offset where the contract refuses them), `future:time_hour`, and for whole rows
+`offset:time_hour` (an offset where the contract refuses them), `future:time_hour`, `too_large:distance` (a whole
+number beyond what a 64-bit integer column holds, such as 1e20), and for whole rows
 `duplicate_key:in_batch` (rows of the batch sharing a key with other content), `duplicate_key:across_batches`
 (a key already clean, with other content), `batch_refused:<rule>`.
 
@@ -29,6 +30,7 @@ timestamp as text), so it is not counted.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -189,7 +191,7 @@ def _coerce_number(values: pd.Series, rule: ColumnRule, integer: bool) -> Coerce
         numbers = np.full(size, np.nan)
         others = present & ~is_text
         if others.any():
-            numbers[others] = pd.to_numeric(objects[others], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+            numbers[others] = _numbers_of(objects[others])
         if is_text.any():
             text = objects[is_text].astype(str).str.strip()
             if rule.decimal_comma:
@@ -198,16 +200,31 @@ def _coerce_number(values: pd.Series, rule: ColumnRule, integer: bool) -> Coerce
         coerced = is_text & ~np.isnan(numbers)
     with np.errstate(invalid="ignore"):
         bad = present & ~np.isfinite(numbers)
+        too_large = np.zeros(size, dtype=bool)
         if integer:
             bad |= present & np.isfinite(numbers) & (np.mod(numbers, 1) != 0)
-    missing = bad | np.isnan(numbers)
+            # A whole number beyond 64 bits ("1e20") is no integer the column can hold: converting it would wrap.
+            too_large = present & ~bad & (np.abs(numbers) >= 2.0**63)
+    missing = bad | too_large | np.isnan(numbers)
     if integer:
         # Built directly: astype("Int64") from floats re-checks every value in Python-speed loops.
         whole = np.where(missing, 0, numbers).astype("int64")
         typed = pd.Series(pd.arrays.IntegerArray(whole, missing), index=values.index)
     else:
         typed = pd.Series(np.where(bad, np.nan, numbers), index=values.index)
-    return CoercedColumn(typed, coerced & ~bad, bad, failure)
+    return CoercedColumn(typed, coerced & ~bad & ~too_large, bad, failure, too_large, "too_large")
+
+
+def _numbers_of(values: pd.Series) -> np.ndarray:
+    """Non-text values of an object column as floats; an integer too long for a float (Python reads a 400-digit
+    one from JSON or a NUMERIC column) is not a number here: NaN, which the caller reports as bad."""
+    try:
+        return pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    except OverflowError:
+        largest = sys.float_info.max
+        fitting = values.map(lambda value: value if not isinstance(value, int) or -largest <= value <= largest
+                             else np.nan)
+        return pd.to_numeric(fitting, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
 
 
 def _coerce_string(values: pd.Series) -> CoercedColumn:

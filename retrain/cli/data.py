@@ -21,6 +21,7 @@ from retrain.cli.app import (
     prepare_environment,
     stdout_to_stderr,
 )
+from retrain.clock import check_supported
 from retrain.config import load_model_config
 from retrain.errors import ExitCode
 from retrain.jsonable import to_jsonable
@@ -38,6 +39,11 @@ def load_example(
     """Write the NYC flights 2013 example into the warehouse as the model's source table (idempotent)."""
     prepare_environment()
     model = load_model_config(config)
+    if until is not None:
+        try:
+            check_supported(until)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--until") from None
     with stdout_to_stderr():
         check_stores_first("warehouse")
         from retrain.warehouse import get_warehouse, write_frame

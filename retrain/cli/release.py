@@ -33,7 +33,8 @@ def person_actor() -> str:
 @app.command()
 def status(
     config: ConfigOption,
-    limit: Annotated[int, typer.Option(help="How many ledger rows to show, newest first.", min=1)] = 20,
+    limit: Annotated[int, typer.Option(help="How many ledger rows to show, newest first.", min=1,
+                                        max=100_000)] = 20,
     as_json: JsonOption = False,
 ) -> None:
     """Release state: aliases → versions, the canary's traffic share and the latest decisions (no Prefect).

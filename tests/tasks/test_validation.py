@@ -150,6 +150,13 @@ CATALOGUE: dict[str, Case] = {
         lambda f: put(f, "dep_time", [30], [" 517 "]), reasons={}, already_clean=2, coerced=0,
         existing=lambda f: f.iloc[[30, 31]].assign(dep_time=[517, f["dep_time"].iloc[31]],
                                                    time_hour=f["time_hour"].iloc[[30, 31]].astype(str))),
+    "numbers beyond what the column's type holds": Case(
+        lambda f: put(put(f, "distance", [40, 41, 42], ["9" * 400, 10**400, 1e20]), "temp", [43], [10**400]),
+        reasons={"not_integer:distance": 2, "too_large:distance": 1, "not_number:temp": 1}),
+    "timestamps beyond pandas' range, or pushed out of it by their offset": Case(
+        lambda f: put(f, "time_hour", [44, 45, 46], ["0001-01-01T00:00+01:00", "9999-12-31T23:00-01:00",
+                                                     "1500-01-01"]),
+        reasons={"unparseable:time_hour": 3}),
     "empty batch": Case(lambda f: f.iloc[0:0], status=REFUSED, rule="row_count", reasons={}, rows=0),
     "batch of only bad rows": Case(
         lambda f: f.iloc[:25].assign(origin="XXX"), status=REFUSED, rule="bad_share", rows=25,
