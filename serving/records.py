@@ -23,6 +23,7 @@ from retrain.warehouse import prediction_key
 
 INTEGER, FLOAT, STRING, DATETIME, ANY = "integer", "float", "string", "datetime", "any"
 KINDS = (INTEGER, FLOAT, STRING, DATETIME, ANY)
+MISSING_FEATURE = "missing feature (the model needs it; send null for an unknown value)"
 MAX_PROBLEMS = 20  # enough to fix a request; a 10k-record body with one wrong column must not answer 10k lines
 _EXPECTED = {
     INTEGER: "an integer",
@@ -201,7 +202,7 @@ def record_problems(index: int, record: Any, spec: InputSpec) -> list[Problem]:
     if not isinstance(record, dict):
         return [Problem(index, "(record)", f"expected a JSON object of field: value, got {type(record).__name__}")]
     problems = [
-        Problem(index, name, "missing feature (the model needs it; send null for an unknown value)")
+        Problem(index, name, MISSING_FEATURE)
         for name in spec.features
         if name not in record
     ]
