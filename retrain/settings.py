@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     reports_folder: Path | None = Field(
         default=None, description="Where monitoring writes its HTML reports; default `reports/` under home."
     )
+    evidently_workspace: Path | None = Field(
+        default=None,
+        description="The Evidently workspace monitoring writes (a project per model, a snapshot per run, a dashboard; "
+        "`evidently ui --workspace` shows it); default `evidently/` under home.",
+    )
     notification_block: str | None = Field(
         default=None,
         description="Name of a Prefect notification block (e.g. a Slack webhook) that failed runs alert through; "
@@ -153,6 +158,12 @@ class Settings(BaseSettings):
         if self.reports_folder is not None:
             return self.reports_folder.expanduser().resolve()
         return self.resolved_home / "reports"
+
+    @property
+    def evidently_workspace_dir(self) -> Path:
+        if self.evidently_workspace is not None:
+            return self.evidently_workspace.expanduser().resolve()
+        return self.resolved_home / "evidently"
 
     def describe(self) -> dict[str, str]:
         """Where things live, with passwords hidden: safe to print or log."""

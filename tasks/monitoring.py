@@ -27,6 +27,7 @@ from monitoring.metrics import DriftSummary, read_drift, read_performance
 from monitoring.reports import (
     PREDICTION,
     ReportColumns,
+    ReportLabel,
     build_drift_report,
     build_performance_report,
     drift_columns_table,
@@ -42,8 +43,9 @@ from monitoring.triggers import (
     TriggerPolicy,
     decide_retrain,
 )
+from monitoring.workspace import DRIFT_SHARE, LIVE, QUARANTINED_SHARE, ROWS_SCORED, record_monitoring_run
 from retrain import mlflow_keys as keys
-from retrain.clock import Window, as_naive_utc, model_as_of, now
+from retrain.clock import Window, as_naive_utc, format_duration, model_as_of, now
 from retrain.config import ModelConfig, TaskType
 from retrain.errors import DataError
 from retrain.jsonable import to_jsonable
@@ -60,6 +62,7 @@ from retrain.warehouse import (
     get_warehouse,
     monitoring_metric_table,
     prediction_key,
+    read_batches,
     read_labelled_predictions,
     read_ledger,
     read_monitoring_metric,
@@ -371,14 +374,15 @@ def write_reports(
     history: pd.DataFrame,
 ) -> ReportResult:
     """Drift report, performance page (metric by day per version) and Evidently's performance report."""
-    folder = get_settings().reports_dir
-    paths = report_paths(folder, config.name, as_of.strftime("%Y-%m-%d"))
+    settings = get_settings()
+    paths = report_paths(settings.reports_dir, config.name, as_of.strftime("%Y-%m-%d"))
     sample = sample_rows(current.rows, config.monitoring.sample_rows)
     with_target = current.labelled > 0
     columns = report_columns(config, with_target)
+    label = ReportLabel(config.name, champion.version, as_of, str(current.window), str(champion.window))
     drift_rows = sample.dropna(subset=[config.target.column]) if with_target else sample
-    snapshot = build_drift_report(reference, drift_rows, columns, config.monitoring.drift_share)
-    save_report(snapshot, paths["drift"])
+    snapshot = build_drift_report(reference, drift_rows, columns, config.monitoring.drift_share, label)
+    save_report(snapshot, paths["drift"], label.header("drift"))
     drift = read_drift(snapshot.dict(), config.features.all)
 
     metrics = window_metrics(current.rows, config)
@@ -387,17 +391,36 @@ def write_reports(
     evidently_page = None
     if with_target:
         matured = sample.dropna(subset=[config.target.column])
-        performance = build_performance_report(reference, matured, columns)
-        save_report(performance, paths["evidently-performance"])
+        performance = build_performance_report(reference, matured, columns, label)
+        save_report(performance, paths["evidently-performance"], label.header("performance"))
         numbers = read_performance(performance.dict())
         evidently_page = paths["evidently-performance"].name
         written.append(paths["evidently-performance"])
     daily = daily_metric(history, config.metric, config.target.task)
-    title = (f"{config.name}: performance of version {champion.version} as of {as_of.isoformat()} "
-             f"(window {current.window}, {current.source} predictions)")
+    title = (f"{config.name}: version {champion.version} as of {as_of:%Y-%m-%d %H:%M}, current window "
+             f"{current.window} ({current.source} predictions)")
+    covers = f"the {format_duration(config.monitoring.history)} before as_of"
     paths["performance"].write_text(performance_page(config.name, config.metric, daily, metrics, evidently_page,
-                                                      title), encoding="utf-8")
+                                                      title, covers, numbers), encoding="utf-8")
+    quarantined = quarantined_share(read_batches(get_warehouse(), config.source.table), current.window)
+    record_monitoring_run(
+        settings.evidently_workspace_dir, label, config.metric,
+        {LIVE: metrics.get(config.metric), DRIFT_SHARE: drift.drift_share, ROWS_SCORED: float(len(current.rows)),
+         QUARANTINED_SHARE: quarantined},
+        versions=[str(version) for version in daily["version"].unique()], snapshots=[snapshot],
+    )
     return ReportResult(drift, metrics, daily, tuple(written), numbers)
+
+
+def quarantined_share(batches: pd.DataFrame, window: Window) -> float | None:
+    """Of the rows that arrived in batches recorded within the window (by their as_of), the share quarantined
+    (refused batches included: their rows are quarantined too); None when no batch was recorded in it."""
+    if batches.empty:
+        return None
+    moments = pd.to_datetime(batches["as_of"])
+    inside = batches[(moments >= window.start) & (moments < window.end)]
+    read = int(inside["rows_read"].sum())
+    return None if read == 0 else float(inside["rows_quarantined"].sum()) / read
 
 
 # ------------------------------------------------------------------------------------------------- tasks
