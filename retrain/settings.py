@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     reports_folder: Path | None = Field(
         default=None, description="Where monitoring writes its HTML reports; default `reports/` under home."
     )
+    mlflow_ui_url: str | None = Field(
+        default=None,
+        description="Where people open the MLflow UI, for the links Retrain writes into Prefect artifacts; default: "
+        "the tracking server itself, or http://127.0.0.1:5000 (what `retrain ui` starts) for a local store.",
+    )
     evidently_workspace: Path | None = Field(
         default=None,
         description="The Evidently workspace monitoring writes (a project per model, a snapshot per run, a dashboard; "
@@ -158,6 +163,14 @@ class Settings(BaseSettings):
         if self.reports_folder is not None:
             return self.reports_folder.expanduser().resolve()
         return self.resolved_home / "reports"
+
+    def resolved_mlflow_ui_url(self) -> str:
+        if self.mlflow_ui_url:
+            return self.mlflow_ui_url.rstrip("/")
+        uri = self.resolved_tracking_uri()
+        if uri.lower().startswith(("http://", "https://")):
+            return redact_url(uri).rstrip("/")
+        return "http://127.0.0.1:5000"
 
     @property
     def evidently_workspace_dir(self) -> Path:

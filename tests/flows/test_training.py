@@ -123,7 +123,7 @@ def test_champion_serves_raw_rows_then_same_data_skips_then_a_gate_rejects(
     assert {"objective", "num_boost_round", "retrain.window_start", "retrain.window_end"} <= set(run.data.params)
     assert {"holdout_mae", "baseline_mae", "baseline_rmse", "baseline_r2", "trials_run_now"} <= set(run.data.metrics)
     dataset = run.inputs.dataset_inputs[0].dataset
-    assert dataset.digest == first.fingerprint and dataset.name.endswith("[2013-01-01T00:00:00, 2013-01-25T00:00:00)")
+    assert dataset.digest == first.fingerprint and dataset.name.endswith("[2013-01-01 00:00:00, 2013-01-25 00:00:00)")
     assert {a.path for a in client.list_artifacts(first.run_id)} >= {
         "feature_importance.json", "optuna_trials.json", "holdout_predictions.parquet"}
 
