@@ -7,6 +7,7 @@ Evidently workspace, so `retrain ui` (`make ui`) shows what happened afterwards.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -76,6 +77,7 @@ def demo(
     prediction server, their delays fed back, batches validated, monitoring, retraining, canaries, rollbacks."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # progress and the summary are what a person reads
     prepare_environment()
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # "Created version 5 of model ...": the table says it
     settings = get_settings()
     config_path = write_demo_config(settings.resolved_home, fast)
     days = replay_days(months, fast)
