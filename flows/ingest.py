@@ -35,6 +35,7 @@ from tasks.ingest import (
     unchanged_replay,
     validate_new_rows,
 )
+from tasks.runs import label_flow_run
 from tasks.stores import verify_stores
 from tasks.validation import REFUSED
 
@@ -74,6 +75,7 @@ def ingest_new_rows(
     with source_lock(config):
         # which rows: a new range, or the outcome of an identical ingest whose range holds nothing new since
         plan = plan_batch(config, contract, start=start, end=end, as_of=as_of)
+        label_flow_run(config=config, what="ingest", as_of=plan.as_of)
         rows = read_batch_rows(config, plan)
         replayed = unchanged_replay(plan, rows)
         if replayed is not None:
@@ -118,6 +120,7 @@ def ingest_when_new_rows(
 
     with source_lock(config):
         plan = plan_batch(config, contract, as_of=as_of)
+        label_flow_run(config=config, what="ingest", as_of=plan.as_of)
         rows = read_batch_rows(config, plan)
         late = find_late_rows(config, contract, plan, rows)
         late_outcome = land_late_rows(config, contract, plan, late) if takes_late_rows(contract, None, None, late) \

@@ -67,6 +67,38 @@ def frozen_clock(moment: datetime | str) -> Iterator[datetime]:
         _clock.pop()
 
 
+class ReplayClock:
+    """A clock a replay moves forward by hand: `now()` reads it while `replaying` holds it, in every thread (the
+    prediction server of a replay stamps its requests with it). It never moves backwards."""
+
+    def __init__(self, start: datetime | str) -> None:
+        self.moment = parse_instant(start)
+
+    def __call__(self) -> datetime:
+        return self.moment
+
+    def advance_to(self, moment: datetime) -> datetime:
+        """Move to `moment`.
+
+        Raises:
+            ValueError: `moment` is before the clock's current instant.
+        """
+        if moment < self.moment:
+            raise ValueError(f"a replay clock does not go back: {moment.isoformat()} < {self.moment.isoformat()}")
+        self.moment = moment
+        return moment
+
+
+@contextlib.contextmanager
+def replaying(clock: ReplayClock) -> Iterator[ReplayClock]:
+    """Make `now()` read `clock` inside the block; restores the clock after."""
+    _clock.append(clock)
+    try:
+        yield clock
+    finally:
+        _clock.pop()
+
+
 JUST_AFTER = timedelta(microseconds=1)  # windows are half-open: as_of = newest + 1 µs includes the newest row
 
 
@@ -86,6 +118,15 @@ def model_as_of(as_of: datetime | None, newest: datetime | None, table: str) -> 
     if newest is None:
         raise DataError(f"table '{table}' holds no clean row yet: run `retrain ingest` first, or pass --as-of")
     return newest + JUST_AFTER
+
+
+def shown(moment: datetime) -> str:
+    """An instant as people read it, to the second (`2013-06-01 03:00:00`): in names, descriptions and reasons.
+
+    Machines keep the exact value (`isoformat()`): the model's clock is just after the newest row, a microsecond
+    after it, which a person need not read.
+    """
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def arrival_as_of(as_of: datetime | None) -> datetime:
@@ -202,7 +243,7 @@ class Window:
         return cls(start=end - lookback, end=end)
 
     def __str__(self) -> str:
-        return f"[{self.start.isoformat()}, {self.end.isoformat()})"
+        return f"[{shown(self.start)}, {shown(self.end)})"
 
 
 # ------------------------------------------------------------------------------------ timestamp columns

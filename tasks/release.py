@@ -31,7 +31,7 @@ from prefect.runtime import flow_run
 from scipy import stats
 
 from retrain import mlflow_keys as keys
-from retrain.clock import arrival_as_of, years_before
+from retrain.clock import arrival_as_of, shown, years_before
 from retrain.config import LOWER_IS_BETTER, CanaryConfig, ModelConfig, RollbackConfig, TaskType
 from retrain.errors import ExitCode
 from retrain.outcomes import ReleaseOutcome, TrainingOutcome, Verdict
@@ -342,7 +342,7 @@ def register_trained_model(
     client.update_model_version(
         config.name,
         version,
-        description=f"Trained as of {data.window.as_of.isoformat()} on {config.source.clean} {data.window} "
+        description=f"Trained as of {shown(data.window.as_of)} on {config.source.clean} {data.window} "
         f"({data.rows:,} rows): holdout {config.metric} {fitted.metrics.value:.4f}, naive baseline "
         f"{fitted.metrics.baseline:.4f}. Gates: {decision.reason}",
     )
