@@ -224,9 +224,9 @@ def main() -> None:
     load = os.getloadavg()
     print(f"{cores} cores, load average {load[0]:.1f} at the end; concurrency {options.concurrency}; "
           "server and load generator on this machine")
-    print(f"{'server':22} {'records':>7} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7}")
+    print(f"{'server':34} {'records':>7} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7}")
     for (name, size), result in results.items():
-        print(f"{name:22} {size:>7} {result['requests']:>8} {result['errors']:>6} {result['throughput']:>8} "
+        print(f"{name:34} {size:>7} {result['requests']:>8} {result['errors']:>6} {result['throughput']:>8} "
               f"{result['p50_ms']:>7} {result['p99_ms']:>7}")
     ours = [name for name in servers if name.startswith("retrain serve")]
     for size in (1, 100):
