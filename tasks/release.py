@@ -279,11 +279,11 @@ def settle_canary(
     """
     if verdict.decision != WAIT or running_for is None or running_for < rules.max_duration:
         return verdict
-    ran = (f"the canary ran {format_duration(running_for)} on the Retrain clock undecided (release.canary."
+    ran = (f"the canary ran {_span(running_for)} on the Retrain clock undecided (release.canary."
            f"max_duration {format_duration(rules.max_duration)}); settled by on_timeout '{rules.on_timeout}'")
     comparison = verdict.evidence.comparison
     live = comparison.describe("canary", "champion")
-    if rules.on_timeout is CanaryTimeout.REJECT:
+    if rules.on_timeout == CanaryTimeout.REJECT:
         decision, why = REJECT, f"an undecided canary is rejected ({live})"
     elif not gates_passed:
         decision, why = REJECT, "it never passed the offline gates"
@@ -294,6 +294,15 @@ def settle_canary(
         decision, why = REJECT, f"its live loss is worse than the champion's beyond the margin, though not " \
             f"significantly ({live})"
     return CanaryVerdict(decision, f"{ran}: {why}", verdict.evidence, settled=True)
+
+
+def _span(duration: timedelta) -> str:
+    """A duration as a person reads it: 14d, 15.5d, 6h, 45m."""
+    seconds = duration.total_seconds()
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size or unit == "m":
+            return f"{seconds / size:.1f}".removesuffix(".0") + unit
+    return ""  # not reached: minutes always answer
 
 
 def judge_rollback(champion_losses: np.ndarray, previous_losses: np.ndarray, rules: RollbackConfig) -> RollbackVerdict:
