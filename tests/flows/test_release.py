@@ -6,6 +6,7 @@ superseding challengers, promote, reject and rollback by hand with their refusal
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 import uuid
@@ -56,8 +57,19 @@ MODEL = "flights-delay"
 T0 = datetime(2013, 3, 1)
 
 
+@pytest.fixture(scope="module")
+def empty_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with its tables made, which each test copies into its home: making them takes ~6 s
+    on this machine, more than most tests here."""
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_registered_models()
+    return path
+
+
 @pytest.fixture
-def client(retrain_home: Path) -> MlflowClient:
+def client(retrain_home: Path, empty_mlflow_store: Path) -> MlflowClient:
+    retrain_home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(empty_mlflow_store, retrain_home / "mlflow.db")
     mlflow.set_tracking_uri(get_settings().resolved_tracking_uri())
     return MlflowClient()
 
