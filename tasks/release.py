@@ -590,13 +590,15 @@ class ReleasePlan:
     """What a release would do, decided before any approval: the transition, or why there is nothing to do.
 
     `supersedes` names a running canary the challenger replaces (`release.canary.superseded_by_newer`): it is
-    rejected just before the challenger's canary starts.
+    rejected just before the challenger's canary starts. `seen` holds the aliases as the plan saw them: every
+    transition the release ends with is compare-and-set against them, however long an approval took.
     """
 
     transition: Transition | None
     outcome: ReleaseOutcome | None
     approval_text: str = ""
     supersedes: str | None = None
+    seen: Mapping[str, str | None] | None = None
 
 
 @task(name="plan-release", cache_policy=NO_CACHE)
@@ -636,7 +638,7 @@ def plan_release(config: ModelConfig, actor: str, as_of: datetime | None = None)
     text = approval_markdown(config.name, version, state, registered, link)
     if supersedes is not None:
         text += f"\n\nApproving rejects the running canary (version {supersedes}): release.canary.superseded_by_newer."
-    return ReleasePlan(transition, None, text, supersedes)
+    return ReleasePlan(transition, None, text, supersedes, dict(state.aliases))
 
 
 def challenger_waits(warehouse: Warehouse, config: ModelConfig, version: str, canary: str, actor: str,
@@ -707,18 +709,14 @@ def carry_out_release(
             reason = approval.comment or ("approved" if approval.approve else "rejected by the reviewer")
             record = make_record(who, reason, as_of)
         if approval is None or not approval.approve:
-            rejection = plan_reject(config.name, read_aliases(client, config.name), version)
+            rejection = plan_reject(config.name, plan.seen or transition.seen, version)
             return apply_or_refuse(client, warehouse, rejection, record, "rejected")
         record_decision(warehouse, config.name, "approved", record, to_version=version)
         actor = record.actor
     if plan.supersedes is not None:
         reason = (f"superseded by the newer challenger version {version} (release.canary.superseded_by_newer): "
                   "the canary had not been decided")
-        rejection = plan_reject(config.name, read_aliases(client, config.name), plan.supersedes)
-        if rejection.seen["challenger"] != version:
-            return refused_outcome(config.name, TransitionConflict(
-                f"the challenger of '{config.name}' moved since this release was planned (now "
-                f"{rejection.seen['challenger']}, planned {version}); nothing was moved: release again"))
+        rejection = plan_reject(config.name, plan.seen or transition.seen, plan.supersedes)
         rejected = apply_or_refuse(client, warehouse, rejection,
                                    make_record(RELEASE_ACTOR, reason, as_of,
                                                details=with_requester({}, actor, RELEASE_ACTOR)), "rejected")
