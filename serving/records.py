@@ -163,7 +163,9 @@ def record_problems(index: int, record: Any, spec: InputSpec) -> list[Problem]:
     allowed = spec.allowed
     problems += [
         Problem(index, name, f"unknown field: the model takes {sorted(spec.features)}"
-                + (f" and the key {list(spec.key)}" if spec.key else ""))
+                + (f" and the key {list(spec.key)}" if spec.key else "")
+                + (f" and the timestamp '{spec.timestamp}'" if spec.timestamp and spec.timestamp not in spec.key
+                   else ""))
         for name in record
         if name not in allowed
     ]
