@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all lint demo benchmarks clean
+.PHONY: install test test-all lint demo ui benchmarks clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ demo: $(STAMP)
 	$(BIN)/retrain train --config $(DEMO_CONFIG) || [ $$? -eq 1 ]
 	$(BIN)/retrain release --config $(DEMO_CONFIG) || [ $$? -eq 1 ]
 	$(BIN)/retrain status --config $(DEMO_CONFIG)
+
+# Prefect, MLflow and Evidently UIs on the stores under .retrain/ (the demo's), on loopback; Ctrl-C stops all three.
+ui: $(STAMP)
+	$(BIN)/retrain ui
 
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/train_overhead.py

@@ -31,6 +31,7 @@ from tasks.ingest import (
     source_lock,
     validate_new_rows,
 )
+from tasks.runs import label_flow_run
 from tasks.stores import verify_stores
 from tasks.validation import REFUSED
 
@@ -70,6 +71,7 @@ def ingest_new_rows(
     with source_lock(config):
         # which rows: a new range, or the outcome of an identical ingest that already passed
         plan = plan_batch(config, contract, start=start, end=end, as_of=as_of)
+        label_flow_run(config=config, what="ingest", as_of=plan.as_of)
         if plan.replay is not None:
             return plan.replay
         rows = read_batch_rows(config, plan)
@@ -108,6 +110,7 @@ def ingest_when_new_rows(
 
     with source_lock(config):
         plan = plan_batch(config, contract, as_of=as_of)
+        label_flow_run(config=config, what="ingest", as_of=plan.as_of)
         rows = read_batch_rows(config, plan)
         if not rows.timed_count:
             return None

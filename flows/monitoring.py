@@ -31,6 +31,7 @@ from tasks.monitoring import (
     score_new_rows,
     store_metrics,
 )
+from tasks.runs import label_flow_run
 from tasks.stores import verify_stores
 
 
@@ -55,6 +56,7 @@ def monitor_model(
     if count_new_rows(config, as_of=as_of):
         ingest_when_new_rows(config_path=config_path, as_of=as_of, config=config)
     instant = resolve_as_of_task(config=config, as_of=as_of)
+    label_flow_run(config=config, what="monitor", as_of=instant)
 
     # The champion and its training window (the reference); without one there is nothing to watch.
     champion = find_champion_task(config=config)

@@ -76,8 +76,7 @@ def train_model(
         config_path: The model config YAML (source table, target, features, metric, window, budget, gates).
         as_of: Train as of this instant (naive UTC): the window is the lookback before it. Empty: just
             after the newest clean row, so new rows move the window and nothing new skips.
-        trials: Finished Optuna trials the snapshot's study must hold (0: the config's `tuning.trials`). A
-            number, not an optional, so the Prefect UI form shows a value a person can edit.
+        trials: Finished Optuna trials the snapshot's study must hold (0: the config's `tuning.trials`).
         timeout_seconds: Tuning budget in seconds (0: the config's `tuning.timeout_seconds`).
         threshold: Absolute gate on the holdout metric (empty: the config's).
     """

@@ -91,6 +91,15 @@ def model_as_of(as_of: datetime | None, newest: datetime | None, table: str) -> 
     return newest + JUST_AFTER
 
 
+def shown(moment: datetime) -> str:
+    """An instant as people read it, to the second (`2013-06-01 03:00:00`): in names, descriptions and reasons.
+
+    Machines keep the exact value (`isoformat()`): the model's clock is just after the newest row, a microsecond
+    after it, which a person need not read.
+    """
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
 def arrival_as_of(as_of: datetime | None) -> datetime:
     """The arrival clock: the given instant (naive UTC), or now, for flows where what has happened by now matters."""
     return as_naive_utc(as_of) if as_of is not None else now()
@@ -176,7 +185,7 @@ class Window:
         return cls(start=end - lookback, end=end)
 
     def __str__(self) -> str:
-        return f"[{self.start.isoformat()}, {self.end.isoformat()})"
+        return f"[{shown(self.start)}, {shown(self.end)})"
 
 
 # ------------------------------------------------------------------------------------ timestamp columns

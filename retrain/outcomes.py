@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import ClassVar
 
+from retrain.clock import shown
 from retrain.errors import ExitCode
 from retrain.jsonable import json_field
 
@@ -50,7 +51,7 @@ class TrainingWindow:
         return GIVEN if self.as_of_given else NEWEST_CLEAN_ROW
 
     def __str__(self) -> str:
-        return f"[{self.start.isoformat()}, {self.end.isoformat()})"
+        return f"[{shown(self.start)}, {shown(self.end)})"
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,16 @@ class Settings(BaseSettings):
     reports_folder: Path | None = Field(
         default=None, description="Where monitoring writes its HTML reports; default `reports/` under home."
     )
+    mlflow_ui_url: str | None = Field(
+        default=None,
+        description="Where people open the MLflow UI, for the links Retrain writes into Prefect artifacts; default: "
+        "the tracking server itself, or http://127.0.0.1:5000 (what `retrain ui` starts) for a local store.",
+    )
+    evidently_workspace: Path | None = Field(
+        default=None,
+        description="The Evidently workspace monitoring writes (a project per model, a snapshot per run, a dashboard; "
+        "`evidently ui --workspace` shows it); default `evidently/` under home.",
+    )
     notification_block: str | None = Field(
         default=None,
         description="Name of a Prefect notification block (e.g. a Slack webhook) that failed runs alert through; "
@@ -153,6 +163,20 @@ class Settings(BaseSettings):
         if self.reports_folder is not None:
             return self.reports_folder.expanduser().resolve()
         return self.resolved_home / "reports"
+
+    def resolved_mlflow_ui_url(self) -> str:
+        if self.mlflow_ui_url:
+            return self.mlflow_ui_url.rstrip("/")
+        uri = self.resolved_tracking_uri()
+        if uri.lower().startswith(("http://", "https://")):
+            return redact_url(uri).rstrip("/")
+        return "http://127.0.0.1:5000"
+
+    @property
+    def evidently_workspace_dir(self) -> Path:
+        if self.evidently_workspace is not None:
+            return self.evidently_workspace.expanduser().resolve()
+        return self.resolved_home / "evidently"
 
     def describe(self) -> dict[str, str]:
         """Where things live, with passwords hidden: safe to print or log."""

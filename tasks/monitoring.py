@@ -28,6 +28,7 @@ from monitoring.metrics import DriftSummary, read_drift, read_performance
 from monitoring.reports import (
     PREDICTION,
     ReportColumns,
+    ReportLabel,
     build_drift_report,
     build_performance_report,
     drift_columns_table,
@@ -43,8 +44,9 @@ from monitoring.triggers import (
     TriggerPolicy,
     decide_retrain,
 )
+from monitoring.workspace import DRIFT_SHARE, LIVE, QUARANTINED_SHARE, ROWS_SCORED, record_monitoring_run
 from retrain import mlflow_keys as keys
-from retrain.clock import Window, as_naive_utc, model_as_of, now
+from retrain.clock import Window, as_naive_utc, format_duration, model_as_of, now, shown
 from retrain.config import ModelConfig, TaskType
 from retrain.errors import DataError
 from retrain.jsonable import to_jsonable
@@ -61,6 +63,7 @@ from retrain.warehouse import (
     get_warehouse,
     monitoring_metric_table,
     prediction_key,
+    read_batches,
     read_labelled_predictions,
     read_ledger,
     read_monitoring_metric,
@@ -299,10 +302,12 @@ def find_champion(config: ModelConfig) -> Champion | None:
         return None
     run_id = client.get_model_version(config.name, version).run_id
     run = client.get_run(run_id)
-    params = run.data.params
+    # The exact window is in the run's tags (its params show it to the second); runs of older trainings have it
+    # in their params only.
+    recorded = {**run.data.params, **run.data.tags}
     try:
-        window = Window(datetime.fromisoformat(params[keys.WINDOW_START]),
-                        datetime.fromisoformat(params[keys.WINDOW_END]))
+        window = Window(datetime.fromisoformat(recorded[keys.WINDOW_START]),
+                        datetime.fromisoformat(recorded[keys.WINDOW_END]))
     except KeyError as missing:
         raise DataError(f"the champion's MLflow run {run_id} records no training window ({missing}): was it "
                         "trained by Retrain?") from None
@@ -379,14 +384,15 @@ def write_reports(
     history: pd.DataFrame,
 ) -> ReportResult:
     """Drift report, performance page (metric by day per version) and Evidently's performance report."""
-    folder = get_settings().reports_dir
-    paths = report_paths(folder, config.name, as_of.strftime("%Y-%m-%d"))
+    settings = get_settings()
+    paths = report_paths(settings.reports_dir, config.name, as_of.strftime("%Y-%m-%d"))
     sample = sample_rows(current.rows, config.monitoring.sample_rows)
     with_target = current.labelled > 0
     columns = report_columns(config, with_target)
+    label = ReportLabel(config.name, champion.version, as_of, str(current.window), str(champion.window))
     drift_rows = sample.dropna(subset=[config.target.column]) if with_target else sample
-    snapshot = build_drift_report(reference, drift_rows, columns, config.monitoring.drift_share)
-    save_report(snapshot, paths["drift"])
+    snapshot = build_drift_report(reference, drift_rows, columns, config.monitoring.drift_share, label)
+    save_report(snapshot, paths["drift"], label.header("drift"))
     drift = read_drift(snapshot.dict(), config.features.all)
 
     metrics = window_metrics(current.rows, config)
@@ -395,17 +401,36 @@ def write_reports(
     evidently_page = None
     if with_target:
         matured = sample.dropna(subset=[config.target.column])
-        performance = build_performance_report(reference, matured, columns)
-        save_report(performance, paths["evidently-performance"])
+        performance = build_performance_report(reference, matured, columns, label)
+        save_report(performance, paths["evidently-performance"], label.header("performance"))
         numbers = read_performance(performance.dict())
         evidently_page = paths["evidently-performance"].name
         written.append(paths["evidently-performance"])
     daily = daily_metric(history, config.metric, config.target.task)
-    title = (f"{config.name}: performance of version {champion.version} as of {as_of.isoformat()} "
-             f"(window {current.window}, {current.source} predictions)")
+    title = (f"{config.name}: version {champion.version} as of {as_of:%Y-%m-%d %H:%M}, current window "
+             f"{current.window} ({current.source} predictions)")
+    covers = f"the {format_duration(config.monitoring.history)} before as_of"
     paths["performance"].write_text(performance_page(config.name, config.metric, daily, metrics, evidently_page,
-                                                      title), encoding="utf-8")
+                                                      title, covers, numbers), encoding="utf-8")
+    quarantined = quarantined_share(read_batches(get_warehouse(), config.source.table), current.window)
+    record_monitoring_run(
+        settings.evidently_workspace_dir, label, config.metric,
+        {LIVE: metrics.get(config.metric), DRIFT_SHARE: drift.drift_share, ROWS_SCORED: float(len(current.rows)),
+         QUARANTINED_SHARE: quarantined},
+        versions=[str(version) for version in daily["version"].unique()], snapshots=[snapshot],
+    )
     return ReportResult(drift, metrics, daily, tuple(written), numbers)
+
+
+def quarantined_share(batches: pd.DataFrame, window: Window) -> float | None:
+    """Of the rows that arrived in batches recorded within the window (by their as_of), the share quarantined
+    (refused batches included: their rows are quarantined too); None when no batch was recorded in it."""
+    if batches.empty:
+        return None
+    moments = pd.to_datetime(batches["as_of"])
+    inside = batches[(moments >= window.start) & (moments < window.end)]
+    read = int(inside["rows_read"].sum())
+    return None if read == 0 else float(inside["rows_quarantined"].sum()) / read
 
 
 # ------------------------------------------------------------------------------------------------- tasks
@@ -527,9 +552,9 @@ def publish_report(config: ModelConfig, outcome: MonitoringOutcome, result: Repo
     from mlflow.tracking import MlflowClient
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-    from tasks.tracking import configure_mlflow
+    from tasks.tracking import configure_mlflow, run_page
 
-    run_id = None
+    run_id = experiment_id = None
     if result is not None:
         experiment_id = configure_mlflow(get_settings(), config.name)
         client = MlflowClient()
@@ -545,28 +570,43 @@ def publish_report(config: ModelConfig, outcome: MonitoringOutcome, result: Repo
         numbers = {name: value for name, value in numbers.items() if np.isfinite(value)}
         for name, value in numbers.items():
             client.log_metric(run_id, f"live_{name}" if name != "drift_share" else name, float(value))
-        client.log_param(run_id, keys.WINDOW_START, outcome.window.start.isoformat() if outcome.window else "")
-        client.log_param(run_id, keys.WINDOW_END, outcome.window.end.isoformat() if outcome.window else "")
+        client.log_param(run_id, keys.WINDOW_START, shown(outcome.window.start) if outcome.window else "")
+        client.log_param(run_id, keys.WINDOW_END, shown(outcome.window.end) if outcome.window else "")
         for path in result.paths:
             client.log_artifact(run_id, str(path), artifact_path="reports")
         client.set_terminated(run_id, status="FINISHED")
         key = "".join(c if c.isalnum() else "-" for c in config.name.lower()).strip("-")
         for path in result.paths:
-            create_link_artifact(key=f"{key}-{path.stem.split('-', 3)[-1]}", link=path.as_uri(),
-                                 link_text=path.name, description=f"{config.name}: {path.name}")
+            create_link_artifact(key=f"{key}-{path.stem.split('-', 3)[-1]}",
+                                 link=run_page(get_settings(), experiment_id, run_id, f"reports/{path.name}"),
+                                 link_text=path.name, description=f"{config.name}: {path.name} (in the MLflow UI)")
         create_table_artifact(key=f"{key}-drift", table=drift_columns_table(result.drift.columns),
                               description=f"{config.name}: per-column drift as of {outcome.as_of.isoformat()}")
-    decision = outcome.decision
     create_markdown_artifact(
         key="".join(c if c.isalnum() else "-" for c in config.name.lower()).strip("-") + "-monitoring",
-        markdown=(f"# Monitoring {config.name} as of {outcome.as_of.isoformat()}\n\n"
-                  f"- decision: **{'retrain' if decision.retrain else 'no retrain'}** ({decision.action}): "
-                  f"{decision.reason}\n- drift share: {outcome.drift_share}\n- drifted: "
-                  f"{', '.join(outcome.drifted_columns) or '-'}\n- metrics: {dict(outcome.metrics)}\n"
-                  + "".join(f"- report: [{p.name}]({p.as_uri()})\n" for p in outcome.reports)),
-        description=f"monitoring of {config.name}: {decision.action}",
+        markdown=monitoring_markdown(outcome, None if run_id is None else run_page(
+            get_settings(), experiment_id, run_id)),
+        description=f"monitoring of {config.name}: {outcome.decision.action}",
     )
     return run_id
+
+
+def monitoring_markdown(outcome: MonitoringOutcome, run: str | None) -> str:
+    """The Prefect artifact of a monitoring run: the decision, its numbers as a table, where the reports are."""
+    decision = outcome.decision
+    lines = [
+        f"# Monitoring {outcome.model} as of {shown(outcome.as_of)}", "",
+        f"**{'Retrain' if decision.retrain else 'No retrain'}** ({decision.action}): {decision.reason}", "",
+        f"Champion version {outcome.champion_version or '-'}; window {outcome.window or '-'} ({outcome.source or '-'}"
+        f" predictions): {outcome.rows:,} rows, {outcome.labelled:,} labelled.", "",
+        "| number | value |", "|---|---:|",
+        *[f"| {name} | {'–' if value is None else f'{value:.4f}'} |" for name, value in outcome.metrics.items()],
+        f"| drift share | {'–' if outcome.drift_share is None else f'{outcome.drift_share:.2f}'} |", "",
+        f"Drifted columns: {', '.join(outcome.drifted_columns) or 'none'}.",
+    ]
+    if run is not None:
+        lines += ["", f"Reports and numbers: [the monitoring run in MLflow]({run}) (its `reports/` artifacts)."]
+    return "\n".join(lines)
 
 
 def _flow_run_id() -> str | None:

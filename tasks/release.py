@@ -41,7 +41,7 @@ from prefect.runtime import flow_run
 from scipy import stats
 
 from retrain import mlflow_keys as keys
-from retrain.clock import arrival_as_of, format_duration, model_as_of, years_before
+from retrain.clock import arrival_as_of, format_duration, model_as_of, shown, years_before
 from retrain.config import CanaryConfig, CanaryTimeout, ModelConfig, RollbackConfig, TaskType
 from retrain.errors import ExitCode
 from retrain.outcomes import ReleaseOutcome, TrainingOutcome, Verdict
@@ -540,7 +540,7 @@ def register_trained_model(
     client.update_model_version(
         config.name,
         version,
-        description=f"Trained as of {data.window.as_of.isoformat()} on {config.source.clean} {data.window} "
+        description=f"Trained as of {shown(data.window.as_of)} on {config.source.clean} {data.window} "
         f"({data.rows:,} rows): holdout {config.metric} {fitted.metrics.value:.4f}, naive baseline "
         f"{fitted.metrics.baseline:.4f}. Gates: {decision.reason}",
     )
@@ -790,8 +790,8 @@ def watch_new_champion(client: MlflowClient, warehouse: Warehouse, config: Model
     rules = config.release.rollback
     if promoted is None or moment - promoted.at >= rules.bake:
         return nothing
-    baking = (f"no canary runs; champion v{champion} promoted {promoted.at.isoformat()} bakes until "
-              f"{(promoted.at + rules.bake).isoformat()}")
+    baking = (f"no canary runs; champion v{champion} promoted {shown(promoted.at)} bakes until "
+              f"{shown(promoted.at + rules.bake)}")
     if previous is None:
         return replace(nothing, reason=f"{baking}; no previous champion to compare it with")
     rows = labelled_rows(warehouse, config, promoted.at, moment, {CHAMPION_ARM: champion})

@@ -15,6 +15,7 @@ trials, feature importance and holdout predictions.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import subprocess
@@ -44,7 +45,7 @@ from prefect.runtime import flow_run
 
 import retrain.model_package
 from retrain import mlflow_keys as keys
-from retrain.clock import now
+from retrain.clock import now, shown
 from retrain.config import ModelConfig
 from retrain.jsonable import to_jsonable
 from retrain.model_package import BOOSTER_ARTIFACT, ENCODING_ARTIFACT
@@ -54,6 +55,7 @@ from retrain.stores import connect_mlflow, store_errors
 from retrain.warehouse import open_warehouse, read_window
 from tasks.comparison import Decision
 from tasks.features import PreparedData, make_target
+from tasks.runs import instant_label
 from tasks.training import LIGHTGBM_METRIC, FittedModel, feature_importance
 from tasks.tuning import TuningResult
 
@@ -133,9 +135,7 @@ class LoggedRun:
 
 def run_name(model: str, window: TrainingWindow) -> str:
     """`flights-delay 2013-04-01`: the model and its window end (minutes shown when not midnight)."""
-    end = window.end
-    shown = end.strftime("%Y-%m-%d") if end.time() == datetime.min.time() else end.strftime("%Y-%m-%d %H:%M")
-    return f"{model} {shown}"
+    return f"{model} {instant_label(window.end)}"
 
 
 def run_description(
@@ -149,7 +149,7 @@ def run_description(
     """The run's description (MLflow's note): what was trained on what, and what was decided."""
     window = data.window
     lines = [
-        f"Training of **{config.name}** as of {window.as_of.isoformat()} ({window.as_of_source}) "
+        f"Training of **{config.name}** as of {shown(window.as_of)} ({window.as_of_source}) "
         f"on `{config.source.clean}` {window}: {data.rows:,} rows, snapshot `{data.fingerprint}`.",
     ]
     if tuning is not None:
@@ -207,16 +207,35 @@ def holdout_predictions_frame(config: ModelConfig, data: PreparedData, fitted: F
     return frame
 
 
+def importance_chart(importance: Mapping[str, float], width: int = 640, bar: int = 22) -> str:
+    """Feature importance (total gain) as a horizontal bar chart in SVG, largest first: MLflow's artifact viewer
+    shows it as a picture (the JSON beside it keeps the numbers). Drawn by hand, not with matplotlib, so a training
+    pays nothing to import a plotting stack."""
+    shown_features = list(importance.items())[:30]
+    top = max((gain for _, gain in shown_features), default=0.0) or 1.0
+    left, height = 160, bar * len(shown_features) + 40
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+             f'font-size="12"><text x="{left}" y="16" font-size="13">feature importance (total gain)</text>']
+    for row, (name, gain) in enumerate(shown_features):
+        y = 28 + row * bar
+        length = (width - left - 90) * gain / top
+        parts.append(f'<text x="{left - 6}" y="{y + 14}" text-anchor="end">{html.escape(name)}</text>'
+                     f'<rect x="{left}" y="{y}" width="{length:.1f}" height="{bar - 6}" fill="#1f77b4"/>'
+                     f'<text x="{left + length + 4:.1f}" y="{y + 14}">{gain:,.0f}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def run_page(settings: Settings, experiment_id: str, run_id: str, artifact: str | None = None) -> str:
+    """The run's page in the MLflow UI (the tracking server, or what `retrain ui` serves for a local store), opened
+    on one of its artifacts when given: a link every browser can follow, never a file on the machine that ran it."""
+    page = f"{settings.resolved_mlflow_ui_url()}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{page}/artifacts/{artifact}" if artifact else page
+
+
 def run_link(settings: Settings, run: TrackingRun) -> str:
-    """A link to the run in the MLflow UI when MLflow is a server; otherwise where to find it."""
-    uri = settings.resolved_tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        return f"{redact_url(uri).rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
-    return (
-        f"run `{run.run_id}` of experiment {run.experiment_id} in `{redact_url(uri)}` "
-        f"(`mlflow ui --backend-store-uri {redact_url(uri)}`, "
-        f"then /#/experiments/{run.experiment_id}/runs/{run.run_id})"
-    )
+    """A link to the run in the MLflow UI (for a local store: start it with `retrain ui`)."""
+    return run_page(settings, run.experiment_id, run.run_id)
 
 
 def snapshot_dataset_input(
@@ -469,6 +488,7 @@ def start_training_run(config: ModelConfig, snapshot: pd.DataFrame, data: Prepar
         keys.MODEL: config.name,
         keys.FINGERPRINT: data.fingerprint,
         keys.SETTINGS: config.settings_digest(),
+        keys.WINDOW_START: window.start.isoformat(),  # exact, for machines; the params show them to the second
         keys.WINDOW_END: window.end.isoformat(),
         keys.AS_OF: window.as_of.isoformat(),
         keys.DECISION: RUNNING_DECISION,
@@ -481,9 +501,9 @@ def start_training_run(config: ModelConfig, snapshot: pd.DataFrame, data: Prepar
         tags["mlflow.source.git.commit"] = commit
     run = client.create_run(experiment_id, run_name=name, tags=tags)
     params = {
-        keys.WINDOW_START: window.start.isoformat(),
-        keys.WINDOW_END: window.end.isoformat(),
-        keys.AS_OF: window.as_of.isoformat(),
+        keys.WINDOW_START: shown(window.start),
+        keys.WINDOW_END: shown(window.end),
+        keys.AS_OF: shown(window.as_of),
         keys.LOOKBACK: to_jsonable(window.lookback),
         keys.METRIC: config.metric,
         keys.TASK: str(config.target.task),
@@ -546,7 +566,9 @@ def log_training_results(
         params=[Param(key, str(value)) for key, value in params.items()],
         tags=[RunTag(keys.STUDY, tuning.study_name)],
     )
-    client.log_dict(run.run_id, feature_importance(fitted.booster), "feature_importance.json")
+    importance = feature_importance(fitted.booster)
+    client.log_dict(run.run_id, importance, "feature_importance.json")
+    client.log_text(run.run_id, importance_chart(importance), "feature_importance.svg")
     client.log_table(run.run_id, tuning.trials, "optuna_trials.json")
     with tempfile.TemporaryDirectory(prefix="retrain-run-") as folder:
         path = Path(folder) / PREDICTIONS_FILE
@@ -609,7 +631,7 @@ def publish_training_report(config: ModelConfig, outcome: TrainingOutcome, run: 
     create_markdown_artifact(
         markdown=training_report_markdown(to_jsonable(outcome), link),
         key=key,
-        description=f"training of {config.name} as of {outcome.window.as_of.isoformat()}: {outcome.decision}",
+        description=f"training of {config.name} as of {shown(outcome.window.as_of)}: {outcome.decision}",
     )
 
 
@@ -619,17 +641,9 @@ def label_training_run(config: ModelConfig, window: TrainingWindow) -> str:
 
     The window end is known only once `as_of` is resolved, after the run started, hence a rename.
     """
-    from uuid import UUID
+    from tasks.runs import rename_flow_run
 
-    from prefect import get_client
-
-    name = run_name(config.name, window)
-    run_id = flow_run.get_id()
-    if run_id is not None:
-        tags = sorted({*flow_run.get_tags(), f"model:{config.name}"})
-        with get_client(sync_client=True) as client:
-            client.update_flow_run(UUID(run_id), name=name, tags=tags)
-    return name
+    return rename_flow_run(run_name(config.name, window), config.name)
 
 
 def close_runs_of_failed_training(flow: Any, failed_run: Any, state: Any) -> None:

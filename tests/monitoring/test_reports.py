@@ -3,7 +3,7 @@ does not. Numbers are read by metric and column name (monitoring/metrics.py)."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ from monitoring.metrics import read_drift, read_performance
 from monitoring.reports import (
     PREDICTION,
     ReportColumns,
+    ReportLabel,
     build_drift_report,
     build_performance_report,
     daily_metric_chart,
@@ -83,3 +84,33 @@ def test_performance_page_charts_the_metric_by_day_per_version() -> None:
     assert "<td>rmse</td><td>null</td>" in page
     assert "No matured labels" in daily_metric_chart(daily.iloc[0:0], "mae")
     assert not np.isnan(daily["value"]).any()
+
+
+def test_mape_is_left_out_where_the_target_can_be_zero(january: pd.DataFrame) -> None:
+    """Flights' delays hold zeros: MAPE would read 1e19 and overflow its tile; with no zero it is reported."""
+    scored = january.assign(**{PREDICTION: january["arr_delay"] + 3.0})
+    assert (january["arr_delay"] == 0).any()
+    kinds = {metric["config"]["type"].rsplit(":", 1)[-1] for metric in
+             build_performance_report(january, scored, COLUMNS).dict()["metrics"]}
+    assert "MAPE" not in kinds and {"MAE", "RMSE", "MeanError", "R2Score", "AbsMaxError"} <= kinds
+    shifted = january.assign(arr_delay=january["arr_delay"].abs() + 100.0)
+    kinds = {metric["config"]["type"].rsplit(":", 1)[-1] for metric in
+             build_performance_report(shifted, shifted.assign(**{PREDICTION: 101.0}), COLUMNS).dict()["metrics"]}
+    assert "MAPE" in kinds
+
+
+def test_a_report_names_its_model_version_and_windows(january: pd.DataFrame, tmp_path: Path) -> None:
+    label = ReportLabel("flights-delay", "3", datetime(2013, 2, 1, 5), "[2013-01-25, 2013-02-01)",
+                        "[2012-11-25, 2013-01-25)")
+    snapshot = build_drift_report(january, january, COLUMNS, 0.5, label)
+    page = save_report(snapshot, tmp_path / "drift.html", label.header("drift")).read_text(encoding="utf-8")
+    header = page[page.index("<body>"):page.index("<body>") + 1000]
+    assert "flights-delay v3 drift as of 2013-02-01 05:00" in header and "[2012-11-25, 2013-01-25)" in header
+
+
+def test_the_performance_page_links_evidentlys_report_instead_of_framing_it() -> None:
+    daily = pd.DataFrame({"day": [date(2013, 7, 1)], "version": ["1"], "rows": [900], "value": [24.5]})
+    page = performance_page("flights-delay", "mae", daily, {"mae": 25.0}, "2013-07-02-evidently-performance.html",
+                            "title", "the 60d before as_of", {"mae": 25.0})
+    assert "<iframe" not in page and 'href="2013-07-02-evidently-performance.html"' in page
+    assert "by day per model version over the 60d before as_of" in page

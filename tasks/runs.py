@@ -1,0 +1,45 @@
+"""How a flow run shows in the Prefect UI: named after the model and the instant it runs as of, tagged `model:<name>`.
+
+Prefect names a run at random (`furry-stork`); a person looking for last Tuesday's monitoring of one model needs
+the model and the instant in the name and a tag to filter by. The instant is known only once a run has resolved its
+`as_of` (the model's clock), after it started, hence a rename.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from retrain.config import ModelConfig
+
+
+def instant_label(moment: datetime) -> str:
+    """`2013-04-01` at midnight, `2013-04-01 05:00` otherwise (a run name, not a timestamp: minutes suffice)."""
+    return moment.strftime("%Y-%m-%d") if moment.time() == datetime.min.time() else moment.strftime("%Y-%m-%d %H:%M")
+
+
+def run_label(model: str, what: str, moment: datetime) -> str:
+    """`flights-delay monitor 2013-06-01`: the model, what the run does, and its instant."""
+    return f"{model} {what} {instant_label(moment)}".replace("  ", " ")
+
+
+def rename_flow_run(name: str, model: str) -> str:
+    """Rename the current flow run and tag it `model:<name>` (nothing outside a flow run)."""
+    from prefect import get_client
+
+    run_id = flow_run.get_id()
+    if run_id is not None:
+        tags = sorted({*flow_run.get_tags(), f"model:{model}"})
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(UUID(run_id), name=name, tags=tags)
+    return name
+
+
+@task(name="label-flow-run", cache_policy=NO_CACHE)
+def label_flow_run(config: ModelConfig, what: str, as_of: datetime) -> str:
+    """Name the flow run `<model> <what> <as_of>` and tag it with the model."""
+    return rename_flow_run(run_label(config.name, what, as_of), config.name)
