@@ -75,7 +75,8 @@ def _render_status(result: dict[str, Any]) -> str:
         lines.append(f"pending    an interrupted {result['pending']} (the next release command finishes it)")
     for entry in result["ledger"]:
         moved = f"{entry['from_version'] or '-'} -> {entry['to_version'] or '-'}"
-        lines.append(f"{entry['at']}  {entry['action']:<14} {moved:<9} {entry['actor']}: {entry['reason']}")
+        at = entry["at"].replace("T", " ")[:19]  # to the second, on the Retrain clock (JSON keeps it exact)
+        lines.append(f"{at}  {entry['action']:<14} {moved:<9} {entry['actor']}: {entry['reason']}")
     return "\n".join(lines)
 
 
