@@ -70,6 +70,38 @@ def frozen_clock(moment: datetime | str) -> Iterator[datetime]:
         _clock.pop()
 
 
+class ReplayClock:
+    """A clock a replay moves forward by hand: `now()` reads it while `replaying` holds it, in every thread (the
+    prediction server of a replay stamps its requests with it). It never moves backwards."""
+
+    def __init__(self, start: datetime | str) -> None:
+        self.moment = parse_instant(start)
+
+    def __call__(self) -> datetime:
+        return self.moment
+
+    def advance_to(self, moment: datetime) -> datetime:
+        """Move to `moment`.
+
+        Raises:
+            ValueError: `moment` is before the clock's current instant.
+        """
+        if moment < self.moment:
+            raise ValueError(f"a replay clock does not go back: {moment.isoformat()} < {self.moment.isoformat()}")
+        self.moment = moment
+        return moment
+
+
+@contextlib.contextmanager
+def replaying(clock: ReplayClock) -> Iterator[ReplayClock]:
+    """Make `now()` read `clock` inside the block; restores the clock after."""
+    _clock.append(clock)
+    try:
+        yield clock
+    finally:
+        _clock.pop()
+
+
 JUST_AFTER = timedelta(microseconds=1)  # windows are half-open: as_of = newest + 1 µs includes the newest row
 
 

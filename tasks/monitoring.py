@@ -73,6 +73,7 @@ from retrain.warehouse import (
 )
 from tasks.features import make_target
 from tasks.retries import retry_when_transient
+from tasks.runs import run_label
 from tasks.training import METRIC_FUNCTIONS, score_predictions
 
 logger = logging.getLogger(__name__)
@@ -558,7 +559,7 @@ def publish_report(config: ModelConfig, outcome: MonitoringOutcome, result: Repo
     if result is not None:
         experiment_id = configure_mlflow(get_settings(), config.name)
         client = MlflowClient()
-        run = client.create_run(experiment_id, run_name=f"monitor-{config.name}-{outcome.as_of:%Y-%m-%d}",
+        run = client.create_run(experiment_id, run_name=run_label(config.name, "monitor", outcome.as_of),
                                 tags={keys.MODEL: config.name, keys.KIND: "monitoring",
                                       keys.CHAMPION_VERSION: str(outcome.champion_version),
                                       keys.DECISION: outcome.decision.action,

@@ -67,7 +67,7 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
 METRIC_FUNCTIONS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "mae": lambda y, p: float(sk.mean_absolute_error(y, p)),
     "rmse": _rmse,
-    "r2": lambda y, p: float(sk.r2_score(y, p)),
+    "r2": lambda y, p: float(sk.r2_score(y, p)) if len(y) >= 2 else math.nan,  # undefined on one row
     "auc": _auc,
     "log_loss": _log_loss,
     "f1": lambda y, p: float(sk.f1_score(y, p >= 0.5, zero_division=0.0)),

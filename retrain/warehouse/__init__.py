@@ -32,7 +32,14 @@ from retrain.warehouse.predictions import (
     read_monitoring_metric,
     read_prediction_features,
 )
-from retrain.warehouse.sources import TableDescription, column_kind, count_rows_after, describe_table, read_source_rows
+from retrain.warehouse.sources import (
+    TableDescription,
+    column_kind,
+    count_rows_after,
+    describe_table,
+    read_source_rows,
+    replace_source_rows,
+)
 from retrain.warehouse.tables import (
     BATCH_COLUMN,
     BATCH_LEDGER,
@@ -73,6 +80,7 @@ __all__ = [
     "prediction_key", "prediction_table", "quarantine_table", "read_batches", "read_clean_keys",
     "read_known_fingerprints", "read_labelled_predictions", "read_ledger", "read_lock_holder",
     "read_monitoring_metric", "read_newest_timestamp", "read_prediction_features", "read_quarantine",
-    "read_source_rows", "read_table", "read_watermark", "read_window", "record_batch", "reflect_table",
+    "read_source_rows", "read_table", "replace_source_rows", "read_watermark", "read_window", "record_batch",
+    "reflect_table",
     "write_frame",
 ]

@@ -197,3 +197,20 @@ def count_rows_after(warehouse: Warehouse, table: str, timestamp: str, upper: da
     with warehouse.engine.connect() as connection:
         return int(connection.execute(query).scalar_one())
 
+
+
+def replace_source_rows(
+    warehouse: Warehouse, table: str, timestamp: str, start: datetime, end: datetime, rows: pd.DataFrame
+) -> int:
+    """Replace the source rows dated in `[start, end)` by `rows`, in one transaction: what fixing a broken feed
+    looks like from the warehouse (a re-delivered day). Returns how many rows were written.
+
+    Raises:
+        DataError: the table or its timestamp column does not exist.
+    """
+    source = reflect_table(warehouse, table)
+    column = _source_column(warehouse, source, timestamp)
+    with warehouse.engine.begin() as connection:
+        connection.execute(sa.delete(source).where(column >= start, column < end))
+        rows.to_sql(table, connection, schema=warehouse.schema, if_exists="append", index=False)
+    return len(rows)
