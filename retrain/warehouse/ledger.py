@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from retrain.clock import now
+from retrain.clock import wall_clock
 from retrain.warehouse.engine import Warehouse
 from retrain.warehouse.tables import LEDGER_TABLE, append_rows, create_declared_table, has_table, ledger_table
 
@@ -20,7 +20,7 @@ class LedgerEntry:
     """One decision about a model, as the ledger keeps it (see `ledger_table`).
 
     `at` is the decision's instant on the Retrain clock; `recorded_at` the wall time its row was written (set
-    when it is appended).
+    when it is appended, from the machine's clock even while a replay or a test holds `now()`).
     """
 
     model: str
@@ -41,7 +41,8 @@ def append_ledger_entry(warehouse: Warehouse, entry: LedgerEntry) -> None:
     """Append one ledger row (the ledger is never updated or deleted from)."""
     row = {
         "at": entry.at,
-        "recorded_at": entry.recorded_at or now(),
+        # The machine's clock even inside a replay (whose `now()` is the replayed instant): when it was written.
+        "recorded_at": entry.recorded_at or wall_clock(),
         "model": entry.model,
         "action": entry.action,
         "from_version": entry.from_version,
