@@ -27,6 +27,7 @@ LEDGER_TABLE = "retrain_ledger"
 PREDICTION_TABLE = "retrain_predictions"
 LABEL_TABLE = "retrain_labels"
 MONITORING_METRIC_TABLE = "retrain_monitoring_metrics"
+BACKFILL = "backfill"  # Column.info key: a column added after the table's first release, filled from this one
 BATCH_COLUMN = "_batch_id"  # every clean row names the batch it landed with, so a batch can be traced or undone
 PASSED = "passed"
 
@@ -122,13 +123,16 @@ def ledger_table(schema: str | None = None) -> sa.Table:
     rejected, canary started, promoted, rolled back, skipped, retrain requested, run failed).
 
     `from_version`/`to_version` say what the decision moved (both empty when it moved nothing); `metrics` and
-    `details` are JSON objects; `actor` says who or what decided (a person, a schedule, an event, automation).
+    `details` are JSON objects; `actor` says who or what decided (`person:<user>`, `flow:<flow>`, `schedule`,
+    `event`). `at` is the instant on the Retrain clock (the decision's `as_of`, which a replay sets), by which
+    the ledger is ordered; `recorded_at` the wall time the row was written.
     """
     return sa.Table(
         LEDGER_TABLE,
         sa.MetaData(schema=schema),
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("at", sa.DateTime, nullable=False),
+        sa.Column("recorded_at", sa.DateTime, nullable=False, info={BACKFILL: "at"}),
         sa.Column("model", sa.String(200), nullable=False),
         sa.Column("action", sa.String(60), nullable=False),
         sa.Column("from_version", sa.String(50)),
@@ -148,7 +152,10 @@ def prediction_table(schema: str | None = None) -> sa.Table:
 
     `request_id` is unique per model, so a retried write never logs a prediction twice. `features` holds the
     raw record as JSON (what the model saw), `key` the model's key columns as JSON (so a label can arrive by
-    key instead of by request id). Times are naive UTC on the Retrain clock.
+    key instead of by request id). Times are naive UTC: `event_at` is the prediction's instant on the Retrain
+    clock (the record's timestamp column when it has one, else the request time; a batch-scored row's time),
+    which the canary check, the rollback rule and monitoring select by; `predicted_at` is when the request
+    was answered.
     """
     return sa.Table(
         PREDICTION_TABLE,
@@ -159,12 +166,14 @@ def prediction_table(schema: str | None = None) -> sa.Table:
         sa.Column("version", sa.String(50), nullable=False),
         sa.Column("arm", sa.String(20), nullable=False),
         sa.Column("predicted_at", sa.DateTime, nullable=False),
+        sa.Column("event_at", sa.DateTime, nullable=False, info={BACKFILL: "predicted_at"}),
         sa.Column("prediction", sa.Float, nullable=False),
         sa.Column("features", sa.Text, nullable=False),
         sa.Column("key", sa.Text),
         sa.Column("latency_ms", sa.Float),
         sa.UniqueConstraint("model", "request_id", name="uq_retrain_predictions_request"),
         sa.Index("ix_retrain_predictions_model_time", "model", "predicted_at"),
+        sa.Index("ix_retrain_predictions_model_event", "model", "event_at"),
         sa.Index("ix_retrain_predictions_model_key", "model", "key"),
     )
 
@@ -172,7 +181,9 @@ def prediction_table(schema: str | None = None) -> sa.Table:
 def label_table(schema: str | None = None) -> sa.Table:
     """Actuals as they arrive, by request id or by the model's key columns (JSON, as in the prediction table).
 
-    A label is matured at `labelled_at`: metrics "as of" a moment use only labels that had arrived by then.
+    A label is matured at `event_at`, on the Retrain clock (when the outcome was known: the instant a client
+    sends with it, else its arrival): metrics "as of" a moment use only labels matured by then. `labelled_at`
+    is when it arrived.
     """
     return sa.Table(
         LABEL_TABLE,
@@ -183,6 +194,7 @@ def label_table(schema: str | None = None) -> sa.Table:
         sa.Column("key", sa.Text),
         sa.Column("actual", sa.Float, nullable=False),
         sa.Column("labelled_at", sa.DateTime, nullable=False),
+        sa.Column("event_at", sa.DateTime, nullable=False, info={BACKFILL: "labelled_at"}),
         sa.Column("source", sa.String(50), nullable=False, default="feedback"),
         sa.UniqueConstraint("model", "request_id", name="uq_retrain_labels_request"),
         sa.UniqueConstraint("model", "key", name="uq_retrain_labels_key"),
@@ -311,7 +323,11 @@ def read_table(warehouse: Warehouse, table: str) -> pd.DataFrame:
 
 
 def create_declared_table(warehouse: Warehouse, table: sa.Table) -> sa.Table:
-    """Create one of our tables if it is missing; another process creating it at the same moment is fine."""
+    """Create one of our tables if it is missing; another process creating it at the same moment is fine.
+
+    A table an earlier Retrain wrote gets the columns added since (see `add_new_columns`), so an upgrade keeps
+    the prediction log and the ledger.
+    """
     try:
         with warehouse.engine.begin() as connection:
             table.create(connection, checkfirst=True)
@@ -319,7 +335,48 @@ def create_declared_table(warehouse: Warehouse, table: sa.Table) -> sa.Table:
         # Another process created it between our check and our CREATE: what we wanted.
         if not has_table(warehouse, table.name):
             raise
+    add_new_columns(warehouse, table)
     return table
+
+
+def add_new_columns(warehouse: Warehouse, table: sa.Table) -> list[str]:
+    """Add to a stored table the declared columns it lacks that are marked `info={BACKFILL: column}`, filled
+    from that column (the event time of old predictions is their request time); returns the names added.
+
+    Only such columns: any other missing column means a table this Retrain cannot use as it is.
+
+    Raises:
+        DataError: the table lacks a column that cannot be added this way.
+    """
+    stored = {column["name"] for column in sa.inspect(warehouse.engine).get_columns(table.name, schema=table.schema)}
+    missing = [column for column in table.columns if column.name not in stored]
+    if not missing:
+        return []
+    unaddable = [column.name for column in missing if BACKFILL not in column.info]
+    if unaddable:
+        raise DataError(
+            f"table '{warehouse.name_of(table.name)}' was written by an older version of Retrain: it has no "
+            f"column(s) {unaddable}. There is no migration for them: rename or drop it"
+        )
+    try:
+        with warehouse.engine.begin() as connection:
+            quote = connection.dialect.identifier_preparer
+            for column in missing:
+                kind = column.type.compile(dialect=connection.dialect)
+                connection.execute(sa.text(
+                    f"ALTER TABLE {quote.format_table(table)} ADD COLUMN {quote.quote(column.name)} {kind}"))
+                connection.execute(sa.update(table).where(table.c[column.name].is_(None))
+                                   .values({column.name: table.c[column.info[BACKFILL]]}))
+            for index in table.indexes:
+                if any(column.name in {added.name for added in missing} for column in index.columns):
+                    index.create(connection, checkfirst=True)
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+        # Another process added them between our look and our ALTER: what we wanted.
+        again = {column["name"] for column in sa.inspect(warehouse.engine).get_columns(table.name,
+                                                                                      schema=table.schema)}
+        if any(column.name not in again for column in missing):
+            raise
+    return [column.name for column in missing]
 
 
 def reflect_ours(connection: sa.Connection, declared: sa.Table) -> sa.Table | None:
