@@ -31,12 +31,14 @@ from tasks.release import (
     roll_back_champion,
     wait_for_approval,
 )
+from tasks.runs import label_flow_run, who_acts
 from tasks.stores import verify_stores
 
 
 def release_state(outcome: ReleaseOutcome) -> State:
     """Completed, named after the decision (Canary, Champion, Rejected, Refused, Wait, ...)."""
-    return Completed(name=outcome.decision.replace("-", " ").title(), message=outcome.reason, data=outcome)
+    name = "Nothing to do" if outcome.decision == "none" else outcome.decision.replace("-", " ").title()
+    return Completed(name=name, message=outcome.reason, data=outcome)
 
 
 @flow(name="release-model", log_prints=False, on_failure=[record_failed_run], on_crashed=[record_failed_run])
@@ -60,6 +62,8 @@ def release_challenger(
     config = config or load_model_config(config_path)
     finish_interrupted_transition(config=config)
     moment = resolve_release_clock(config=config, as_of=as_of)
+    label_flow_run(config=config, what="release", as_of=moment)
+    actor = who_acts(actor)
     plan = plan_release(config=config, actor=actor, as_of=moment)
     if plan.outcome is not None:
         return release_state(plan.outcome)
@@ -79,6 +83,8 @@ def check_canary(
     config = load_model_config(config_path)
     finish_interrupted_transition(config=config)
     moment = resolve_release_clock(config=config, as_of=as_of)
+    label_flow_run(config=config, what="canary check", as_of=moment)
+    actor = who_acts(actor)
     return release_state(judge_canary(config=config, as_of=moment, actor=actor))
 
 
@@ -100,6 +106,8 @@ def promote_model(
     config = load_model_config(config_path)
     finish_interrupted_transition(config=config)
     moment = resolve_release_clock(config=config, as_of=as_of)
+    label_flow_run(config=config, what="promote", as_of=moment)
+    actor = who_acts(actor)
     return release_state(promote_by_hand(config=config, version=version, as_of=moment, actor=actor, reason=reason))
 
 
@@ -121,6 +129,8 @@ def reject_model(
     config = load_model_config(config_path)
     finish_interrupted_transition(config=config)
     moment = resolve_release_clock(config=config, as_of=as_of)
+    label_flow_run(config=config, what="reject", as_of=moment)
+    actor = who_acts(actor)
     return release_state(reject_by_hand(config=config, version=version, as_of=moment, actor=actor, reason=reason))
 
 
@@ -142,5 +152,7 @@ def roll_back_model(
     config = load_model_config(config_path)
     finish_interrupted_transition(config=config)
     moment = resolve_release_clock(config=config, as_of=as_of)
+    label_flow_run(config=config, what="rollback", as_of=moment)
+    actor = who_acts(actor)
     return release_state(roll_back_champion(config=config, to_version=to_version, as_of=moment, actor=actor,
                                             reason=reason))
