@@ -4,9 +4,9 @@ Retrain's convention is naive UTC everywhere (the warehouse, MLflow params, flow
 aware value is converted once at the edge and nothing downstream compares aware with naive.
 
 "Now" is read only through `now()`, and only where the wall clock is the point (an ingest's default
-reference time, a record's `recorded_at`); a flow that depends on time takes `as_of` instead, so a
-replay of a year gives the same results as living through it. Tests freeze the clock with
-`frozen_clock`.
+reference time, a ledger row's `recorded_at`, a served prediction's request time, a label's arrival); a flow
+that depends on time takes `as_of` instead, so a replay of a year gives the same results as living through it.
+Tests freeze the clock with `frozen_clock`.
 
 Which clock each flow runs on when no `as_of` is given: the one rule. Every flow calls one of the two functions
 below, and nothing else decides a default.
@@ -15,11 +15,14 @@ below, and nothing else decides a default.
 |---|---|---|
 | ingest-new-rows, ingest-when-new-rows | arrival (`arrival_as_of`) | `now()` |
 | train-model, monitor-model | model (`model_as_of`) | just after the newest clean row |
-| release-model, check-canary, promote-model, roll-back-model | arrival (`arrival_as_of`) | `now()` |
+| release-model, check-canary, promote-, reject-, roll-back-model | model (`model_as_of`) | the same |
 
 Why: rows arrive on the wall clock (what is dated after now, plus the contract's tolerance, has not arrived yet);
-the same data must give the same training snapshot and monitoring window whenever they run; served predictions
-are logged at their request time, so canary periods and bake windows are measured on it.
+the same data must give the same training snapshot and monitoring window whenever they run; a served prediction is
+logged with its event time (the record's timestamp, else the request time) beside its request time, and a label
+with the instant it matured, so the canary check, bake windows and monitoring select by event time on the model's
+clock and a replay reads the same rows as a live system. Ledger rows carry that instant (`at`, by which `status`
+orders them) and the wall time they were written (`recorded_at`).
 
 A replay passes `as_of` to every flow, so each reads exactly what it would have read at that instant.
 """

@@ -241,22 +241,53 @@ class ReleaseMode(StrEnum):
     MANUAL = "manual"  # the release flow waits for a person's approval in the Prefect UI; no answer rejects
 
 
+class CanaryTimeout(StrEnum):
+    NO_HARM = "no-harm"  # promote if the offline gates passed and the live evidence shows no harm beyond the margin
+    REJECT = "reject"  # an undecided canary is rejected
+
+
 class CanaryConfig(_Frozen):
-    """How a canary is judged: on matured labels of its own predictions against the champion's, same period."""
+    """How a canary is judged: the canary and the champion on the same matured rows (each row served by one and
+    scored by the other in shadow), and how long it may run undecided."""
 
     share: float = Field(default=0.1, gt=0, lt=1, description="Share of requests the canary answers.")
     min_predictions: int = Field(
-        default=200, ge=1, description="Matured (labelled) predictions each arm needs before any verdict."
+        default=200, ge=1, description="Matured (labelled) served predictions, scored by both versions, needed "
+        "before any verdict."
     )
     margin: float = Field(
         default=0.05,
         ge=0,
         description="How much worse than the champion the canary may be, as a share of the champion's mean loss.",
     )
-    significance: float = Field(default=0.05, gt=0, lt=1, description="Level of the one-sided tests.")
+    significance: float = Field(default=0.05, gt=0, lt=1, description="Level of the one-sided paired tests.")
     max_error_rate: float = Field(
         default=0.01, ge=0, le=1, description="Largest share of the canary's predictions that may be non-finite."
     )
+    max_duration: timedelta = Field(
+        default=timedelta(days=14),
+        description="On the Retrain clock: a canary undecided this long after it started is settled by `on_timeout`.",
+    )
+    on_timeout: CanaryTimeout = Field(
+        default=CanaryTimeout.NO_HARM,
+        description="How a canary that reached max_duration undecided is settled: `no-harm` promotes it if it "
+        "passed the offline gates and its mean loss on the paired rows is within the margin of the champion's "
+        "(else rejects it); `reject` rejects it.",
+    )
+    superseded_by_newer: bool = Field(
+        default=False,
+        description="A newer challenger that passed the gates replaces a running (undecided) canary, which is "
+        "rejected; otherwise it waits as challenger until the canary ends.",
+    )
+
+    @field_validator("max_duration", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> timedelta:
+        return parse_duration(value)
+
+    @field_serializer("max_duration")
+    def _duration_text(self, value: timedelta) -> str:
+        return format_duration(value)
 
 
 class RollbackConfig(_Frozen):
@@ -267,11 +298,13 @@ class RollbackConfig(_Frozen):
         description="A champion promoted less than this long ago is watched and rolled back on a breach.",
     )
     max_degradation: float = Field(
-        default=0.2,
+        default=0.05,
         ge=0,
-        description="Breach: the live metric is worse than the holdout metric by more than this share of it.",
+        description="Breach: on the same matured rows, the champion's mean loss is worse than the previous "
+        "champion's (scored in shadow) by more than this share of it, with significance.",
     )
     min_predictions: int = Field(default=200, ge=1, description="Matured predictions needed to judge a breach.")
+    significance: float = Field(default=0.05, gt=0, lt=1, description="Level of the one-sided paired test.")
 
     @field_validator("bake", mode="before")
     @classmethod

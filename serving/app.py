@@ -51,6 +51,7 @@ from serving.records import (
     Problem,
     build_input_spec,
     check_records,
+    event_time,
     record_key,
     text_problem,
 )
@@ -104,12 +105,16 @@ class Label(BaseModel):
     actual: Any = Field(description="The outcome, a number (for a binary model: 0 or 1, or the raw target).")
     request_id: Any = Field(default=None, description="The request id of the prediction.")
     key: Any = Field(default=None, description="Or the model's key columns, as an object of column: value.")
+    at: Any = Field(default=None, description="When the outcome was known, ISO 8601 on the Retrain clock (a replay "
+                    "sends its replayed instant); default: the request's `at`, else the label's arrival.")
 
 
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     labels: list[Label]
     source: str = Field(default="feedback", max_length=50)
+    at: Any = Field(default=None, description="When these outcomes were known, ISO 8601 on the Retrain clock, for "
+                    "every label without its own `at`; default: their arrival.")
 
 
 class FeedbackResponse(BaseModel):
@@ -134,6 +139,7 @@ class ServerConfig:
     key: tuple[str, ...] = ()
     contract_kinds: Mapping[str, str] | None = None
     not_nullable: frozenset[str] = frozenset()
+    timestamp: str | None = None  # the source's timestamp column: a record carrying it is logged at that time
 
 
 def read_server_config(config: ModelConfig) -> ServerConfig:
@@ -146,7 +152,7 @@ def read_server_config(config: ModelConfig) -> ServerConfig:
         contract = read_contract(config.contract_path)
         contract_kinds = {name: str(rule.type) for name, rule in contract.columns.items()}
         not_nullable = frozenset(name for name, rule in contract.columns.items() if not rule.nullable)
-    return ServerConfig(config.name, tuple(config.source.key), contract_kinds, not_nullable)
+    return ServerConfig(config.name, tuple(config.source.key), contract_kinds, not_nullable, config.source.timestamp)
 
 
 class ServingMetrics:
@@ -226,7 +232,7 @@ class Server:
         spec = self._specs.get(model.version)
         if spec is None:
             spec = build_input_spec(model.features, model.kinds, self.config.contract_kinds, self.config.key,
-                                    self.config.not_nullable)
+                                    self.config.not_nullable, self.config.timestamp)
             self._specs[model.version] = spec
         return spec
 
@@ -256,12 +262,13 @@ class Server:
             groups.setdefault(arm if served.canary is not None else CHAMPION, []).append(index)
         answers: list[dict[str, Any]] = [{} for _ in records]
         rows: list[dict[str, Any]] = []
-        at = now()
+        at = now()  # the request time; each row's event time is its record's timestamp when it carries one
         for arm, indices in groups.items():
             model = served.model_for(arm)
             subset = records if len(indices) == len(records) else [records[i] for i in indices]
+            spec = self.spec_for(model)
             try:
-                checked = check_records(subset, self.spec_for(model))
+                checked = check_records(subset, spec)
             except InvalidRecords as error:
                 raise InvalidRecords([Problem(None if p.record is None else indices[p.record], p.field, p.problem)
                                       for p in error.problems]) from None
@@ -273,7 +280,8 @@ class Server:
                 answers[index] = {"request_id": request_ids[index], "prediction": values[position],
                                   "model": model.name, "version": model.version, "arm": arm}
                 rows.append({"request_id": request_ids[index], "model": model.name, "version": model.version,
-                             "arm": arm, "predicted_at": at, "prediction": values[position],
+                             "arm": arm, "predicted_at": at, "event_at": event_time(subset[position], spec, at),
+                             "prediction": values[position],
                              "features": json.dumps(records[index], separators=(",", ":"), default=str),
                              "key": checked.keys[position], "latency_ms": elapsed * 1000})
         self.log.submit(rows)
@@ -551,13 +559,14 @@ def add_routes(app: FastAPI, server: Server) -> None:
     @app.post("/feedback", response_model=FeedbackResponse,
               responses={422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
     async def feedback(body: FeedbackRequest) -> Any:
-        """Actual outcomes by request id or by key; stored with their arrival time (when they matured)."""
+        """Actual outcomes by request id or by key; stored with their arrival time, and matured at the instant
+        each label (or the request) gives in `at`, else at arrival."""
         spec = server._key_spec
         problem = text_problem(body.source)
         if problem:
             raise InvalidRecords([Problem(None, "source", problem)])
         rows = label_rows([label.model_dump() for label in body.labels], spec, server.config.model, now(),
-                          body.source)
+                          body.source, body.at)
         try:
             new = await run_in_threadpool(insert_labels, server.warehouse, rows)
         except OUTAGE_ERRORS as error:  # the warehouse is down: the client should retry later

@@ -33,6 +33,8 @@ def label_problems(index: int, label: Mapping[str, Any], spec: InputSpec) -> lis
     actual = label.get("actual")
     if not finite_number(actual):
         problems.append(Problem(index, "actual", f"expected a finite number, got {shown_value(actual)}"[:300]))
+    if label.get("at") is not None and instant_problem(label["at"]):
+        problems.append(Problem(index, "at", instant_problem(label["at"]) or ""))
     request_id, key = label.get("request_id"), label.get("key")
     if (request_id is None) == (key is None):
         problems.append(Problem(index, "request_id", "give either request_id or key (the model's key columns)"))
@@ -68,16 +70,28 @@ def key_problems(index: int, key: Any, spec: InputSpec) -> list[Problem]:
     return problems
 
 
+def instant_problem(value: Any) -> str | None:
+    """Why `value` is not an instant (ISO 8601 text or epoch milliseconds), or None."""
+    if isinstance(value, bool):
+        return f"expected an ISO 8601 instant, got {value!r}"
+    return value_problem(value, DATETIME)
+
+
 def label_rows(
-    labels: Sequence[Mapping[str, Any]], spec: InputSpec, model: str, at: datetime, source: str
+    labels: Sequence[Mapping[str, Any]], spec: InputSpec, model: str, at: datetime, source: str,
+    event_at: Any = None,
 ) -> list[dict[str, Any]]:
-    """Rows for the label table, every one stamped with its arrival time `at` (when it matured).
+    """Rows for the label table, every one stamped with its arrival time `at`, and matured (`event_at`, on the
+    Retrain clock) at the label's own `at`, else `event_at` (the request's), else its arrival.
 
     Raises:
-        InvalidRecords: no labels, or a label with a problem (its index and field named).
+        InvalidRecords: no labels, or a label (or the request's `at`) with a problem (its index and field named).
     """
     if not labels:
         raise InvalidRecords([Problem(None, "labels", "no labels: send at least one")])
+    if event_at is not None and instant_problem(event_at):
+        raise InvalidRecords([Problem(None, "at", instant_problem(event_at) or "")])
+    default_event = as_instant(event_at) if event_at is not None else at
     problems = [problem for index, label in enumerate(labels) for problem in label_problems(index, label, spec)]
     if problems:
         raise InvalidRecords(problems[:20])
@@ -88,6 +102,7 @@ def label_rows(
         if key is not None:
             values = [as_instant(key[name]) if spec.kinds[name] == DATETIME else key[name] for name in spec.key]
             key_text = prediction_key(values)
+        matured = as_instant(label["at"]) if label.get("at") is not None else default_event
         rows.append({"model": model, "request_id": label.get("request_id"), "key": key_text,
-                     "actual": float(label["actual"]), "labelled_at": at, "source": source})
+                     "actual": float(label["actual"]), "labelled_at": at, "event_at": matured, "source": source})
     return rows

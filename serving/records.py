@@ -58,16 +58,18 @@ class InvalidRecords(ValueError):
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The fields a record may hold and the kind of each: the model's features, then its key columns."""
+    """The fields a record may hold and the kind of each: the model's features, then its key columns, and the
+    source's timestamp column (optional: a record that carries it is logged at that event time)."""
 
     features: tuple[str, ...]
     kinds: Mapping[str, str]
     key: tuple[str, ...] = ()
     not_nullable: frozenset[str] = field(default_factory=frozenset)
+    timestamp: str | None = None
 
     @property
     def allowed(self) -> frozenset[str]:
-        return frozenset((*self.features, *self.key))
+        return frozenset((*self.features, *self.key, *((self.timestamp,) if self.timestamp else ())))
 
 
 @dataclass(frozen=True)
@@ -97,15 +99,20 @@ def build_input_spec(
     contract_kinds: Mapping[str, str] | None = None,
     key: Sequence[str] = (),
     not_nullable: Iterable[str] = (),
+    timestamp: str | None = None,
 ) -> InputSpec:
     """The spec of a served model: its features with the contract's kind where the contract names the column
-    (the contract is what the table promises), else the model's own; the key columns from the contract."""
+    (the contract is what the table promises), else the model's own; the key columns and the timestamp column
+    (a datetime unless the contract says otherwise) from the contract."""
     contract_kinds = contract_kinds or {}
     kinds: dict[str, str] = {}
     for name in (*features, *key):
         kind = contract_kinds.get(name) or model_kinds.get(name) or ANY
         kinds[name] = kind if kind in KINDS else ANY
-    return InputSpec(tuple(features), kinds, tuple(key), frozenset(not_nullable) & frozenset(kinds))
+    if timestamp is not None and timestamp not in kinds:
+        kind = contract_kinds.get(timestamp) or DATETIME
+        kinds[timestamp] = kind if kind in KINDS else ANY
+    return InputSpec(tuple(features), kinds, tuple(key), frozenset(not_nullable) & frozenset(kinds), timestamp)
 
 
 INT64 = (-(2**63), 2**63 - 1)  # what an integer column holds
@@ -209,7 +216,9 @@ def record_problems(index: int, record: Any, spec: InputSpec) -> list[Problem]:
     allowed = spec.allowed
     problems += [
         Problem(index, name, f"unknown field: the model takes {sorted(spec.features)}"
-                + (f" and the key {list(spec.key)}" if spec.key else ""))
+                + (f" and the key {list(spec.key)}" if spec.key else "")
+                + (f" and the timestamp '{spec.timestamp}'" if spec.timestamp and spec.timestamp not in spec.key
+                   else ""))
         for name in record
         if name not in allowed
     ]
@@ -242,6 +251,18 @@ def as_instant(value: Any) -> datetime | None:
             raise ValueError(problem)
         return datetime.fromtimestamp(value / 1000, tz=UTC).replace(tzinfo=None)
     return parse_instant(value)
+
+
+def event_time(record: Mapping[str, Any], spec: InputSpec, request_time: datetime) -> datetime:
+    """The record's instant on the Retrain clock: its timestamp column when it carries one (so a replayed
+    record is logged at its own time), else the request time."""
+    value = record.get(spec.timestamp) if spec.timestamp is not None else None
+    if value is None:
+        return request_time
+    try:
+        return as_instant(value) or request_time
+    except (AttributeError, TypeError, ValueError, OverflowError, OSError):
+        return request_time  # a timestamp of another kind (the contract's): the request time is the event
 
 
 def record_key(record: Mapping[str, Any], spec: InputSpec) -> str | None:

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from retrain.clock import now
+from retrain.clock import now, parse_instant
 from retrain.settings import get_settings
 from retrain.warehouse import LedgerEntry, append_ledger_entry, get_warehouse
 
@@ -83,6 +83,18 @@ def alert_text(entry: LedgerEntry) -> tuple[str, str]:
     return subject, body
 
 
+def failure_instant(parameters: Mapping[str, Any]) -> datetime:
+    """When a failed run failed on the Retrain clock: its `as_of` when it was given one (a replay's instant, so
+    the ledger stays in the replay's order), else now."""
+    given = parameters.get("as_of")
+    if given:
+        try:
+            return parse_instant(given)
+        except (TypeError, ValueError, AttributeError):
+            pass
+    return now()
+
+
 def model_of(parameters: Mapping[str, Any]) -> str:
     """The model a run was about, from its config path; unknown when the config itself is the problem."""
     from retrain.config import load_model_config
@@ -118,7 +130,7 @@ def record_failed_run(flow: Any, flow_run: Any, state: Any) -> None:
         inner = []
     parameters = dict(flow_run.parameters or {})
     entry = failure_entry(model_of(parameters), flow.name, str(flow_run.id), str(flow_run.name), parameters,
-                          message, now(), inner)
+                          message, failure_instant(parameters), inner)
     try:
         append_ledger_entry(get_warehouse(), entry)
     except Exception as error:  # noqa: BLE001 - the warehouse may be what failed

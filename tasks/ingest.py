@@ -316,10 +316,11 @@ def check_requested_range(start: datetime | None, end: datetime | None) -> None:
         )
 
 
-def new_batch_id(source_table: str, started_at: datetime) -> str:
-    """A readable, unique batch id: source table, UTC start time and a random suffix."""
+def new_batch_id(source_table: str, as_of: datetime) -> str:
+    """A readable, unique batch id: source table, the batch's `as_of` (the Retrain clock, so a replay's ids name
+    the replayed instant, not the wall time) and a random suffix."""
     safe = re.sub(r"[^A-Za-z0-9]+", "-", source_table).strip("-").lower()
-    return f"{safe}-{started_at:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    return f"{safe}-{as_of:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
 def outcome_of(
@@ -573,7 +574,7 @@ def _plan(
     started_at = clock.wall_clock()
     watermark = warehouse.read_watermark(store, source, clean)
     return BatchPlan(
-        batch_id=new_batch_id(source, started_at),
+        batch_id=new_batch_id(source, moment),
         model=config.name,
         source_table=source,
         clean_table=clean,

@@ -2,9 +2,10 @@
 numbers, the policy's signals, and what a decision leaves behind (ledger row, Prefect events, artifacts).
 
 Reference = the champion's training snapshot (the window its MLflow run records). Current = the window of
-`monitoring.window` before `as_of`, read from the prediction table: the served predictions (arms champion and
-canary) when the server logged any in the window, else the clean rows that the champion batch-scored (arm
-`batch`; a flight's actual arrives with its row, so its label is matured when the row lands). Pure functions
+`monitoring.window` before `as_of`, read from the prediction table by event time (the Retrain clock): the
+predictions the champion's version served when the server logged any in the window, else the clean rows that
+the champion batch-scored (arm `batch`; a flight's actual arrives with its row, so its label is matured when
+the row lands). Pure functions
 first, thin @task wrappers last.
 """
 
@@ -174,8 +175,8 @@ def batch_request_ids(frame: pd.DataFrame, key: Sequence[str], timestamp: str) -
 def batch_prediction_rows(
     frame: pd.DataFrame, predictions: np.ndarray, config: ModelConfig, version: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Prediction-table rows (arm `batch`, predicted at the row's time) and label-table rows (the actual came
-    with the row, so it is matured at the row's time)."""
+    """Prediction-table rows (arm `batch`, predicted at the row's time, which is both its event and its request
+    time) and label-table rows (the actual came with the row, so it is matured at the row's time)."""
     timestamp = config.source.timestamp
     ids = batch_request_ids(frame, config.source.key, timestamp)
     features = frame[config.features.all]
@@ -189,13 +190,13 @@ def batch_prediction_rows(
         record = {name: _plain(value) for name, value in records[position].items()}
         predictions_rows.append({
             "request_id": request, "model": config.name, "version": version, "arm": BATCH_ARM,
-            "predicted_at": times[position], "prediction": float(predictions[position]),
+            "predicted_at": times[position], "event_at": times[position], "prediction": float(predictions[position]),
             "features": _json(record), "key": keys[position], "latency_ms": None,
         })
         if not np.isnan(actual[position]):
             label_rows.append({"model": config.name, "request_id": request, "key": None,
                                "actual": float(actual[position]), "labelled_at": times[position],
-                               "source": BATCH_ARM})
+                               "event_at": times[position], "source": BATCH_ARM})
     return predictions_rows, label_rows
 
 
@@ -214,11 +215,12 @@ def _json(record: Mapping[str, Any]) -> str:
 
 
 def daily_metric(labelled: pd.DataFrame, metric: str, task: TaskType) -> pd.DataFrame:
-    """The metric per day per model version on matured labels: columns day, version, rows, value."""
+    """The metric per day (of the predictions' event time) per model version on matured labels: columns day,
+    version, rows, value."""
     matured = labelled.dropna(subset=["actual"])
     if matured.empty:
         return pd.DataFrame(columns=["day", "version", "rows", "value"])
-    days = pd.to_datetime(matured["predicted_at"]).dt.date
+    days = pd.to_datetime(matured["event_at"]).dt.date
     rows = []
     for (day, version), group in matured.groupby([days, matured["version"]], sort=True):
         actual = group["actual"].to_numpy(dtype="float64")
@@ -341,13 +343,19 @@ def score_batch(warehouse: Warehouse, config: ModelConfig, champion: Champion, a
     return append_new_predictions(warehouse, rows, labels)
 
 
-def read_current(warehouse: Warehouse, config: ModelConfig, window: Window, as_of: datetime) -> CurrentWindow:
-    """The current window from the prediction table: served predictions when any were logged, else batch."""
-    served = count_predictions(warehouse, config.name, window.start, window.end, SERVED_ARMS)
+def read_current(
+    warehouse: Warehouse, config: ModelConfig, window: Window, as_of: datetime, version: str | None = None
+) -> CurrentWindow:
+    """The current window from the prediction table, by event time: the predictions `version` served when it
+    served any in the window, else the batch-scored rows (whichever champion scored them: a row is scored once).
+    """
+    versions = None if version is None else [version]
+    served = count_predictions(warehouse, config.name, window.start, window.end, SERVED_ARMS, versions)
     arms, source = (SERVED_ARMS, "served") if served else ((BATCH_ARM,), "batch")
+    selected = versions if served else None
     labelled = read_labelled_predictions(warehouse, config.name, window.start, window.end, matured_by=as_of,
-                                         arms=arms)
-    features = read_prediction_features(warehouse, config.name, window.start, window.end, arms)
+                                         arms=arms, versions=selected)
+    features = read_prediction_features(warehouse, config.name, window.start, window.end, arms, selected)
     rows = labelled.merge(features, on="request_id", how="left")
     rows = rows.rename(columns={"actual": config.target.column})
     for name in config.features.all:
@@ -455,7 +463,7 @@ def read_windows(config: ModelConfig, champion: Champion, as_of: datetime) -> tu
     """Reference sample, current window, and the labelled history the daily chart draws."""
     warehouse = get_warehouse()
     reference = read_reference(warehouse, config, champion)
-    current = read_current(warehouse, config, current_window(config, as_of), as_of)
+    current = read_current(warehouse, config, current_window(config, as_of), as_of, champion.version)
     history = read_labelled_predictions(warehouse, config.name, as_of - config.monitoring.history, as_of,
                                         matured_by=as_of)
     return reference, current, history
@@ -505,7 +513,7 @@ def gather_signals(config: ModelConfig, champion: Champion | None, current: Curr
     previous = read_monitoring_metric(warehouse, config.name, config.metric, champion.version,
                                       current.window.end, config.monitoring.consecutive_windows)
     live = (*(value for _, value in previous), result.metrics.get(config.metric))
-    times = pd.to_datetime(current.rows.loc[current.rows[config.target.column].notna(), "predicted_at"])
+    times = pd.to_datetime(current.rows.loc[current.rows[config.target.column].notna(), "event_at"])
     data_end = times.max().to_pydatetime() if len(times) else None
     return Signals(
         as_of=as_of, data_end=data_end, drift_share=result.drift.drift_share,

@@ -512,6 +512,8 @@ def _run_steps(
 
 
 def ledger_summary(entries: Sequence[LedgerEntry]) -> list[dict[str, Any]]:
-    """The ledger as `retrain status` prints it, newest first."""
+    """The ledger as `retrain status` prints it, newest first on the Retrain clock (`at`), with the wall time each
+    row was written (`recorded_at`)."""
     return [{"action": e.action, "from_version": e.from_version, "to_version": e.to_version, "reason": e.reason,
-             "actor": e.actor, "at": e.at.isoformat()} for e in entries]
+             "actor": e.actor, "at": e.at.isoformat(),
+             "recorded_at": e.recorded_at.isoformat(timespec="seconds") if e.recorded_at else None} for e in entries]

@@ -43,3 +43,30 @@ def rename_flow_run(name: str, model: str) -> str:
 def label_flow_run(config: ModelConfig, what: str, as_of: datetime) -> str:
     """Name the flow run `<model> <what> <as_of>` and tag it with the model."""
     return rename_flow_run(run_label(config.name, what, as_of), config.name)
+
+
+def typed_actor(actor: str, created_by: str | None, from_deployment: bool) -> str:
+    """Who a run acts for: the Prefect user who started it where Prefect knows one (Prefect Cloud), else the
+    `actor` parameter, marked as typed by hand when a person's name came from a deployment's run form (anyone who
+    can open the form can type any name there; schedules, events and flows are named by the deployment itself)."""
+    if created_by:
+        return f"person:{created_by}"
+    if from_deployment and actor.startswith("person:"):
+        return f"{actor} (typed in the run form)"
+    return actor
+
+
+@task(name="who-acts", cache_policy=NO_CACHE)
+def who_acts(actor: str) -> str:
+    """`typed_actor` for the current flow run, from what Prefect recorded about who started it."""
+    from prefect import get_client
+    from prefect.runtime import deployment
+
+    run_id = flow_run.get_id()
+    created_by = None
+    if run_id is not None:
+        with get_client(sync_client=True) as client:
+            creator = client.read_flow_run(UUID(run_id)).created_by
+        if creator is not None and str(getattr(creator, "type", "")).upper().endswith("USER"):
+            created_by = creator.display_value or None
+    return typed_actor(actor, created_by, deployment.get_id() is not None)

@@ -1,4 +1,8 @@
-"""Release commands: status, release, canary-check, promote, rollback."""
+"""Release commands: status, release, canary-check, promote, reject, rollback.
+
+Every command that moves something takes `--as-of`, the release clock; without it the flow runs on the model's
+clock (just after the newest clean row), like training and monitoring, so a replay's decisions fall on its days.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ from retrain.cli.app import (
 from retrain.config import load_model_config
 from retrain.jsonable import to_jsonable
 from retrain.settings import get_settings
+
+AS_OF_HELP = typer.Option("--as-of", help="The release clock, ISO 8601 (default: just after the newest clean row).")
 
 # ------------------------------------------------------------------------------------------ release
 
@@ -79,7 +85,8 @@ def _render_status(result: dict[str, Any]) -> str:
         lines.append(f"applying   a {result['applying']['action']} now, by {result['applying']['by']}")
     for entry in result["ledger"]:
         moved = f"{entry['from_version'] or '-'} -> {entry['to_version'] or '-'}"
-        lines.append(f"{entry['at']}  {entry['action']:<14} {moved:<9} {entry['actor']}: {entry['reason']}")
+        at = entry["at"].replace("T", " ")[:19]  # to the second, on the Retrain clock (JSON keeps it exact)
+        lines.append(f"{at}  {entry['action']:<14} {moved:<9} {entry['actor']}: {entry['reason']}")
     return "\n".join(lines)
 
 
@@ -109,7 +116,7 @@ def _finish_release(result: dict[str, Any], as_json: bool) -> None:
 @app.command()
 def release(
     config: ConfigOption,
-    as_of: Annotated[str | None, typer.Option("--as-of", help="The release clock, ISO 8601 (default: now).")] = None,
+    as_of: Annotated[str | None, AS_OF_HELP] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Move the challenger on: canary beside the champion (champion if there is none); in manual mode the run
@@ -124,7 +131,7 @@ def release(
 @app.command("canary-check")
 def canary_check(
     config: ConfigOption,
-    as_of: Annotated[str | None, typer.Option("--as-of", help="The release clock, ISO 8601 (default: now).")] = None,
+    as_of: Annotated[str | None, AS_OF_HELP] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Analyse the canary on matured labels: promote, reject, or "not enough data yet" (decides nothing).
@@ -142,7 +149,7 @@ def promote(
     version: Annotated[str | None, typer.Option(help="Version to promote (default: the canary, else the "
                                                      "challenger); it must have passed the gates.")] = None,
     reason: Annotated[str, typer.Option(help="Why, for the ledger and the version's description.")] = "",
-    as_of: Annotated[str | None, typer.Option("--as-of", help="The release clock, ISO 8601 (default: now).")] = None,
+    as_of: Annotated[str | None, AS_OF_HELP] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Make a version champion by hand; the old champion becomes `previous`."""
@@ -155,12 +162,34 @@ def promote(
 
 
 @app.command()
+def reject(
+    config: ConfigOption,
+    reason: Annotated[str, typer.Option(help="Why, for the ledger and the version's description.")],
+    version: Annotated[str | None, typer.Option(help="Version to reject (default: the canary, else the "
+                                                     "challenger).")] = None,
+    as_of: Annotated[str | None, AS_OF_HELP] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """End a canary, or drop a waiting challenger, by hand: it loses its alias and is never released. Exit 1
+    (rejected, or refused when there is nothing to reject)."""
+    prepare_environment()
+    load_model_config(config)
+    instant = parse_instant_option(as_of, "--as-of")
+    if not reason.strip():
+        raise typer.BadParameter("say why: the reason goes to the ledger and the version's description",
+                                 param_hint="--reason")
+    result = _run_release_flow("reject_model", config_path=str(config), version=version or "", reason=reason,
+                               as_of=instant, actor=person_actor())
+    _finish_release(result, as_json)
+
+
+@app.command()
 def rollback(
     config: ConfigOption,
     to: Annotated[str | None, typer.Option("--to", help="A version that was champion before (default: the "
                                                         "`previous` alias).")] = None,
     reason: Annotated[str, typer.Option(help="Why, for the ledger and the versions' descriptions.")] = "",
-    as_of: Annotated[str | None, typer.Option("--as-of", help="The release clock, ISO 8601 (default: now).")] = None,
+    as_of: Annotated[str | None, AS_OF_HELP] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Give `champion` back to the previous champion (or `--to VERSION`); refused (exit 1) with none."""

@@ -14,10 +14,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from retrain.clock import wall_clock
 from retrain.warehouse.engine import Warehouse
 from retrain.warehouse.tables import (
     LEDGER_TABLE,
-    add_missing_columns,
     create_declared_table,
     has_table,
     insert_new_rows,
@@ -27,7 +27,11 @@ from retrain.warehouse.tables import (
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """One decision about a model, as the ledger keeps it (see `ledger_table`)."""
+    """One decision about a model, as the ledger keeps it (see `ledger_table`).
+
+    `at` is the decision's instant on the Retrain clock; `recorded_at` the wall time its row was written (set
+    when it is appended, from the machine's clock even while a replay or a test holds `now()`).
+    """
 
     model: str
     action: str
@@ -40,6 +44,7 @@ class LedgerEntry:
     details: Mapping[str, Any] = field(default_factory=dict)
     flow_run_id: str | None = None
     mlflow_run_id: str | None = None
+    recorded_at: datetime | None = None
     transition_id: str | None = None  # set for alias transitions: unique in the ledger
 
 
@@ -51,6 +56,8 @@ def append_ledger_entry(warehouse: Warehouse, entry: LedgerEntry) -> bool:
     """
     row = {
         "at": entry.at,
+        # The machine's clock even inside a replay (whose `now()` is the replayed instant): when it was written.
+        "recorded_at": entry.recorded_at or wall_clock(),
         "model": entry.model,
         "action": entry.action,
         "from_version": entry.from_version,
@@ -72,23 +79,19 @@ def append_ledger_entry(warehouse: Warehouse, entry: LedgerEntry) -> bool:
 
 
 def _ready_ledger(warehouse: Warehouse) -> sa.Table:
-    """The ledger table, created if missing; one written before transition ids were unique gets the column and
-    its unique index (rows written before carry none, so the index always builds)."""
-    table = create_declared_table(warehouse, ledger_table(warehouse.schema))
-    with warehouse.engine.begin() as connection:
-        stored = sa.Table(LEDGER_TABLE, sa.MetaData(schema=warehouse.schema), autoload_with=connection)
-        add_missing_columns(connection, table, stored)
-    return table
+    """The ledger table, created if missing; one written before gets the columns added since (`recorded_at`
+    filled from `at`; `transition_id` empty in old rows, with its unique index, which old rows never break)."""
+    return create_declared_table(warehouse, ledger_table(warehouse.schema))
 
 
 def read_ledger(
     warehouse: Warehouse, model: str | None = None, limit: int | None = None, *, action: str | None = None
 ) -> list[LedgerEntry]:
-    """Ledger rows of one model (or of all), optionally of one action (e.g. every `run-failed`), newest first
-    (ties broken by insertion order)."""
+    """Ledger rows of one model (or of all), optionally of one action (e.g. every `run-failed`), newest first on
+    the Retrain clock (`at`; ties broken by insertion order), so a replay reads in the order it decided."""
     if not has_table(warehouse, LEDGER_TABLE):
         return []
-    ledger = ledger_table(warehouse.schema)
+    ledger = create_declared_table(warehouse, ledger_table(warehouse.schema))
     query = sa.select(ledger).order_by(ledger.c.at.desc(), ledger.c.id.desc())
     if model is not None:
         query = query.where(ledger.c.model == model)
@@ -103,7 +106,7 @@ def read_ledger(
             model=row["model"], action=row["action"], reason=row["reason"], actor=row["actor"], at=row["at"],
             from_version=row["from_version"], to_version=row["to_version"],
             metrics=json.loads(row["metrics"] or "{}"), details=json.loads(row["details"] or "{}"),
-            flow_run_id=row["flow_run_id"], mlflow_run_id=row["mlflow_run_id"],
+            flow_run_id=row["flow_run_id"], mlflow_run_id=row["mlflow_run_id"], recorded_at=row["recorded_at"],
             transition_id=row.get("transition_id"),
         )
         for row in rows

@@ -35,19 +35,23 @@ def read_labelled_predictions(
     *,
     matured_by: datetime | None = None,
     arms: Sequence[str] | None = None,
+    versions: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """Predictions made in [start, end) joined with their labels, by request id or else by key.
+    """Predictions whose event time is in [start, end), joined with their labels, by request id or else by key.
 
-    Columns: request_id, version, arm, predicted_at, prediction, latency_ms, key, actual, labelled_at.
-    `actual` is null where no label had arrived by `matured_by` (default: every label), so callers see
-    both the traffic and the matured share of it. The canary check and monitoring read this one join.
+    Columns: request_id, version, arm, event_at, predicted_at, prediction, latency_ms, key, actual, labelled_at.
+    Selected by event time (the Retrain clock: a replay and a live system read the same rows), optionally by
+    arm and by version. `actual` is null where no label had matured (its `event_at`) by `matured_by` (default:
+    every label), so callers see both the traffic and the matured share of it. The canary check, the rollback
+    rule and monitoring read this one join.
     """
     columns = [
-        "request_id", "version", "arm", "predicted_at", "prediction", "latency_ms", "key", "actual", "labelled_at",
+        "request_id", "version", "arm", "event_at", "predicted_at", "prediction", "latency_ms", "key", "actual",
+        "labelled_at",
     ]
     if not has_table(warehouse, PREDICTION_TABLE):
         return pd.DataFrame(columns=columns)
-    predictions = prediction_table(warehouse.schema)
+    predictions = create_declared_table(warehouse, prediction_table(warehouse.schema))
     labels = create_declared_table(warehouse, label_table(warehouse.schema))
     by_request = labels.alias("by_request")
     by_key = labels.alias("by_key")
@@ -56,26 +60,37 @@ def read_labelled_predictions(
     key_match = sa.and_(by_key.c.model == predictions.c.model, by_key.c.request_id.is_(None),
                         predictions.c.key.is_not(None), by_key.c.key == predictions.c.key)
     if matured_by is not None:
-        request_match = sa.and_(request_match, by_request.c.labelled_at <= matured_by)
-        key_match = sa.and_(key_match, by_key.c.labelled_at <= matured_by)
+        request_match = sa.and_(request_match, by_request.c.event_at <= matured_by)
+        key_match = sa.and_(key_match, by_key.c.event_at <= matured_by)
     query = (
         sa.select(
-            predictions.c.request_id, predictions.c.version, predictions.c.arm, predictions.c.predicted_at,
-            predictions.c.prediction, predictions.c.latency_ms, predictions.c.key,
+            predictions.c.request_id, predictions.c.version, predictions.c.arm, predictions.c.event_at,
+            predictions.c.predicted_at, predictions.c.prediction, predictions.c.latency_ms, predictions.c.key,
             sa.func.coalesce(by_request.c.actual, by_key.c.actual).label("actual"),
             sa.func.coalesce(by_request.c.labelled_at, by_key.c.labelled_at).label("labelled_at"),
         )
         .select_from(
             predictions.outerjoin(by_request, request_match).outerjoin(by_key, key_match)
         )
-        .where(predictions.c.model == model, predictions.c.predicted_at >= start, predictions.c.predicted_at < end)
-        .order_by(predictions.c.predicted_at, predictions.c.id)
+        .where(*_selected(predictions, model, start, end, arms, versions))
+        .order_by(predictions.c.event_at, predictions.c.id)
     )
-    if arms is not None:
-        query = query.where(predictions.c.arm.in_(list(arms)))
     with warehouse.engine.connect() as connection:
-        frame = pd.read_sql(query, connection)
+        frame = pd.read_sql(query, connection, parse_dates=["event_at", "predicted_at", "labelled_at"])
     return frame[columns]
+
+
+def _selected(
+    predictions: sa.Table, model: str, start: datetime, end: datetime, arms: Sequence[str] | None,
+    versions: Sequence[str] | None,
+) -> list[sa.ColumnElement[bool]]:
+    """The one selection of the prediction log: a model's predictions by event time, arm and version."""
+    conditions = [predictions.c.model == model, predictions.c.event_at >= start, predictions.c.event_at < end]
+    if arms is not None:
+        conditions.append(predictions.c.arm.in_(list(arms)))
+    if versions is not None:
+        conditions.append(predictions.c.version.in_([str(version) for version in versions]))
+    return conditions
 
 
 def prediction_key(values: Sequence[Any]) -> str:
@@ -105,18 +120,18 @@ def _key_value(value: Any) -> Any:
 
 
 def read_prediction_features(
-    warehouse: Warehouse, model: str, start: datetime, end: datetime, arms: Sequence[str]
+    warehouse: Warehouse, model: str, start: datetime, end: datetime, arms: Sequence[str],
+    versions: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """The raw records the model saw for predictions in [start, end) of the given arms: request_id plus one
-    column per feature (parsed from the `features` JSON)."""
+    """The raw records the model saw for predictions with event time in [start, end) of the given arms (and
+    versions): request_id plus one column per field (parsed from the `features` JSON)."""
     if not has_table(warehouse, PREDICTION_TABLE):
         return pd.DataFrame(columns=["request_id"])
-    predictions = prediction_table(warehouse.schema)
+    predictions = create_declared_table(warehouse, prediction_table(warehouse.schema))
     query = (
         sa.select(predictions.c.request_id, predictions.c.features)
-        .where(predictions.c.model == model, predictions.c.predicted_at >= start, predictions.c.predicted_at < end,
-               predictions.c.arm.in_(list(arms)))
-        .order_by(predictions.c.predicted_at, predictions.c.id)
+        .where(*_selected(predictions, model, start, end, arms, versions))
+        .order_by(predictions.c.event_at, predictions.c.id)
     )
     with warehouse.engine.connect() as connection:
         rows = connection.execute(query).all()
@@ -126,16 +141,14 @@ def read_prediction_features(
 
 
 def count_predictions(
-    warehouse: Warehouse, model: str, start: datetime, end: datetime, arms: Sequence[str]
+    warehouse: Warehouse, model: str, start: datetime, end: datetime, arms: Sequence[str],
+    versions: Sequence[str] | None = None,
 ) -> int:
-    """Predictions of the given arms made in [start, end)."""
+    """Predictions of the given arms (and versions) with event time in [start, end)."""
     if not has_table(warehouse, PREDICTION_TABLE):
         return 0
-    predictions = prediction_table(warehouse.schema)
-    query = sa.select(sa.func.count()).where(
-        predictions.c.model == model, predictions.c.predicted_at >= start, predictions.c.predicted_at < end,
-        predictions.c.arm.in_(list(arms)),
-    )
+    predictions = create_declared_table(warehouse, prediction_table(warehouse.schema))
+    query = sa.select(sa.func.count()).where(*_selected(predictions, model, start, end, arms, versions))
     with warehouse.engine.connect() as connection:
         return int(connection.execute(query).scalar() or 0)
 

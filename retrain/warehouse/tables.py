@@ -28,6 +28,7 @@ LEDGER_TRANSITION_INDEX = "uq_retrain_ledger_transition"
 PREDICTION_TABLE = "retrain_predictions"
 LABEL_TABLE = "retrain_labels"
 MONITORING_METRIC_TABLE = "retrain_monitoring_metrics"
+BACKFILL = "backfill"  # Column.info key: a column added after the table's first release, filled from this one
 BATCH_COLUMN = "_batch_id"  # every clean row names the batch it landed with, so a batch can be traced or undone
 PASSED = "passed"
 
@@ -138,15 +139,18 @@ def ledger_table(schema: str | None = None) -> sa.Table:
     rejected, canary started, promoted, rolled back, skipped, retrain requested, run failed).
 
     `from_version`/`to_version` say what the decision moved (both empty when it moved nothing); `metrics` and
-    `details` are JSON objects; `actor` says who or what decided (a person, a schedule, an event, automation).
-    `transition_id` is set on rows of alias transitions, unique: whatever the interleaving of two processes
-    finishing one transition, the database keeps its row once.
+    `details` are JSON objects; `actor` says who or what decided (`person:<user>`, `flow:<flow>`, `schedule`,
+    `event`). `at` is the instant on the Retrain clock (the decision's `as_of`, which a replay sets), by which
+    the ledger is ordered; `recorded_at` the wall time the row was written. `transition_id` is set on rows of
+    alias transitions, unique: whatever the interleaving of two processes finishing one transition, the
+    database keeps its row once.
     """
     return sa.Table(
         LEDGER_TABLE,
         sa.MetaData(schema=schema),
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("at", sa.DateTime, nullable=False),
+        sa.Column("recorded_at", sa.DateTime, nullable=False, info={BACKFILL: "at"}),
         sa.Column("model", sa.String(200), nullable=False),
         sa.Column("action", sa.String(60), nullable=False),
         sa.Column("from_version", sa.String(50)),
@@ -168,7 +172,10 @@ def prediction_table(schema: str | None = None) -> sa.Table:
 
     `request_id` is unique per model, so a retried write never logs a prediction twice. `features` holds the
     raw record as JSON (what the model saw), `key` the model's key columns as JSON (so a label can arrive by
-    key instead of by request id). Times are naive UTC on the Retrain clock.
+    key instead of by request id). Times are naive UTC: `event_at` is the prediction's instant on the Retrain
+    clock (the record's timestamp column when it has one, else the request time; a batch-scored row's time),
+    which the canary check, the rollback rule and monitoring select by; `predicted_at` is when the request
+    was answered.
     """
     return sa.Table(
         PREDICTION_TABLE,
@@ -179,12 +186,14 @@ def prediction_table(schema: str | None = None) -> sa.Table:
         sa.Column("version", sa.String(50), nullable=False),
         sa.Column("arm", sa.String(20), nullable=False),
         sa.Column("predicted_at", sa.DateTime, nullable=False),
+        sa.Column("event_at", sa.DateTime, nullable=False, info={BACKFILL: "predicted_at"}),
         sa.Column("prediction", sa.Float, nullable=False),
         sa.Column("features", sa.Text, nullable=False),
         sa.Column("key", sa.Text),
         sa.Column("latency_ms", sa.Float),
         sa.UniqueConstraint("model", "request_id", name="uq_retrain_predictions_request"),
         sa.Index("ix_retrain_predictions_model_time", "model", "predicted_at"),
+        sa.Index("ix_retrain_predictions_model_event", "model", "event_at"),
         sa.Index("ix_retrain_predictions_model_key", "model", "key"),
     )
 
@@ -192,7 +201,9 @@ def prediction_table(schema: str | None = None) -> sa.Table:
 def label_table(schema: str | None = None) -> sa.Table:
     """Actuals as they arrive, by request id or by the model's key columns (JSON, as in the prediction table).
 
-    A label is matured at `labelled_at`: metrics "as of" a moment use only labels that had arrived by then.
+    A label is matured at `event_at`, on the Retrain clock (when the outcome was known: the instant a client
+    sends with it, else its arrival): metrics "as of" a moment use only labels matured by then. `labelled_at`
+    is when it arrived.
     """
     return sa.Table(
         LABEL_TABLE,
@@ -203,6 +214,7 @@ def label_table(schema: str | None = None) -> sa.Table:
         sa.Column("key", sa.Text),
         sa.Column("actual", sa.Float, nullable=False),
         sa.Column("labelled_at", sa.DateTime, nullable=False),
+        sa.Column("event_at", sa.DateTime, nullable=False, info={BACKFILL: "labelled_at"}),
         sa.Column("source", sa.String(50), nullable=False, default="feedback"),
         sa.UniqueConstraint("model", "request_id", name="uq_retrain_labels_request"),
         sa.UniqueConstraint("model", "key", name="uq_retrain_labels_key"),
@@ -331,7 +343,11 @@ def read_table(warehouse: Warehouse, table: str) -> pd.DataFrame:
 
 
 def create_declared_table(warehouse: Warehouse, table: sa.Table) -> sa.Table:
-    """Create one of our tables if it is missing; another process creating it at the same moment is fine."""
+    """Create one of our tables if it is missing; another process creating it at the same moment is fine.
+
+    A table an earlier Retrain wrote gets the columns added since (see `add_new_columns`), so an upgrade keeps
+    the prediction log and the ledger.
+    """
     try:
         with warehouse.engine.begin() as connection:
             table.create(connection, checkfirst=True)
@@ -339,22 +355,68 @@ def create_declared_table(warehouse: Warehouse, table: sa.Table) -> sa.Table:
         # Another process created it between our check and our CREATE: what we wanted.
         if not has_table(warehouse, table.name):
             raise
+    add_new_columns(warehouse, table)
     return table
+
+
+def addable(column: sa.Column[Any]) -> bool:
+    """Whether a column added after a table's first release can be added to a stored table: it may be empty in
+    the rows stored before (nullable), or is filled from another column (`info={BACKFILL: column}`)."""
+    return bool(column.nullable) or BACKFILL in column.info
+
+
+def add_new_columns(warehouse: Warehouse, table: sa.Table) -> list[str]:
+    """Add to a stored table the declared columns it lacks that can be added (`addable`): nullable ones stay empty
+    in the rows stored before, those marked `info={BACKFILL: column}` are filled from that column (the event time
+    of old predictions is their request time); returns the names added, and builds the indexes on them.
+
+    Raises:
+        DataError: the table lacks a column that cannot be added this way.
+    """
+    stored = {column["name"] for column in sa.inspect(warehouse.engine).get_columns(table.name, schema=table.schema)}
+    missing = [column for column in table.columns if column.name not in stored]
+    if not missing:
+        return []
+    unaddable = [column.name for column in missing if not addable(column)]
+    if unaddable:
+        raise DataError(
+            f"table '{warehouse.name_of(table.name)}' was written by an older version of Retrain: it has no "
+            f"column(s) {unaddable}. There is no migration for them: rename or drop it"
+        )
+    try:
+        with warehouse.engine.begin() as connection:
+            quote = connection.dialect.identifier_preparer
+            for column in missing:
+                kind = column.type.compile(dialect=connection.dialect)
+                connection.execute(sa.text(
+                    f"ALTER TABLE {quote.format_table(table)} ADD COLUMN {quote.quote(column.name)} {kind}"))
+                if BACKFILL in column.info:
+                    connection.execute(sa.update(table).where(table.c[column.name].is_(None))
+                                       .values({column.name: table.c[column.info[BACKFILL]]}))
+            for index in table.indexes:
+                if any(column.name in {added.name for added in missing} for column in index.columns):
+                    index.create(connection, checkfirst=True)
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+        # Another process added them between our look and our ALTER: what we wanted.
+        again = {column["name"] for column in sa.inspect(warehouse.engine).get_columns(table.name,
+                                                                                      schema=table.schema)}
+        if any(column.name not in again for column in missing):
+            raise
+    return [column.name for column in missing]
 
 
 def reflect_ours(connection: sa.Connection, declared: sa.Table) -> sa.Table | None:
     """One of our tables as stored (None before its first write).
 
-    A table written by an older Retrain gets the nullable columns (and their indexes) added since; one that lacks
-    a column that cannot be empty is an error saying what to do.
+    A table written by an older Retrain may lack the columns added since that can be added (`addable`): it is
+    read as it is, and gets them at its next write (`create_declared_table`). One that lacks any other column is
+    an error saying what to do.
     """
     schema = declared.schema
     if not sa.inspect(connection).has_table(declared.name, schema=schema):
         return None
     stored = sa.Table(declared.name, sa.MetaData(schema=schema), autoload_with=connection)
-    if add_missing_columns(connection, declared, stored):
-        stored = sa.Table(declared.name, sa.MetaData(schema=schema), autoload_with=connection)
-    lacking = [column.name for column in declared.columns if column.name not in stored.c]
+    lacking = [column.name for column in declared.columns if column.name not in stored.c and not addable(column)]
     if lacking:
         where = f"{schema}.{declared.name}" if schema else declared.name
         raise DataError(
@@ -363,33 +425,6 @@ def reflect_ours(connection: sa.Connection, declared: sa.Table) -> sa.Table | No
             "it describes), then ingest again"
         )
     return stored
-
-
-def add_missing_columns(connection: sa.Connection, declared: sa.Table, stored: sa.Table) -> list[str]:
-    """Add the nullable columns `declared` has and `stored` lacks, and the indexes on them; returns their names.
-
-    Within the caller's transaction: rows stored before keep NULL in them. Another process adding the same
-    column at the same moment is fine (its ALTER wins, ours finds the column there).
-    """
-    added = []
-    for column in declared.columns:
-        if column.name in stored.c or not column.nullable:
-            continue
-        name = connection.dialect.identifier_preparer.format_table(declared)
-        kind = column.type.compile(dialect=connection.dialect)
-        quoted = connection.dialect.identifier_preparer.quote(column.name)
-        try:
-            with connection.begin_nested():
-                connection.execute(sa.text(f"ALTER TABLE {name} ADD COLUMN {quoted} {kind}"))
-        except (sa.exc.OperationalError, sa.exc.ProgrammingError):
-            columns = sa.inspect(connection).get_columns(declared.name, schema=declared.schema)
-            if column.name not in {stored_column["name"] for stored_column in columns}:
-                raise
-        added.append(column.name)
-    for index in declared.indexes:
-        if {column.name for column in index.columns} & set(added):
-            index.create(connection, checkfirst=True)
-    return added
 
 
 def stored_datetime(value: Any) -> datetime | None:

@@ -426,6 +426,9 @@ def test_a_replay_reads_the_same_batches_as_living_through_it(
         return [(o.range_start, o.range_end, o.read, o.clean, o.quarantined, dict(o.reasons)) for o in outcomes]
 
     assert batches(replayed) == batches(lived)
+    # A replay's batch ids name the replayed instant (its as_of), never the wall time of the replay.
+    assert [outcome.batch_id.split("-")[1] for outcome in replayed] == ["20130108T000000", "20130115T123000",
+                                                                         "20130122T000000"]
     assert all(outcome.quarantined == 0 for outcome in replayed)  # rows after as_of are not "future": not arrived
     assert replayed[0].waiting == int((flights_small["time_hour"] >= moments[0] + timedelta(hours=1)).sum())
     assert sum(outcome.clean for outcome in replayed) == int((flights_small["time_hour"] < moments[-1]

@@ -89,6 +89,14 @@ def test_wrong_gate_flag_and_bad_config_are_named(retrain_home: Path, tmp_path: 
     assert code == 2 and error["error"] == "ConfigError" and "missing.yaml" in error["message"]
 
 
+def test_reject_asks_why(retrain_home: Path) -> None:
+    config = str(write_model_config(retrain_home.parent))
+    code, error = run("reject", "--config", config, "--reason", "  ")
+    assert code == 2 and error["error"] == "BadParameter" and "--reason" in error["message"]
+    missing = CliRunner().invoke(app, ["reject", "--config", config])
+    assert missing.exit_code == 2 and "--reason" in missing.output
+
+
 def test_option_errors_under_json_are_one_json_object() -> None:
     result = CliRunner().invoke(app, ["train", "--config", "x.yaml", "--trials", "many", "--json"])
     error = json.loads(result.stdout.strip())

@@ -10,7 +10,7 @@ import textwrap
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -319,6 +319,16 @@ def test_the_ledger_is_append_only_and_read_newest_first(warehouse: Warehouse) -
     assert [entry.action for entry in entries] == ["rolled-back", "promoted", "registered"]
     assert entries[0].metrics == {"mae": 22.5} and entries[0].to_version == "3"
     assert len(read_ledger(warehouse, "m", limit=1)) == 1
+    # Ordered by the Retrain clock (`at`), not by when rows were written (`recorded_at`, the wall clock).
+    from retrain.clock import frozen_clock, wall_clock
+
+    before = wall_clock()
+    with frozen_clock("2013-02-28"):  # a replay holds now(): recorded_at is still the machine's clock
+        append_ledger_entry(warehouse, LedgerEntry(model="m", action="approved", reason="late row", actor="person:ada",
+                                                   at=datetime(2013, 2, 28)))
+    entries = read_ledger(warehouse, "m")
+    assert [entry.action for entry in entries] == ["rolled-back", "promoted", "registered", "approved"]
+    assert before <= entries[-1].recorded_at <= wall_clock() and entries[0].recorded_at > entries[0].at
 
 
 def test_a_transition_is_in_the_ledger_once_whoever_writes_it(own_warehouse) -> None:
@@ -357,6 +367,8 @@ def test_a_ledger_written_before_transition_ids_gets_the_column_and_its_index(tm
 
 
 def test_predictions_join_labels_by_request_id_or_key_and_only_matured_ones(warehouse: Warehouse) -> None:
+    """Selected by event time (the Retrain clock), not by request time (the wall clock of a replay); matured by
+    the label's event time, not its arrival; filtered by arm and by version."""
     from retrain.warehouse import (
         append_rows,
         create_declared_table,
@@ -366,32 +378,83 @@ def test_predictions_join_labels_by_request_id_or_key_and_only_matured_ones(ware
     )
 
     predictions = create_declared_table(warehouse, prediction_table(warehouse.schema))
-    base = {"model": "m", "version": "1", "arm": "champion", "features": "{}", "latency_ms": 1.0}
+    wall = datetime(2026, 11, 5, 12)  # when a replay answered: far from the replayed events
+    base = {"model": "m", "version": "1", "arm": "champion", "features": "{}", "latency_ms": 1.0, "predicted_at": wall}
     append_rows(warehouse, predictions, [
-        {**base, "request_id": "a", "predicted_at": datetime(2013, 3, 1, 1), "prediction": 10.0, "key": '["k1"]'},
-        {**base, "request_id": "b", "predicted_at": datetime(2013, 3, 1, 2), "prediction": 20.0, "key": '["k2"]',
+        {**base, "request_id": "a", "event_at": datetime(2013, 3, 1, 1), "prediction": 10.0, "key": '["k1"]'},
+        {**base, "request_id": "b", "event_at": datetime(2013, 3, 1, 2), "prediction": 20.0, "key": '["k2"]',
          "arm": "canary", "version": "2"},
-        {**base, "request_id": "c", "predicted_at": datetime(2013, 3, 1, 3), "prediction": 30.0, "key": None},
-        {**base, "request_id": "d", "predicted_at": datetime(2013, 3, 5), "prediction": 40.0, "key": None},
+        {**base, "request_id": "c", "event_at": datetime(2013, 3, 1, 3), "prediction": 30.0, "key": None},
+        {**base, "request_id": "d", "event_at": datetime(2013, 3, 5), "prediction": 40.0, "key": None},
+        {**base, "request_id": "e", "event_at": datetime(2013, 3, 1, 4), "prediction": 50.0, "key": None,
+         "version": "0"},
     ])
     with pytest.raises(sa.exc.IntegrityError):  # the same request is never logged twice
-        append_rows(warehouse, predictions, [{**base, "request_id": "a", "predicted_at": datetime(2013, 3, 1),
+        append_rows(warehouse, predictions, [{**base, "request_id": "a", "event_at": datetime(2013, 3, 1),
                                               "prediction": 1.0}])
     labels = create_declared_table(warehouse, label_table(warehouse.schema))
     append_rows(warehouse, labels, [
-        {"model": "m", "request_id": "a", "key": None, "actual": 11.0, "labelled_at": datetime(2013, 3, 2),
-         "source": "feedback"},
-        {"model": "m", "request_id": None, "key": '["k2"]', "actual": 19.0, "labelled_at": datetime(2013, 3, 4),
-         "source": "feedback"},
+        {"model": "m", "request_id": "a", "key": None, "actual": 11.0, "labelled_at": wall,
+         "event_at": datetime(2013, 3, 2), "source": "feedback"},
+        {"model": "m", "request_id": None, "key": '["k2"]', "actual": 19.0, "labelled_at": wall,
+         "event_at": datetime(2013, 3, 4), "source": "feedback"},
     ])
     frame = read_labelled_predictions(warehouse, "m", datetime(2013, 3, 1), datetime(2013, 3, 2))
-    assert frame["request_id"].tolist() == ["a", "b", "c"]
+    assert frame["request_id"].tolist() == ["a", "b", "c", "e"]
     assert frame["actual"].tolist()[:2] == [11.0, 19.0] and pd.isna(frame["actual"].iloc[2])
+    assert (frame["predicted_at"] == wall).all() and frame["event_at"].iloc[0] == datetime(2013, 3, 1, 1)
     matured = read_labelled_predictions(warehouse, "m", datetime(2013, 3, 1), datetime(2013, 3, 2),
                                         matured_by=datetime(2013, 3, 3))
-    assert matured["actual"].notna().tolist() == [True, False, False]
+    assert matured["actual"].notna().tolist() == [True, False, False, False]
     canary = read_labelled_predictions(warehouse, "m", datetime(2013, 3, 1), datetime(2013, 3, 2), arms=["canary"])
     assert canary["version"].tolist() == ["2"]
+    mine = read_labelled_predictions(warehouse, "m", datetime(2013, 3, 1), datetime(2013, 3, 2), versions=["1", "2"])
+    assert mine["request_id"].tolist() == ["a", "b", "c"]
+    assert read_labelled_predictions(warehouse, "m", wall, wall + timedelta(days=1)).empty
+
+
+def test_tables_of_an_earlier_retrain_get_the_new_time_columns_filled(own_warehouse: tuple[str, str | None]) -> None:
+    """A prediction log, label table and ledger written before event time existed keep their rows: the new
+    columns are added and filled from the old ones (a prediction's event time is its request time)."""
+    warehouse = open_warehouse(*own_warehouse)
+    from retrain.warehouse import (
+        append_rows,
+        create_declared_table,
+        label_table,
+        ledger_table,
+        prediction_table,
+        read_labelled_predictions,
+        read_ledger,
+    )
+
+    old = {"predictions": ("event_at", prediction_table), "labels": ("event_at", label_table),
+           "ledger": ("recorded_at", ledger_table)}
+    for added, declare in old.values():
+        table = declare(warehouse.schema)
+        earlier = sa.Table(table.name, sa.MetaData(schema=warehouse.schema),
+                           *[column.copy() for column in table.columns if column.name != added])
+        with warehouse.engine.begin() as connection:
+            earlier.create(connection)
+            columns = {column.name for column in earlier.columns}
+            rows = {"retrain_predictions": {"request_id": "a", "model": "m", "version": "1", "arm": "champion",
+                                            "predicted_at": datetime(2013, 3, 1), "prediction": 1.0,
+                                            "features": "{}"},
+                    "retrain_labels": {"model": "m", "request_id": "a", "actual": 2.0,
+                                       "labelled_at": datetime(2013, 3, 2), "source": "feedback"},
+                    "retrain_ledger": {"at": datetime(2013, 3, 1), "model": "m", "action": "promoted", "reason": "r",
+                                       "actor": "person:ann", "metrics": "{}", "details": "{}"}}[table.name]
+            connection.execute(sa.insert(earlier), [{k: v for k, v in rows.items() if k in columns}])
+    frame = read_labelled_predictions(warehouse, "m", datetime(2013, 3, 1), datetime(2013, 3, 3),
+                                      matured_by=datetime(2013, 3, 2))
+    assert frame["request_id"].tolist() == ["a"] and frame["actual"].tolist() == [2.0]
+    assert frame["event_at"].tolist() == [pd.Timestamp(2013, 3, 1)]
+    assert read_ledger(warehouse, "m")[0].recorded_at == datetime(2013, 3, 1)
+    # New rows go in with the new columns, beside the old ones.
+    append_rows(warehouse, create_declared_table(warehouse, prediction_table(warehouse.schema)), [
+        {"request_id": "b", "model": "m", "version": "1", "arm": "champion", "predicted_at": datetime(2026, 1, 1),
+         "event_at": datetime(2013, 3, 2), "prediction": 3.0, "features": "{}"}])
+    assert read_labelled_predictions(warehouse, "m", datetime(2013, 3, 1), datetime(2013, 3, 3))[
+        "request_id"].tolist() == ["a", "b"]
 
 
 def test_a_key_is_the_same_text_whoever_writes_it() -> None:

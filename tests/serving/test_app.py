@@ -163,23 +163,34 @@ def test_feedback_joins_predictions_by_request_id_and_by_key(registry: Registry)
         key = {"time_hour": table_row["time_hour"].isoformat(), "carrier": table_row["carrier"],
                "flight": int(table_row["flight"]), "origin": table_row["origin"]}
         stored = client.post("/feedback", json={"labels": [
-            {"request_id": "fb/0", "actual": 12.0},
+            {"request_id": "fb/0", "actual": 12.0, "at": "2013-01-20T10:00"},  # known then, on the Retrain clock
             {"request_id": "fb/1", "actual": -3},
             {"key": key, "actual": 40.5},  # ISO text here; the prediction's record sent epoch milliseconds
-        ]})
+        ], "at": "2013-01-21"})
         repeated = client.post("/feedback", json={"labels": [{"request_id": "fb/0", "actual": 99.0}]})
-        bad = client.post("/feedback", json={"labels": [{"actual": 1.0}, {"request_id": "x", "actual": "late"}]})
+        bad = client.post("/feedback", json={"labels": [{"actual": 1.0}, {"request_id": "x", "actual": "late"},
+                                                        {"request_id": "y", "actual": 1.0, "at": "yesterday"}]})
         app_server = client.app.state.server  # type: ignore[attr-defined]
         assert app_server.log.wait_until_written(10)
     assert stored.status_code == 200 and stored.json() == {"received": 3, "new": 3}
     assert repeated.json() == {"received": 1, "new": 0}
     assert bad.status_code == 422 and [(p["record"], p["field"]) for p in bad.json()["problems"]] == [
-        (0, "request_id"), (1, "actual")]
-    joined = read_labelled_predictions(warehouse, MODEL, start, datetime.now() + timedelta(minutes=1))  # noqa: DTZ005
+        (0, "request_id"), (1, "actual"), (2, "at")]
+    # Each prediction is logged at its record's time (the Retrain clock) beside the request time (the wall clock).
+    events = pd.to_datetime(registry.rows["time_hour"].iloc[100:106]).tolist()
+    joined = read_labelled_predictions(warehouse, MODEL, min(events), max(events) + timedelta(microseconds=1))
+    assert joined["event_at"].tolist() == events
+    assert (joined["predicted_at"] >= start).all()
+    by_request_time = read_labelled_predictions(warehouse, MODEL, start, datetime.now() + timedelta(minutes=1))  # noqa: DTZ005
+    assert not by_request_time["request_id"].str.startswith("fb/").any()
     actuals = joined.set_index("request_id")["actual"]
     assert actuals["fb/0"] == 12.0 and actuals["fb/1"] == -3.0 and actuals["fb/3"] == 40.5
     assert actuals[["fb/2", "fb/4", "fb/5"]].isna().all()
     assert joined.set_index("request_id").loc["fb/3", "prediction"] == predicted[3]["prediction"]
+    # Labels matured at the instant they were sent with (the label's own, else the request's).
+    matured = read_labelled_predictions(warehouse, MODEL, min(events), max(events) + timedelta(microseconds=1),
+                                        matured_by=datetime(2013, 1, 20, 12)).set_index("request_id")["actual"]
+    assert matured["fb/0"] == 12.0 and matured[["fb/1", "fb/3"]].isna().all()
 
 
 BAD_INPUTS = {

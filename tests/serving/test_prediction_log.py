@@ -26,7 +26,8 @@ def warehouse(tmp_path: Path) -> Warehouse:
 
 def row(request_id: str, prediction: float = 1.0) -> dict[str, Any]:
     return {"request_id": request_id, "model": MODEL, "version": "1", "arm": "champion",
-            "predicted_at": datetime(2013, 1, 1, 5), "prediction": prediction, "features": "{}", "key": None,
+            "predicted_at": datetime(2013, 1, 1, 5), "event_at": datetime(2013, 1, 1, 5), "prediction": prediction,
+            "features": "{}", "key": None,
             "latency_ms": 0.5}
 
 
@@ -134,7 +135,7 @@ os.kill(os.getpid(), 9)
 def test_the_first_label_of_a_prediction_wins(tmp_path: Path) -> None:
     store = warehouse(tmp_path)
     label = {"model": MODEL, "request_id": "r1", "key": None, "actual": 3.0,
-             "labelled_at": datetime(2013, 1, 2), "source": "feedback"}
+             "labelled_at": datetime(2013, 1, 2), "event_at": datetime(2013, 1, 2), "source": "feedback"}
     assert insert_labels(store, [label]) == 1
     assert insert_labels(store, [{**label, "actual": 9.0}, {**label, "request_id": "r2"}]) == 1
     table = label_table()

@@ -18,6 +18,7 @@ from serving.records import (
     as_instant,
     build_input_spec,
     check_records,
+    event_time,
     kind_of_signature_type,
     record_key,
     record_problems,
@@ -141,3 +142,21 @@ def test_a_malformed_split_names_its_part(payload: dict[str, Any], field: str) -
 def test_columns_of_different_lengths_are_refused() -> None:
     with pytest.raises(InvalidRecords, match="same length"):
         records_from_columns({"a": [1, 2], "b": [1]})
+
+
+def test_a_record_is_logged_at_its_own_timestamp_else_at_the_request_time() -> None:
+    """The event time of a served prediction: the source's timestamp column when the record carries it (a replayed
+    record lands on its replayed instant), else the request time; the timestamp may be sent though no feature."""
+    spec = build_input_spec(("temp",), {"temp": FLOAT}, {"day": DATETIME}, timestamp="day")
+    request = datetime(2026, 11, 5, 12)
+    assert record_problems(0, {"temp": 1.0, "day": "2013-04-01T06:00+02:00"}, spec) == []
+    assert event_time({"temp": 1.0, "day": "2013-04-01T06:00+02:00"}, spec, request) == datetime(2013, 4, 1, 4)
+    assert event_time({"temp": 1.0, "day": 1364795200000}, spec, request) == datetime(2013, 4, 1, 5, 46, 40)
+    assert event_time({"temp": 1.0}, spec, request) == request
+    assert event_time({"temp": 1.0, "day": None}, spec, request) == request
+    assert event_time(GOOD, SPEC, request) == request  # a spec without a timestamp column
+    keyed = build_input_spec(("temp",), {"temp": FLOAT}, {"time_hour": DATETIME}, key=("time_hour",),
+                             timestamp="time_hour")
+    assert event_time({"temp": 1.0, "time_hour": "2013-01-01T05:00:00"}, keyed, request) == datetime(2013, 1, 1, 5)
+    problems = record_problems(0, {"temp": 1.0, "day": "soon"}, spec)
+    assert [(problem.field, problem.problem.startswith("expected")) for problem in problems] == [("day", True)]

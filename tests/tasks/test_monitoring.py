@@ -67,14 +67,16 @@ def test_batch_rows_are_predicted_and_labelled_at_the_rows_time(config: ModelCon
     predictions, labels = batch_prediction_rows(frame, np.array([1.0, 2.0, 3.0]), config, "4")
     assert [row["arm"] for row in predictions] == [BATCH_ARM] * 3
     assert [row["predicted_at"] for row in predictions] == list(frame["time_hour"])
+    assert [row["event_at"] for row in predictions] == list(frame["time_hour"])  # a batch row's time is both
     assert json.loads(predictions[1]["features"])["carrier"] is None  # missing stays missing, as JSON null
     assert [label["actual"] for label in labels] == [5.0, -3.0]  # the row without a target has no label
     assert [label["labelled_at"] for label in labels] == [T0, T0 + timedelta(hours=2)]
+    assert [label["event_at"] for label in labels] == [T0, T0 + timedelta(hours=2)]
 
 
 def test_the_metric_by_day_and_version_uses_matured_labels_only() -> None:
     labelled = pd.DataFrame({
-        "predicted_at": [T0, T0 + timedelta(hours=1), T0 + timedelta(days=1), T0 + timedelta(days=1)],
+        "event_at": [T0, T0 + timedelta(hours=1), T0 + timedelta(days=1), T0 + timedelta(days=1)],
         "version": ["1", "1", "1", "2"],
         "prediction": [1.0, 3.0, 0.0, 0.0],
         "actual": [2.0, 1.0, np.nan, 4.0],
