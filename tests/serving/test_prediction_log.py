@@ -126,8 +126,8 @@ journal = PredictionJournal(Path(sys.argv[1]), fsync="never")
 journal.open()
 for i in range(5):
     journal.append([{"request_id": f"k{i}", "model": "m", "version": "1", "arm": "champion",
-                     "predicted_at": datetime(2013, 1, 1, 5), "prediction": 1.0, "features": "{}", "key": None,
-                     "latency_ms": 0.5}])
+                     "predicted_at": datetime(2013, 1, 1, 5), "event_at": datetime(2013, 1, 1, 5), "prediction": 1.0,
+                     "features": "{}", "key": None, "latency_ms": 0.5}])
 os.kill(os.getpid(), 9)
 """
 
