@@ -12,6 +12,19 @@ zero (or one, for champions made):
   kill-in-tuning    a training killed with SIGKILL while Optuna tunes, then a second training:
                     MLflow runs and Prefect flow runs left RUNNING, processes left behind, trials that
                     repeated earlier parameters
+  late-rows         five rows of an hour arrive after their hour was ingested: late rows the next ingest
+                    reports, late rows a replay of the hour lands, other clean rows it changed
+  refused-thrice    a new arrival with 300 keys sent twice with other content (refused), ingested by two
+                    commands at once, again, and once more after the day is re-sent: quarantine rows
+                    against the arrival's distinct rows
+  kill-serve        `retrain serve` killed with SIGKILL after 20 s of load from 4 clients, then started again
+                    and stopped with SIGTERM: predictions answered 200, missing from the log, logged twice;
+                    the exit code and output of the SIGTERM
+  interleaved-releases
+                    `retrain promote` paused at each step of its transition (RETRAIN_PAUSE_AT; a checkout
+                    without the hook runs it through) while `retrain rollback` and `retrain status` run:
+                    transition ids in the ledger more than once, whether replaying the ledger gives the
+                    aliases, live transitions that `status` called interrupted, lock rows left behind
 
 Run it against any checkout, so a before/after comparison uses the same script:
 
@@ -193,6 +206,203 @@ def kill_in_tuning(scenario: Scenario) -> dict[str, object]:
             "next training": outcome(stdout).get("decision") or outcome(stdout).get("error"), "exit code": code}
 
 
+def _source(scenario: Scenario) -> sqlite3.Connection:
+    return sqlite3.connect(scenario.home / "warehouse.db")
+
+
+def late_rows(scenario: Scenario) -> dict[str, object]:
+    config = str(scenario.config())
+    scenario.run("load-example", "--config", config, "--until", "2013-02-01")
+    hour = "2013-01-29 15:00:00.000000"  # as load-example stores it
+    import pandas as pd
+
+    with _source(scenario) as connection:
+        held_back = pd.read_sql(f"select * from flights where time_hour = '{hour}' limit 5", connection)
+        connection.execute(f"delete from flights where rowid in (select rowid from flights where time_hour = "
+                           f"'{hour}' limit 5)")
+    scenario.run("ingest", "--config", config)
+    with _source(scenario) as connection:
+        before = connection.execute("select count(*) from flights_clean").fetchone()[0]
+        held_back.to_sql("flights", connection, if_exists="append", index=False)
+    _, reported, _ = scenario.run("ingest", "--config", config)  # nothing new: refused as empty, late counted
+    code, replayed, _ = scenario.run("ingest", "--config", config, "--start", "2013-01-29T15:00",
+                                     "--end", "2013-01-29T16:00")
+    replay = outcome(replayed)
+    with _source(scenario) as connection:
+        after = connection.execute("select count(*) from flights_clean").fetchone()[0]
+        flights = ",".join(str(int(value)) for value in held_back["flight"])
+        landed = connection.execute(f"select count(*) from flights_clean where time_hour like '2013-01-29 15%' and "
+                                    f"flight in ({flights}) and _batch_id = ?", (replay.get("batch_id"),)).fetchone()[0]
+    return {"late rows reported by the next ingest": outcome(reported).get("late", "not reported"),
+            "replay exit code, status": [code, replay.get("status"), (replay.get("violation") or {}).get("rule")],
+            "late rows landed by the replay (of 5)": landed,
+            "clean rows before, after (difference)": [before, after, after - before],
+            "quarantined by the replay": replay.get("quarantined")}
+
+
+def refused_thrice(scenario: Scenario) -> dict[str, object]:
+    config = str(scenario.config())
+    # Four months first, so the new arrival lies beyond the 100,000 rows whose keys the config check samples.
+    scenario.run("load-example", "--config", config, "--until", "2013-05-04")
+    import pandas as pd
+
+    with _source(scenario) as connection:
+        arrival = pd.read_sql("select * from flights where time_hour >= '2013-05-01'", connection)
+        connection.execute("delete from flights where time_hour >= '2013-05-01'")
+    scenario.run("ingest", "--config", config)
+    twins = arrival.iloc[:300].copy()
+    twins["dep_delay"] = twins["dep_delay"] + 7
+    arrival = pd.concat([arrival, twins], ignore_index=True)
+    with _source(scenario) as connection:
+        arrival.to_sql("flights", connection, if_exists="append", index=False)
+    first, second = scenario.start("ingest", "--config", config), scenario.start("ingest", "--config", config)
+    runs = [first.communicate(timeout=900), second.communicate(timeout=900)]
+    third = scenario.run("ingest", "--config", config)
+    with _source(scenario) as connection:
+        arrival.to_sql("flights", connection, if_exists="append", index=False)  # the day is sent again
+    fourth = scenario.run("ingest", "--config", config)
+    outputs = [outcome(stdout) for stdout, _ in runs] + [outcome(third[1]), outcome(fourth[1])]
+    with _source(scenario) as connection:
+        quarantined = connection.execute("select count(*) from flights_quarantine").fetchone()[0]
+        refused = connection.execute("select count(*) from retrain_batches where status = 'refused'").fetchone()[0]
+    return {"arrival: rows, distinct rows": [len(arrival), len(arrival.drop_duplicates())],
+            "exit codes": [first.returncode, second.returncode, third[0], fourth[0]],
+            "answers that repeat an earlier refusal": sum(bool(result.get("repeats")) for result in outputs),
+            "refused batches in the ledger": refused,
+            "quarantine rows": quarantined}
+
+
+def kill_serve(scenario: Scenario) -> dict[str, object]:
+    import socket
+    import threading
+
+    import httpx
+
+    config = str(scenario.config())
+    scenario.run("load-example", "--config", config, "--until", "2013-03-01")
+    scenario.run("train", "--config", config)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with scenario.warehouse() as connection:
+        columns = "sched_dep_time, sched_arr_time, distance, hour, minute, temp, dewp, humid, wind_dir, wind_speed, " \
+                  "wind_gust, precip, pressure, visib, carrier, origin, dest"
+        cursor = connection.execute(f"select {columns} from flights_clean limit 200")
+        names = [column[0] for column in cursor.description]
+        records = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def serve() -> subprocess.Popen[str]:
+        process = scenario.start("serve", "--config", config, "--port", str(port))
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                    return process
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        raise RuntimeError("the server did not get ready")
+
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def client(number: int) -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            index = 0
+            while not stop.is_set():
+                body = {"records": records[index % 150: index % 150 + 1 + index % 3],
+                        "request_id": f"c{number}-{index}"}
+                index += 1
+                try:
+                    response = http.post("/predict", json=body)
+                except httpx.HTTPError:
+                    return
+                if response.status_code == 200:
+                    answered.extend(p["request_id"] for p in response.json()["predictions"])
+
+    first = serve()
+    threads = [threading.Thread(target=client, args=(number,)) for number in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(20)
+    first.kill()
+    first.wait()
+    stop.set()
+    for thread in threads:
+        thread.join()
+    second = serve()
+    time.sleep(10)  # a restarted server ships what the killed one left (if it can) within its flush time
+    second.terminate()
+    stdout, _ = second.communicate(timeout=120)
+    with scenario.warehouse() as connection:
+        logged = [row[0] for row in connection.execute("select request_id from retrain_predictions")]
+    return {"predictions answered 200": len(answered),
+            "answered but missing from the log": len(set(answered) - set(logged)),
+            "request ids logged more than once": len(logged) - len(set(logged)),
+            "SIGTERM: exit code, output": [second.returncode, stdout.strip()[-200:]]}
+
+
+PROMOTION_STEPS = ["intent", "set previous", "set champion", "version facts", "ledger", "event", "clear intent"]
+REGISTER_VERSIONS = """
+import sys
+import mlflow
+from mlflow.tracking import MlflowClient
+mlflow.set_tracking_uri(sys.argv[1])
+client = MlflowClient()
+client.create_registered_model(sys.argv[2])
+for _ in range(2):
+    client.create_model_version(sys.argv[2], source="file:///nowhere", tags={"retrain.gates": "passed"})
+client.set_registered_model_alias(sys.argv[2], "champion", "1")
+"""
+
+
+def interleaved_releases(scenario: Scenario) -> dict[str, object]:
+    config = str(scenario.config())
+    model = yaml.safe_load(Path(config).read_text())["name"]
+    python = scenario.repo / ".venv" / "bin" / "python"
+    subprocess.run([str(python), "-c", REGISTER_VERSIONS, f"sqlite:///{scenario.home / 'mlflow.db'}", model],
+                   check=True, env=scenario.env, cwd=scenario.home, capture_output=True)
+    called_interrupted, paused_rounds, codes = 0, 0, []
+    for step in PROMOTION_STEPS:
+        folder = Path(tempfile.mkdtemp(prefix="pause-", dir=scenario.home))
+        first = scenario.start("promote", "--config", config, "--version", "2", "--reason", f"paused at {step}",
+                               extra_env={"RETRAIN_PAUSE_AT": f"{step}={folder}"})
+        while not (folder / "paused").exists() and first.poll() is None:
+            time.sleep(0.1)
+        if first.poll() is None:  # paused, alive, mid-transition: what does a second command do?
+            paused_rounds += 1
+            _, status, _ = scenario.run("status", "--config", config)
+            called_interrupted += bool(outcome(status).get("pending"))
+            second = scenario.start("rollback", "--config", config, "--reason", f"while paused at {step}")
+            time.sleep(15)  # long enough for the rollback's flow to reach the lock (or, before, to finish it)
+            (folder / "resume").touch()
+        else:
+            second = scenario.start("rollback", "--config", config, "--reason", f"after {step}")
+        codes.append([first.wait(timeout=600), second.wait(timeout=600)])
+    with scenario.warehouse() as connection:
+        rows = connection.execute("select action, details from retrain_ledger order by at, id").fetchall()
+        locks = connection.execute("select count(*) from retrain_locks").fetchone()[0]
+    transitions = [json.loads(details or "{}").get("transition") for _, details in rows]
+    repeated = sum(count > 1 for count in _counts([t for t in transitions if t]).values())
+    replayed: dict[str, str | None] = {"champion": "1"}
+    for _, details in rows:
+        replayed.update(json.loads(details or "{}").get("moves", {}))
+    _, status, _ = scenario.run("status", "--config", config)
+    aliases = {alias: version for alias, version in outcome(status).get("aliases", {}).items() if version}
+    return {"rounds paused mid-transition": f"{paused_rounds} of {len(PROMOTION_STEPS)}",
+            "exit codes (promote, rollback)": codes,
+            "transition ids in the ledger more than once": repeated,
+            "ledger replay gives the aliases": {k: v for k, v in replayed.items() if v} == aliases,
+            "live transitions status called interrupted": called_interrupted,
+            "lock rows left in retrain_locks": locks}
+
+
+def _counts(values: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
 def _last_line(text: str) -> str:
     """The last line that reads like an error (else the last line): why a process ended."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
@@ -248,6 +458,10 @@ SCENARIOS: dict[str, Callable[[Scenario], dict[str, object]]] = {
     "shared-source": shared_source,
     "password": password,
     "kill-in-tuning": kill_in_tuning,
+    "late-rows": late_rows,
+    "refused-thrice": refused_thrice,
+    "kill-serve": kill_serve,
+    "interleaved-releases": interleaved_releases,
 }
 
 

@@ -1,6 +1,11 @@
 """Our prediction server against `mlflow models serve`, same model, same bodies, same load, one run.
 
     .venv/bin/python benchmarks/serving.py [--home DIR] [--concurrency 8] [--requests 3000]
+    .venv/bin/python benchmarks/serving.py --fsync never,interval,always --before /path/to/older/checkout
+
+`--fsync` runs ours once per journal fsync policy (`journal_fsync`: every answered prediction is journaled
+before it is answered; the policies differ in what survives a machine crash), and `--before` adds the
+`retrain serve` of another checkout (e.g. one without the journal), so the journal's cost is read off one run.
 
 Trains the flights example once into DIR (default: a fresh temporary folder; `retrain load-example` and
 `retrain train --trials 2`), starts `retrain serve` and `mlflow models serve -m models:/NAME@champion
@@ -164,6 +169,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--requests", type=int, default=3000, help="Single-record requests per server.")
     parser.add_argument("--batch-requests", type=int, default=300, help="100-record requests per server.")
+    parser.add_argument("--fsync", default="interval",
+                        help="Comma-separated journal_fsync policies to run ours with (never, interval, always).")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="Another checkout whose `retrain serve` (its .venv) runs too, for a before/after.")
     options = parser.parse_args()
     home = options.home or Path(tempfile.mkdtemp(prefix="retrain-bench-serving-")) / "home"
     environment = {key: value for key, value in os.environ.items() if not key.startswith(("RETRAIN_", "MLFLOW_"))}
@@ -176,15 +185,28 @@ def main() -> None:
     folder.mkdir(exist_ok=True)
     bodies = {1: write_bodies(home, folder, 1, 1000), 100: write_bodies(home, folder, 100, 30)}
     counts = {1: options.requests, 100: options.batch_requests}
-    ours_port, mlflow_port = free_port(), free_port()
-    servers = {
-        "retrain serve": (start([str(BIN / "retrain"), "serve", "--config", str(CONFIG), "--port", str(ours_port)],
-                                environment, folder / "retrain-serve.log"), ours_port, "/ready"),
-        "mlflow models serve": (start([str(BIN / "mlflow"), "models", "serve", "-m", "models:/flights-delay@champion",
-                                       "--env-manager", "local", "-h", "127.0.0.1", "-p", str(mlflow_port)],
-                                      {**environment, "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"},
-                                      folder / "mlflow-serve.log"), mlflow_port, "/ping"),
-    }
+    policies = [policy.strip() for policy in options.fsync.split(",") if policy.strip()]
+    servers: dict[str, tuple[subprocess.Popen[bytes], int, str]] = {}
+    for policy in policies:
+        port = free_port()
+        name = "retrain serve" if len(policies) == 1 else f"retrain serve, fsync {policy}"
+        servers[name] = (start([str(BIN / "retrain"), "serve", "--config", str(CONFIG), "--port", str(port)],
+                               {**environment, "RETRAIN_JOURNAL_FSYNC": policy},
+                               folder / f"retrain-serve-{policy}.log"), port, "/ready")
+    if options.before is not None:
+        port = free_port()
+        before_bin = options.before.resolve() / ".venv" / "bin"
+        servers["retrain serve (before)"] = (
+            start([str(before_bin / "retrain"), "serve", "--config", str(options.before.resolve() / "examples" /
+                                                                          "flights.yaml"), "--port", str(port)],
+                  {**environment, "PATH": f"{before_bin}:{environment['PATH']}"}, folder / "retrain-before.log"),
+            port, "/ready")
+    mlflow_port = free_port()
+    servers["mlflow models serve"] = (
+        start([str(BIN / "mlflow"), "models", "serve", "-m", "models:/flights-delay@champion", "--env-manager",
+               "local", "-h", "127.0.0.1", "-p", str(mlflow_port)],
+              {**environment, "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}, folder / "mlflow-serve.log"),
+        mlflow_port, "/ping")
     results: dict[tuple[str, int], dict[str, Any]] = {}
     try:
         for _, port, path in servers.values():
@@ -202,14 +224,16 @@ def main() -> None:
     load = os.getloadavg()
     print(f"{cores} cores, load average {load[0]:.1f} at the end; concurrency {options.concurrency}; "
           "server and load generator on this machine")
-    print(f"{'server':22} {'records':>7} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7}")
+    print(f"{'server':34} {'records':>7} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7}")
     for (name, size), result in results.items():
-        print(f"{name:22} {size:>7} {result['requests']:>8} {result['errors']:>6} {result['throughput']:>8} "
+        print(f"{name:34} {size:>7} {result['requests']:>8} {result['errors']:>6} {result['throughput']:>8} "
               f"{result['p50_ms']:>7} {result['p99_ms']:>7}")
+    ours = [name for name in servers if name.startswith("retrain serve")]
     for size in (1, 100):
-        ratio = results["retrain serve", size]["throughput"] / results["mlflow models serve", size]["throughput"]
-        print(f"throughput ratio ours/mlflow, {size} record(s) per request: {ratio:.2f}x")
-    expected = sum((counts[size] + min(counts[size], 300)) * size for size in (1, 100))
+        for name in ours:
+            ratio = results[name, size]["throughput"] / results["mlflow models serve", size]["throughput"]
+            print(f"throughput ratio {name}/mlflow, {size} record(s) per request: {ratio:.2f}x")
+    expected = len(ours) * sum((counts[size] + min(counts[size], 300)) * size for size in (1, 100))
     print(f"prediction log: {logged} rows written during the run, {expected} records predicted by ours")
 
 

@@ -162,7 +162,7 @@ def measure_writes(contract: Contract, typed: pd.DataFrame, raw: pd.DataFrame, f
             record=batch_record(outcome, plan, finished_at=datetime.now()),
             clean=judged.clean,
             clean_table=clean_table("flights_clean", column_types, key=contract.key),
-            quarantine=quarantine_records(outcome.batch_id, judged, rows.fingerprints),
+            quarantine=quarantine_records(outcome.batch_id, judged),
             quarantine_table=quarantine_table("flights_quarantine"),
         )
         return outcome

@@ -23,12 +23,16 @@ from tasks.ingest import (
     announce_data_arrived,
     check_source_config,
     count_new_rows,
+    find_late_rows,
     plan_batch,
+    plan_late_batch,
     publish_batch_report,
     read_batch_rows,
     read_model_contract,
     record_batch,
     source_lock,
+    takes_late_rows,
+    unchanged_replay,
     validate_new_rows,
 )
 from tasks.runs import label_flow_run
@@ -69,13 +73,19 @@ def ingest_new_rows(
 
     # one writer per source: plan, read, validate and record under its lock
     with source_lock(config):
-        # which rows: a new range, or the outcome of an identical ingest that already passed
+        # which rows: a new range, or the outcome of an identical ingest whose range holds nothing new since
         plan = plan_batch(config, contract, start=start, end=end, as_of=as_of)
         label_flow_run(config=config, what="ingest", as_of=plan.as_of)
-        if plan.replay is not None:
-            return plan.replay
         rows = read_batch_rows(config, plan)
-        return land_batch(config, contract, plan, rows)
+        replayed = unchanged_replay(plan, rows)
+        if replayed is not None:
+            return replayed
+
+        # late rows (dated before the watermark, read by no batch): counted, or landed first as their own batch
+        late = find_late_rows(config, contract, plan, rows)
+        late_outcome = land_late_rows(config, contract, plan, late) if takes_late_rows(contract, start, end, late) \
+            else None
+        return land_batch(config, contract, plan, rows, late=late.count, late_batch=late_outcome)
 
 
 @flow(name="ingest-when-new-rows", log_prints=False, on_failure=[record_failed_run], on_crashed=[record_failed_run])
@@ -112,15 +122,26 @@ def ingest_when_new_rows(
         plan = plan_batch(config, contract, as_of=as_of)
         label_flow_run(config=config, what="ingest", as_of=plan.as_of)
         rows = read_batch_rows(config, plan)
+        late = find_late_rows(config, contract, plan, rows)
+        late_outcome = land_late_rows(config, contract, plan, late) if takes_late_rows(contract, None, None, late) \
+            else None
         if not rows.timed_count:
-            return None
-        return land_batch(config, contract, plan, rows)
+            return late_outcome
+        return land_batch(config, contract, plan, rows, late=late.count, late_batch=late_outcome)
 
 
-def land_batch(config: ModelConfig, contract: Contract, plan: BatchPlan, rows: BatchRows) -> BatchOutcome:
+def land_batch(
+    config: ModelConfig,
+    contract: Contract,
+    plan: BatchPlan,
+    rows: BatchRows,
+    late: int = 0,
+    late_batch: BatchOutcome | None = None,
+) -> BatchOutcome:
     """Validate, judge and record a batch (clean + quarantine + ledger in one transaction), then report it."""
     result = validate_new_rows(config, contract, plan, rows)
-    outcome = record_batch(config, contract, plan, rows, result)
+    outcome = record_batch(config, contract, plan, rows, result, late=late,
+                           late_batch=late_batch.batch_id if late_batch is not None else None)
     publish_batch_report(config, outcome, result)
 
     # abort rule: a refused batch fails the run, so nothing downstream starts
@@ -128,6 +149,18 @@ def land_batch(config: ModelConfig, contract: Contract, plan: BatchPlan, rows: B
         raise BatchRefused(outcome.violation, outcome)
 
     # tell deployments that new clean rows arrived (an empty batch a contract lets pass brings none)
+    if outcome.clean:
+        announce_data_arrived(config, outcome)
+    return outcome
+
+
+def land_late_rows(config: ModelConfig, contract: Contract, plan: BatchPlan, late: BatchRows) -> BatchOutcome:
+    """Land late rows as a batch of their own, judged like any batch; a refusal is recorded (its rows
+    quarantined) and does not stop the new rows behind it."""
+    late_plan = plan_late_batch(plan, late, contract)
+    result = validate_new_rows(config, contract, late_plan, late)
+    outcome = record_batch(config, contract, late_plan, late, result)
+    publish_batch_report(config, outcome, result)
     if outcome.clean:
         announce_data_arrived(config, outcome)
     return outcome

@@ -150,22 +150,51 @@ def as_naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo is not None else moment
 
 
+# Every instant Retrain handles fits a pandas timestamp (nanoseconds since 1970 in 64 bits): windows, batches and
+# the model's calendar features are computed in pandas. Whole microseconds, as Python's datetime holds them.
+EARLIEST = datetime(1677, 9, 21, 0, 12, 43, 145225)
+LATEST = datetime(2262, 4, 11, 23, 47, 16, 854775)
+
+
+def check_supported(moment: datetime, what: object = None) -> datetime:
+    """`moment` (naive UTC) if it lies in the range of instants Retrain handles, else a ValueError naming it.
+
+    Args:
+        moment: The instant, naive UTC.
+        what: How the input was written, for the message (default: the instant).
+    """
+    if not EARLIEST <= moment <= LATEST:
+        raise ValueError(f"{what if what is not None else moment.isoformat()!r} is {moment.isoformat()} UTC, outside "
+                         f"the instants Retrain handles ({EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d}, pandas' range)")
+    return moment
+
+
 def parse_instant(value: datetime | date | str) -> datetime:
-    """One instant from a datetime, a date or ISO 8601 text (`2013-04-01`, `2013-04-01T06:00+05:00`).
+    """One instant from a datetime, a date or ISO 8601 text (`2013-04-01`, `2013-04-01T06:00+05:00`), as naive UTC
+    in the range Retrain handles (`EARLIEST` to `LATEST`).
 
     Raises:
-        ValueError: the text is not ISO 8601; the message quotes it.
+        ValueError: the text is not ISO 8601, or the instant (its offset applied) lies outside that range; the
+            message quotes it.
     """
     if isinstance(value, datetime):
-        return as_naive_utc(value)
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day)
-    text = value.strip()
+        moment = value
+    elif isinstance(value, date):
+        moment = datetime(value.year, value.month, value.day)
+    else:
+        text = value.strip()
+        try:
+            moment = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "Zz" and text else text)
+        except ValueError:
+            raise ValueError(
+                f"'{value}' is not an ISO 8601 date or time (e.g. 2013-04-01 or 2013-04-01T06:00)"
+            ) from None
     try:
-        parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "Zz" and text else text)
-    except ValueError:
-        raise ValueError(f"'{value}' is not an ISO 8601 date or time (e.g. 2013-04-01 or 2013-04-01T06:00)") from None
-    return as_naive_utc(parsed)
+        naive = as_naive_utc(moment)
+    except OverflowError:  # an offset pushed it past year 1 or 9999: outside the range as much as can be
+        raise ValueError(f"{value!r} lies outside the instants Retrain handles once its UTC offset is applied "
+                         f"({EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d}, pandas' range)") from None
+    return check_supported(naive, value if isinstance(value, str) else None)
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(d|h|m|days?|hours?|minutes?)\s*$", re.IGNORECASE)

@@ -40,7 +40,10 @@ HEADER = """\
 #   max_age_hours (newest timestamp no older than this before the run's as_of; null = no check),
 #   future_tolerance_minutes (rows dated after as_of + this have not arrived yet: an ingest leaves them for a
 #   later batch; a requested --end beyond it quarantines them as future),
-#   unknown_columns (report: ingest and list them; refuse: fail the batch).
+#   unknown_columns (report: ingest and list them; refuse: fail the batch),
+#   late_window_hours (how far before the watermark an ingest looks for rows no batch has read: late rows;
+#   0 = never), late_rows (report: count them in the ingest's outcome; ingest: an open-ended ingest lands them
+#   first, as a batch of their own).
 """
 
 
@@ -61,6 +64,13 @@ class TimestampOffsets(StrEnum):
 
     CONVERT = "convert"  # the instant, in UTC; values without an offset are taken as UTC already
     REFUSE = "refuse"  # quarantined as `offset:<column>`
+
+
+class LateRows(StrEnum):
+    """What an open-ended ingest does with late rows: rows dated before the watermark that no batch has read."""
+
+    REPORT = "report"  # counted in the outcome (`late`) and the batch ledger; replay their range to land them
+    INGEST = "ingest"  # landed first, as a batch of their own, then the new rows as usual
 
 
 class _Frozen(BaseModel):
@@ -113,6 +123,10 @@ class BatchRules(_Frozen):
     max_age_hours: float | None = Field(default=None, gt=0)
     future_tolerance_minutes: float = Field(default=60.0, ge=0)
     unknown_columns: UnknownColumns = UnknownColumns.REPORT
+    late_window_hours: float = Field(
+        default=168.0, ge=0, description="How far before the watermark an ingest looks for late rows (0: never)."
+    )
+    late_rows: LateRows = LateRows.REPORT
 
     @model_validator(mode="after")
     def _band(self) -> BatchRules:

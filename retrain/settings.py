@@ -11,6 +11,7 @@ import difflib
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError
@@ -90,8 +91,18 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body the server reads.")
     log_batch_rows: int = Field(default=500, ge=1, description="Predictions written to the log per insert.")
-    log_queue_rows: int = Field(
-        default=100_000, ge=1, description="Predictions waiting for the log; beyond this, new ones are dropped."
+    journal_folder: Path | None = Field(
+        default=None,
+        description="Where the server journals every answered prediction before answering (one folder per model); "
+        "default `journal/` under home. Local disk of the serving machine.",
+    )
+    journal_fsync: Literal["always", "interval", "never"] = Field(
+        default="interval",
+        description="When the journal is forced to disk (what survives a machine crash; a killed process loses "
+        "nothing either way): before every answer, every `journal_fsync_seconds`, or when the OS decides.",
+    )
+    journal_fsync_seconds: float = Field(
+        default=1.0, gt=0, description="How often the journal is forced to disk under `journal_fsync: interval`."
     )
     log_flush_seconds: float = Field(
         default=1.0, gt=0, description="Longest a prediction waits in the queue before a partial batch is written."
@@ -157,6 +168,12 @@ class Settings(BaseSettings):
         if self.optuna_storage is not None:
             return self.optuna_storage.get_secret_value()
         return f"sqlite:///{self.resolved_home / 'optuna.db'}"
+
+    @property
+    def journal_dir(self) -> Path:
+        if self.journal_folder is not None:
+            return self.journal_folder.expanduser().resolve()
+        return self.resolved_home / "journal"
 
     @property
     def reports_dir(self) -> Path:

@@ -6,7 +6,8 @@ if there is one, in the background: /ready says when), and on shutdown stops the
 log. Endpoints:
 
 - `POST /predict`: raw records in; each prediction with its request id, version and arm.
-- `POST /invocations`: MLflow's scoring protocol, so a client of `mlflow models serve` only changes the URL.
+- `POST /invocations`, `GET /ping`, `GET /version`: MLflow's scoring protocol to the letter (`serving.scoring`),
+  so a client of `mlflow models serve` (or a SageMaker-style health check) only changes the URL.
 - `POST /feedback`: actuals by request id or key, into the label table.
 - `GET /health`, `GET /ready`, `GET /models`, `GET /metrics` (Prometheus text).
 - `POST /reload`: look at the aliases now (bearer token; off when no token is configured).
@@ -20,12 +21,14 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -37,10 +40,12 @@ from retrain.clock import now
 from retrain.config import ModelConfig
 from retrain.settings import Settings
 from retrain.warehouse import Warehouse, open_warehouse
-from serving.feedback import MAX_REQUEST_ID, label_rows
+from serving.feedback import MAX_REQUEST_ID, label_rows, request_id_problem
+from serving.journal import JournalUnavailable, PredictionJournal
 from serving.models import LoadedModel, ModelWatcher, Refresh, Served, ServedModels
-from serving.prediction_log import PredictionLog, insert_labels
+from serving.prediction_log import OUTAGE_ERRORS, PredictionLog, insert_labels
 from serving.records import (
+    MISSING_FEATURE,
     InputSpec,
     InvalidRecords,
     Problem,
@@ -48,10 +53,10 @@ from serving.records import (
     check_records,
     event_time,
     record_key,
-    records_from_columns,
-    records_from_split,
+    text_problem,
 )
 from serving.routing import CANARY, CHAMPION, choose_arm
+from serving.scoring import CONTENT_TYPES, UnsupportedMediaType, keep_model_columns, scoring_records
 
 logger = logging.getLogger(__name__)
 
@@ -89,17 +94,6 @@ class Prediction(BaseModel):
 
 class PredictResponse(BaseModel):
     predictions: list[Prediction]
-
-
-class InvocationRequest(BaseModel):
-    """MLflow's scoring protocol: exactly one of dataframe_split, dataframe_records, inputs, instances."""
-
-    model_config = ConfigDict(extra="forbid")
-    dataframe_split: dict[str, Any] | None = None
-    dataframe_records: list[Any] | None = None
-    inputs: Any = None
-    instances: Any = None
-    params: dict[str, Any] | None = None
 
 
 class InvocationResponse(BaseModel):
@@ -175,10 +169,11 @@ class ServingMetrics:
                                    ["arm", "version"], registry=r)
         self.latency = Histogram("retrain_prediction_latency_seconds", "Time to answer a prediction request.",
                                  ["arm", "version"], buckets=LATENCY_BUCKETS, registry=r)
-        self.log_depth = Gauge("retrain_prediction_log_queue_depth", "Predictions waiting for the log.", registry=r)
+        self.log_depth = Gauge("retrain_prediction_log_queue_depth",
+                               "Answered predictions waiting in the journal for the warehouse.", registry=r)
         self.log_depth.set_function(log_depth)
-        self.log_dropped = Counter("retrain_prediction_log_dropped_rows", "Predictions that never reached the log.",
-                                   registry=r)
+        self.log_dropped = Counter("retrain_prediction_log_dropped_rows",
+                                   "Journaled predictions the warehouse refused (a value it cannot store).", registry=r)
         self.log_written = Counter("retrain_prediction_log_written_rows", "Predictions written to the log.",
                                    registry=r)
         self.swaps = Counter("retrain_model_swaps", "Times a new set of models was swapped in.", registry=r)
@@ -203,8 +198,10 @@ class Server:
         self.settings = settings
         self.warehouse = warehouse
         self.models = ServedModels()
+        journal = PredictionJournal(settings.journal_dir / journal_name(config.model), settings.journal_fsync,
+                                    settings.journal_fsync_seconds)
         self.log = PredictionLog(
-            warehouse, settings.log_batch_rows, settings.log_queue_rows, settings.log_flush_seconds,
+            warehouse, journal, settings.log_batch_rows, settings.log_flush_seconds,
             on_dropped=self._count_dropped, on_written=self._count_written,
         )
         self.metrics = ServingMetrics(lambda: self.log.depth)
@@ -215,6 +212,15 @@ class Server:
         )
         self._specs: dict[str, InputSpec] = {}
         self._key_spec = build_input_spec((), {}, config.contract_kinds, config.key)
+        self._ignored_seen: set[tuple[str, ...]] = set()
+
+    def note_ignored(self, columns: tuple[str, ...]) -> None:
+        """Log columns a scoring request sent that the model does not take, once per set (the response says so
+        every time, in its `x-retrain-ignored-columns` header)."""
+        if columns not in self._ignored_seen:
+            self._ignored_seen.add(columns)
+            logger.info("/invocations: columns %s are not the model's: left out, as mlflow models serve does "
+                        "(said in the x-retrain-ignored-columns header)", list(columns))
 
     def _count_dropped(self, count: int) -> None:
         self.metrics.log_dropped.inc(count)
@@ -281,6 +287,15 @@ class Server:
         self.log.submit(rows)
         return answers
 
+    def fields(self) -> tuple[frozenset[str], dict[str, str]]:
+        """What the served models take (features and key, of the champion and the canary) and each field's kind."""
+        served = self.served()
+        specs = [self.spec_for(model) for model in (served.champion, served.canary) if model is not None]
+        kinds: dict[str, str] = {}
+        for spec in specs:
+            kinds.update(spec.kinds)
+        return frozenset(kinds), kinds
+
     def _routing_key(self, record: Any) -> str | None:
         """A record without a request id is routed by its key, so the same row lands on the same arm."""
         if not self.config.key or not isinstance(record, dict):
@@ -293,6 +308,11 @@ class Server:
 
 class NotReady(RuntimeError):
     """No champion is loaded: 503, try again."""
+
+
+def journal_name(model: str) -> str:
+    """The model's folder in the journal: its name, with anything a file name should not hold replaced."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip(".-") or "model"
 
 
 def request_ids_of(body: PredictRequest) -> list[str | None]:
@@ -308,41 +328,26 @@ def request_ids_of(body: PredictRequest) -> list[str | None]:
             raise InvalidRecords([Problem(None, "request_ids", f"expected {count} ids, one per record, "
                                                                f"got {len(body.request_ids)}")])
         for index, request_id in enumerate(body.request_ids):
-            if not 0 < len(request_id) <= MAX_REQUEST_ID:
-                raise InvalidRecords([Problem(index, "request_ids", f"expected 1 to {MAX_REQUEST_ID} characters")])
+            problem = request_id_problem(request_id)
+            if problem:
+                raise InvalidRecords([Problem(index, "request_ids", problem)])
         return list(body.request_ids)
     if body.request_id:
+        problem = text_problem(body.request_id)
+        if problem:
+            raise InvalidRecords([Problem(None, "request_id", problem)])
         return [body.request_id] if count == 1 else [f"{body.request_id}/{i}" for i in range(count)]
     return [None] * count
-
-
-def invocation_records(body: InvocationRequest) -> list[Any]:
-    """The records of an MLflow scoring request.
-
-    Raises:
-        InvalidRecords: not exactly one input format, or a malformed one.
-    """
-    given = {name: value for name, value in (("dataframe_split", body.dataframe_split),
-                                             ("dataframe_records", body.dataframe_records),
-                                             ("inputs", body.inputs), ("instances", body.instances))
-             if value is not None}
-    if len(given) != 1:
-        raise InvalidRecords([Problem(None, "(body)", "expected exactly one of dataframe_split, dataframe_records, "
-                                                      f"inputs, instances; got {sorted(given) or 'none'}")])
-    name, value = given.popitem()
-    if name == "dataframe_split":
-        return records_from_split(value)
-    if isinstance(value, dict):
-        return records_from_columns(value)
-    if isinstance(value, list):
-        return value
-    raise InvalidRecords([Problem(None, name, "expected a list of records or an object of column: values")])
 
 
 def problems_of_validation(error: RequestValidationError) -> list[dict[str, Any]]:
     """FastAPI's validation errors in our shape: record index (for a record's error) and field."""
     problems = []
     for item in error.errors():
+        if item.get("type") == "json_invalid":  # its location is a character position, not a field
+            position = item.get("ctx", {}).get("error") or f"at character {item.get('loc', ('', '?'))[-1]}"
+            problems.append(Problem(None, "(body)", f"not valid JSON: {position}").as_json())
+            continue
         location = [part for part in item.get("loc", ()) if part != "body"]
         record = None
         if len(location) >= 2 and location[0] in ("records", "labels") and isinstance(location[1], int):
@@ -351,6 +356,19 @@ def problems_of_validation(error: RequestValidationError) -> list[dict[str, Any]
         field = ".".join(str(part) for part in location) or "(body)"
         problems.append(Problem(record, field, str(item.get("msg", "invalid"))).as_json())
     return problems[:20]
+
+
+SCORING_OPENAPI = {"requestBody": {"required": True, "content": {
+    kind: {"schema": {"type": "object" if kind == "application/json" else "string"}} for kind in CONTENT_TYPES}}}
+
+
+def mlflow_error(message: str, code: str = "BAD_REQUEST") -> Response:
+    """400 with MLflow's error body (`error_code`, `message`), as its scoring server writes it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos import databricks_pb2
+
+    error = MlflowException(message, error_code=databricks_pb2.ErrorCode.Value(code))
+    return Response(error.serialize_as_json(), status_code=error.get_http_status_code(), media_type="application/json")
 
 
 def error_response(status: int, error: str, message: str, problems: Sequence[dict[str, Any]] = ()) -> JSONResponse:
@@ -442,6 +460,7 @@ def create_app(model_config: ModelConfig, settings: Settings, warehouse: Warehou
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     add_error_handlers(app, server)
     add_routes(app, server)
+    add_scoring_routes(app, server)
     return app
 
 
@@ -466,6 +485,13 @@ def add_error_handlers(app: FastAPI, server: Server) -> None:
     async def not_ready(request: Request, error: NotReady) -> JSONResponse:
         server.metrics.errors.labels(request.url.path, "not_ready").inc()
         return error_response(503, "not_ready", str(error))
+
+    @app.exception_handler(JournalUnavailable)
+    async def not_journaled(request: Request, error: JournalUnavailable) -> JSONResponse:
+        server.metrics.errors.labels(request.url.path, "journal").inc()
+        logger.error("%s", error)
+        return error_response(503, "journal_unavailable", "the predictions could not be recorded, so they were not "
+                              "answered; try again later")
 
     @app.exception_handler(AdminRefused)
     async def admin_refused(request: Request, error: AdminRefused) -> JSONResponse:
@@ -530,32 +556,29 @@ def add_routes(app: FastAPI, server: Server) -> None:
         server.metrics.requests.labels("/predict", "200").inc()
         return {"predictions": answers}
 
-    @app.post("/invocations", response_model=InvocationResponse,
-              responses={422: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
-    async def invocations(body: InvocationRequest) -> Response:
-        """MLflow's scoring protocol (as `mlflow models serve`): `{"predictions": [...]}`, logged like /predict."""
-        records = invocation_records(body)
-        answers = await predict_off_the_loop_when_large(server, records, [None] * len(records), "/invocations")
-        server.metrics.requests.labels("/invocations", "200").inc()
-        versions = sorted({answer["version"] for answer in answers})
-        payload = json.dumps({"predictions": [answer["prediction"] for answer in answers]}).encode()
-        return Response(payload, media_type="application/json", headers={"x-model-version": ",".join(versions)})
-
     @app.post("/feedback", response_model=FeedbackResponse,
               responses={422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
     async def feedback(body: FeedbackRequest) -> Any:
         """Actual outcomes by request id or by key; stored with their arrival time, and matured at the instant
         each label (or the request) gives in `at`, else at arrival."""
         spec = server._key_spec
+        problem = text_problem(body.source)
+        if problem:
+            raise InvalidRecords([Problem(None, "source", problem)])
         rows = label_rows([label.model_dump() for label in body.labels], spec, server.config.model, now(),
                           body.source, body.at)
         try:
             new = await run_in_threadpool(insert_labels, server.warehouse, rows)
-        except Exception as error:  # noqa: BLE001 - the warehouse is down: the client should retry later
+        except OUTAGE_ERRORS as error:  # the warehouse is down: the client should retry later
             logger.warning("feedback not stored: %s", str(error).splitlines()[0][:300])
             server.metrics.errors.labels("/feedback", "warehouse").inc()
             return error_response(503, "warehouse_unavailable", "the labels were not stored (the warehouse did "
                                   "not answer); send them again later")
+        except (sa.exc.SQLAlchemyError, ValueError) as error:  # a value it cannot store: retrying will not help
+            logger.warning("feedback refused by the warehouse: %s", str(error).splitlines()[0][:300])
+            server.metrics.errors.labels("/feedback", "invalid_records").inc()
+            return error_response(422, "invalid_records", "the warehouse refused a value of these labels (nothing "
+                                  f"was stored): {str(error).splitlines()[0][:200]}")
         return {"received": len(rows), "new": new}
 
     @app.post("/reload", dependencies=[Depends(require_admin)],
@@ -565,6 +588,53 @@ def add_routes(app: FastAPI, server: Server) -> None:
         outcome: Refresh = await run_in_threadpool(server.watcher.refresh)
         return {"swapped": outcome.swapped, "served": outcome.served, "failures": list(outcome.failures),
                 "reason": outcome.reason}
+
+
+def add_scoring_routes(app: FastAPI, server: Server) -> None:
+    """MLflow's scoring server endpoints: `POST /invocations`, `GET /ping`, `GET /version`."""
+
+    @app.post("/invocations", response_model=InvocationResponse, openapi_extra=SCORING_OPENAPI,
+              responses={400: {"description": "MLflow's error body: error_code BAD_REQUEST and a message"},
+                         415: {"description": "A content type, charset or parameter MLflow's server refuses"},
+                         413: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    async def invocations(request: Request) -> Response:
+        """MLflow's scoring protocol, as `mlflow models serve` speaks it (`serving.scoring`): JSON (one of
+        dataframe_split, dataframe_records, instances, inputs), CSV or Parquet in; `{"predictions": [...]}` out,
+        logged like /predict. Columns the model does not take are left out and named in the
+        `x-retrain-ignored-columns` header."""
+        allowed, kinds = server.fields()
+        try:
+            scored = keep_model_columns(scoring_records(await request.body(), request.headers.get("content-type"),
+                                                        kinds), allowed)
+            answers = await predict_off_the_loop_when_large(server, scored.records, [None] * len(scored.records),
+                                                            "/invocations")
+        except UnsupportedMediaType as error:
+            server.metrics.errors.labels("/invocations", "unsupported_media_type").inc()
+            return Response(str(error), status_code=415, media_type="text/plain")
+        except InvalidRecords as error:
+            server.metrics.errors.labels("/invocations", "invalid_records").inc()
+            # MLflow's schema check calls a missing input an invalid parameter value; anything else a bad request.
+            missing = all(problem.problem == MISSING_FEATURE for problem in error.problems)
+            return mlflow_error(str(error), "INVALID_PARAMETER_VALUE" if missing else "BAD_REQUEST")
+        server.metrics.requests.labels("/invocations", "200").inc()
+        versions = sorted({answer["version"] for answer in answers})
+        payload = json.dumps({"predictions": [answer["prediction"] for answer in answers]}).encode()
+        headers = {"x-model-version": ",".join(versions)}
+        if scored.ignored:
+            headers["x-retrain-ignored-columns"] = ",".join(scored.ignored)
+            server.note_ignored(scored.ignored)
+        return Response(payload, media_type="application/json", headers=headers)
+
+    @app.get("/ping")
+    @app.get("/version")
+    async def mlflow_probes(request: Request) -> Response:
+        """As `mlflow models serve` answers them: `/ping` 200 once the process answers (a load balancer's or
+        SageMaker's health check), `/version` the MLflow version. `/ready` says whether a model is loaded."""
+        from mlflow.version import VERSION
+
+        if request.url.path == "/version":
+            return Response(VERSION, media_type="application/json")
+        return Response("\n", media_type="application/json")
 
 
 class AdminRefused(Exception):

@@ -7,13 +7,22 @@ the prediction whatever form the client sent the key values in (ISO text or epoc
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from retrain.warehouse import prediction_key
-from serving.records import DATETIME, InputSpec, InvalidRecords, Problem, as_instant, value_problem
+from serving.records import (
+    DATETIME,
+    InputSpec,
+    InvalidRecords,
+    Problem,
+    as_instant,
+    finite_number,
+    shown_value,
+    text_problem,
+    value_problem,
+)
 
 MAX_REQUEST_ID = 100  # the width of request_id in the prediction and label tables
 
@@ -22,18 +31,27 @@ def label_problems(index: int, label: Mapping[str, Any], spec: InputSpec) -> lis
     """What is wrong with one label: no actual, or not exactly one of request_id and a complete key."""
     problems = []
     actual = label.get("actual")
-    if isinstance(actual, bool) or not isinstance(actual, int | float) or not math.isfinite(actual):
-        problems.append(Problem(index, "actual", f"expected a finite number, got {actual!r}"))
+    if not finite_number(actual):
+        problems.append(Problem(index, "actual", f"expected a finite number, got {shown_value(actual)}"[:300]))
     if label.get("at") is not None and instant_problem(label["at"]):
         problems.append(Problem(index, "at", instant_problem(label["at"]) or ""))
     request_id, key = label.get("request_id"), label.get("key")
     if (request_id is None) == (key is None):
         problems.append(Problem(index, "request_id", "give either request_id or key (the model's key columns)"))
-    elif request_id is not None and not (isinstance(request_id, str) and 0 < len(request_id) <= MAX_REQUEST_ID):
-        problems.append(Problem(index, "request_id", f"expected text of 1 to {MAX_REQUEST_ID} characters"))
+    elif request_id is not None:
+        problem = request_id_problem(request_id)
+        if problem:
+            problems.append(Problem(index, "request_id", problem))
     elif key is not None:
         problems += key_problems(index, key, spec)
     return problems
+
+
+def request_id_problem(request_id: Any) -> str | None:
+    """Why a request id cannot be one (the prediction and label tables must store it as it is), or None."""
+    if not (isinstance(request_id, str) and 0 < len(request_id) <= MAX_REQUEST_ID):
+        return f"expected text of 1 to {MAX_REQUEST_ID} characters, got {shown_value(request_id)}"[:300]
+    return text_problem(request_id)
 
 
 def key_problems(index: int, key: Any, spec: InputSpec) -> list[Problem]:
@@ -56,11 +74,7 @@ def instant_problem(value: Any) -> str | None:
     """Why `value` is not an instant (ISO 8601 text or epoch milliseconds), or None."""
     if isinstance(value, bool):
         return f"expected an ISO 8601 instant, got {value!r}"
-    try:
-        as_instant(value)
-    except (AttributeError, TypeError, ValueError, OverflowError, OSError):
-        return f"expected an ISO 8601 instant (e.g. 2013-04-01T06:00), got {value!r}"[:200]
-    return None
+    return value_problem(value, DATETIME)
 
 
 def label_rows(

@@ -12,16 +12,18 @@ unusual value, and monitoring sees it as drift).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from retrain.clock import parse_instant
+from retrain.clock import EARLIEST, LATEST, parse_instant
 from retrain.warehouse import prediction_key
 
 INTEGER, FLOAT, STRING, DATETIME, ANY = "integer", "float", "string", "datetime", "any"
 KINDS = (INTEGER, FLOAT, STRING, DATETIME, ANY)
+MISSING_FEATURE = "missing feature (the model needs it; send null for an unknown value)"
 MAX_PROBLEMS = 20  # enough to fix a request; a 10k-record body with one wrong column must not answer 10k lines
 _EXPECTED = {
     INTEGER: "an integer",
@@ -113,42 +115,93 @@ def build_input_spec(
     return InputSpec(tuple(features), kinds, tuple(key), frozenset(not_nullable) & frozenset(kinds), timestamp)
 
 
+INT64 = (-(2**63), 2**63 - 1)  # what an integer column holds
+FLOAT_LARGEST = sys.float_info.max
+# Epoch milliseconds of the instants Retrain handles (pandas' range), as pandas' `to_json` writes a timestamp.
+EPOCH_MS = ((EARLIEST - datetime(1970, 1, 1)).total_seconds() * 1000, (LATEST - datetime(1970, 1, 1)).total_seconds()
+            * 1000)
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _finite_number(value: Any) -> bool:
-    return _is_number(value) and math.isfinite(value)
-
-
-def _parses_as_instant(value: Any) -> bool:
-    if _finite_number(value):
-        return True
-    if not isinstance(value, str):
+def finite_number(value: Any) -> bool:
+    """A JSON number a float can hold: not NaN or infinite, and not an integer too long for a float (a
+    400-digit integer parses in Python, and would overflow every conversion after)."""
+    if not _is_number(value):
         return False
+    if isinstance(value, int):
+        return -FLOAT_LARGEST <= value <= FLOAT_LARGEST
+    return math.isfinite(value)
+
+
+def _instant_problem(value: Any) -> str | None:
+    if _is_number(value):
+        if not finite_number(value) or not EPOCH_MS[0] <= value <= EPOCH_MS[1]:
+            return (f"expected {_EXPECTED[DATETIME]} between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} (epoch "
+                    f"milliseconds {EPOCH_MS[0]:.0f} to {EPOCH_MS[1]:.0f}), got {shown_value(value)}")
+        return None
+    if not isinstance(value, str):
+        return f"expected {_EXPECTED[DATETIME]}, got {shown_value(value)}"
     try:
         parse_instant(value)
-    except (TypeError, ValueError):
-        return False
-    return True
+    except (TypeError, ValueError) as error:
+        return f"expected {_EXPECTED[DATETIME]}: {error}"
+    return None
 
 
-_FITS = {
-    INTEGER: lambda value: _finite_number(value) and float(value).is_integer(),
-    FLOAT: _finite_number,
-    STRING: lambda value: isinstance(value, str),
-    DATETIME: _parses_as_instant,
-    ANY: lambda value: _is_number(value) or isinstance(value, str | bool),
-}
+def shown_value(value: Any) -> str:
+    """A value as a message shows it: a long integer by its length, never 400 digits."""
+    if isinstance(value, dict | list):
+        return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+    if isinstance(value, int) and not isinstance(value, bool) and len(str(abs(value))) > 30:
+        return f"a {len(str(abs(value)))}-digit integer"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _number_problem(value: Any, kind: str) -> str | None:
+    if not finite_number(value):
+        return (f"expected {_EXPECTED[kind]} that a float holds (finite, at most {FLOAT_LARGEST:.3g}), got "
+                f"{shown_value(value)}")
+    if kind == INTEGER:
+        if not float(value).is_integer():
+            return f"expected {_EXPECTED[INTEGER]}, got {shown_value(value)}"
+        if not INT64[0] <= value <= INT64[1]:
+            return f"expected {_EXPECTED[INTEGER]} that 64 bits hold (-2^63 to 2^63-1), got {shown_value(value)}"
+    return None
 
 
 def value_problem(value: Any, kind: str) -> str | None:
-    """Why a non-null value does not fit its kind, or None when it does."""
-    if _FITS[kind](value):
-        return None
-    got = f"a JSON {'object' if isinstance(value, dict) else 'array'}" if isinstance(value, dict | list) else (
-        f"{type(value).__name__} {value!r}")
-    return f"expected {_EXPECTED[kind]}, got {got}"[:200]
+    """Why a non-null value does not fit its kind, or None when it does: the right JSON type, and a value the
+    model's types hold (an integer in 64 bits, a number in a float, an instant in pandas' range)."""
+    if kind == DATETIME:
+        problem = _instant_problem(value)
+    elif kind in (INTEGER, FLOAT):
+        problem = _number_problem(value, kind) if _is_number(value) else (
+            f"expected {_EXPECTED[kind]}, got {shown_value(value)}")
+    elif kind == STRING:
+        problem = None if isinstance(value, str) else f"expected {_EXPECTED[kind]}, got {shown_value(value)}"
+    elif _is_number(value):
+        problem = None if finite_number(value) else (
+            f"expected {_EXPECTED[kind]} that a float holds, got {shown_value(value)}")
+    else:
+        problem = None if isinstance(value, str | bool) else f"expected {_EXPECTED[kind]}, got {shown_value(value)}"
+    if problem is None and isinstance(value, str):
+        problem = text_problem(value)
+    return None if problem is None else problem[:300]
+
+
+def text_problem(value: str) -> str | None:
+    """Why text cannot be stored as it is (a NUL character, which PostgreSQL refuses in text; a lone surrogate,
+    which is no character at all), or None."""
+    if "\x00" in value:
+        return "expected text without NUL characters (\\u0000)"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "expected text of whole characters, got a lone surrogate (\\ud800-\\udfff)"
+    return None
 
 
 def record_problems(index: int, record: Any, spec: InputSpec) -> list[Problem]:
@@ -156,7 +209,7 @@ def record_problems(index: int, record: Any, spec: InputSpec) -> list[Problem]:
     if not isinstance(record, dict):
         return [Problem(index, "(record)", f"expected a JSON object of field: value, got {type(record).__name__}")]
     problems = [
-        Problem(index, name, "missing feature (the model needs it; send null for an unknown value)")
+        Problem(index, name, MISSING_FEATURE)
         for name in spec.features
         if name not in record
     ]
@@ -185,10 +238,17 @@ def record_problems(index: int, record: Any, spec: InputSpec) -> list[Problem]:
 
 def as_instant(value: Any) -> datetime | None:
     """A datetime field as naive UTC: ISO text (an offset converted), or epoch milliseconds as pandas'
-    `to_json` writes a timestamp column."""
+    `to_json` writes a timestamp column.
+
+    Raises:
+        ValueError: not an instant in the range Retrain handles.
+    """
     if value is None:
         return None
     if _is_number(value):
+        problem = _instant_problem(value)
+        if problem:
+            raise ValueError(problem)
         return datetime.fromtimestamp(value / 1000, tz=UTC).replace(tzinfo=None)
     return parse_instant(value)
 

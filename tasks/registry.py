@@ -9,8 +9,12 @@ calls `set_registered_model_alias` / `delete_registered_model_alias`:
   saw them; otherwise `TransitionConflict` and nothing moves, so of two promotions at once exactly one wins;
 - crash-safe: the whole transition is first written as an intent (the registered model's tag `retrain.intent`),
   then its steps run in order (aliases, share tag, version tags and description, ledger row, event) and the
-  intent is removed last. Every step is idempotent, so the next transition of the model (or `status`) finishes
-  an interrupted one, and the ledger row is written once (it carries the transition's id);
+  intent is removed last. Every step is idempotent, so the next transition of the model finishes an interrupted
+  one (`finish_interrupted`);
+- one finisher: applying and finishing take the same lock, so an intent under a live holder is never finished
+  by anyone else (it is being applied, not interrupted), and a dead holder's is finished by exactly one process;
+  the ledger row carries the transition's id, unique in the ledger table, so it is written once whatever
+  happens;
 - recorded: one append-only ledger row, facts on the model versions (tags and a dated line of description, which
   say what happened when, never a state the aliases do not have) and a Prefect event named by the action.
 
@@ -33,6 +37,7 @@ from mlflow.tracking import MlflowClient
 
 from retrain import mlflow_keys as keys
 from retrain.errors import ExitCode, RetrainError
+from retrain.pauses import pause_point
 from retrain.release_state import ALIASES, full_aliases, read_release_state
 from retrain.warehouse import LedgerEntry, Warehouse, append_ledger_entry, hold_lock, read_ledger
 
@@ -386,7 +391,7 @@ def apply_transition(
         TransitionConflict: the aliases moved since the decision; nothing was moved.
         ReleaseInputError: the model, or a version the transition names, does not exist.
     """
-    with hold_lock(warehouse, f"release:{transition.model}", wait_seconds=LOCK_WAIT_SECONDS,
+    with hold_lock(warehouse, release_lock(transition.model), wait_seconds=LOCK_WAIT_SECONDS,
                    holder=f"{transition.action} of '{transition.model}' by {record.actor}"):
         finish_interrupted(client, warehouse, transition.model, announce)
         for version in {v for v in (*transition.moves.values(), transition.version) if v is not None}:
@@ -400,6 +405,7 @@ def apply_transition(
                 f"the aliases of '{transition.model}' moved since this {transition.action} was decided ({described}); "
                 "nothing was moved: look at `retrain status` and decide again"
             )
+        pause_point("intent")
         client.set_registered_model_tag(transition.model, keys.INTENT, intent_text(transition, record))
         _run_steps(client, warehouse, transition, record, announce)
     logger.info("%s: %s %s → %s (%s)", transition.model, transition.ledger_action, transition.from_version,
@@ -407,14 +413,34 @@ def apply_transition(
     return transition
 
 
+def release_lock(model: str) -> str:
+    """The lock every change of a model's aliases holds: applying a transition and finishing one."""
+    return f"release:{model}"
+
+
 def finish_interrupted(
     client: MlflowClient, warehouse: Warehouse, model: str, announce: Announce | None = None
 ) -> Transition | None:
     """Finish a transition a crash left half done (its intent is still on the registered model).
 
-    Every alias it moves must be where the decision saw it or where the transition puts it; otherwise someone
-    moved aliases by hand since, and the intent is refused rather than guessed at.
+    Under the model's release lock, the same one `apply_transition` holds: a transition whose process still
+    lives holds it, so this waits for it to end (and then finds no intent) instead of finishing it a second
+    time; a dead holder's lock is taken over, its row replaced. Every alias the intent moves must be where the
+    decision saw it or where the transition puts it; otherwise someone moved aliases by hand since, and the
+    intent is refused rather than guessed at.
+
+    Raises:
+        Busy: another process held the lock for longer than `LOCK_WAIT_SECONDS`.
+        TransitionConflict: the aliases were moved by other means since the intent was written.
     """
+    with hold_lock(warehouse, release_lock(model), wait_seconds=LOCK_WAIT_SECONDS,
+                   holder=f"finishing an interrupted transition of '{model}'"):
+        return _finish_interrupted(client, warehouse, model, announce)
+
+
+def _finish_interrupted(
+    client: MlflowClient, warehouse: Warehouse, model: str, announce: Announce | None
+) -> Transition | None:
     try:
         registered = client.get_registered_model(model)
     except MlflowException as error:
@@ -446,15 +472,20 @@ def _run_steps(
     model = transition.model
     for alias, target in _ordered_moves(transition):
         if target is not None:
+            pause_point(f"set {alias}")
             client.set_registered_model_alias(model, alias, target)
     current = full_aliases(_registered(client, model).aliases)
     for alias, target in _ordered_moves(transition):
         if target is None and current[alias] is not None:
+            pause_point(f"remove {alias}")
             client.delete_registered_model_alias(model, alias)
     if transition.canary_share is not None:
+        pause_point("set share")
         client.set_registered_model_tag(model, keys.CANARY_SHARE, f"{transition.canary_share:g}")
     if transition.clears_share and keys.CANARY_SHARE in (_registered(client, model).tags or {}):
+        pause_point("remove share")
         client.delete_registered_model_tag(model, keys.CANARY_SHARE)
+    pause_point("version facts")
     for version, tags in fact_tags(transition, record).items():
         for key, value in tags.items():
             client.set_model_version_tag(model, version, key, value)
@@ -462,15 +493,21 @@ def _run_steps(
         description = client.get_model_version(model, version).description or ""
         if line not in description:
             client.update_model_version(model, version, description=f"{description}\n{line}".strip())
-    if not any(entry.details.get("transition") == transition.id for entry in read_ledger(warehouse, model, limit=50)):
+    pause_point("ledger")
+    # The transition id is unique in the ledger table: a row already there (a finisher before us got this far)
+    # is kept, and this insert adds nothing. A row written before the column existed names it in its details.
+    if not any(entry.transition_id is None and entry.details.get("transition") == transition.id
+               for entry in read_ledger(warehouse, model, limit=50)):
         append_ledger_entry(warehouse, LedgerEntry(
             model=model, action=transition.ledger_action, reason=record.reason, actor=record.actor, at=record.at,
             from_version=transition.from_version, to_version=transition.to_version, metrics=dict(record.metrics),
             details={**dict(record.details), "transition": transition.id, "moves": dict(transition.moves)},
-            flow_run_id=record.flow_run_id, mlflow_run_id=record.mlflow_run_id,
+            flow_run_id=record.flow_run_id, mlflow_run_id=record.mlflow_run_id, transition_id=transition.id,
         ))
     if announce is not None:
+        pause_point("event")
         announce(transition, record)
+    pause_point("clear intent")
     client.delete_registered_model_tag(model, keys.INTENT)
 
 

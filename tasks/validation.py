@@ -5,14 +5,18 @@ contract compiles to a pandera schema whose lazy validation reports every failur
 pandera does not do is written here: coercion that counts what it repaired (`"12"`, `" 12 "` and `"12.0"`
 become 12; `"12,5"` becomes 12.5 only where the contract opts in), and duplicate keys, within the batch
 (pandera's `unique=` reports them three times slower) and against rows that landed in earlier batches. Every
-row read ends in exactly one place, the clean rows or the quarantine with all of its reasons, and a batch that
-breaks a batch rule is refused whole: its good rows are quarantined too, so nothing of it reaches training and
-nothing is lost. Which rows a batch holds, and how it is recorded, is `tasks.ingest`'s.
+row read ends in exactly one place: the clean rows, the quarantine with all of its reasons, or "already there"
+(a row equal in every column to a row already clean, such as one read again by a replayed range, or a
+byte-identical copy of an earlier row of the same batch: it lands once). A batch that breaks a batch rule is
+refused whole: its good rows are quarantined too, so nothing of it reaches training and nothing is lost. Which
+rows a batch holds, and how it is recorded, is `tasks.ingest`'s.
 
 Reasons read `check:column`: `not_integer:dep_time`, `not_number:temp`, `null:carrier`,
 `out_of_range:distance`, `not_allowed:origin`, `too_long:tailnum`, `unparseable:time_hour`,
-`offset:time_hour` (an offset where the contract refuses them), `future:time_hour`, and for whole rows
-`duplicate_key:in_batch`, `duplicate_key:across_batches`, `batch_refused:<rule>`.
+`offset:time_hour` (an offset where the contract refuses them), `future:time_hour`, `too_large:distance` (a whole
+number beyond what a 64-bit integer column holds, such as 1e20), and for whole rows
+`duplicate_key:in_batch` (rows of the batch sharing a key with other content), `duplicate_key:across_batches`
+(a key already clean, with other content), `batch_refused:<rule>`.
 
 Timestamps are parsed value by value (`retrain.clock.parse_timestamps`): a naive value is taken as UTC, a
 value with an offset is converted to UTC (or refused, as the contract says), and one value never changes
@@ -26,6 +30,7 @@ timestamp as text), so it is not counted.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -77,7 +82,11 @@ class BatchViolation:
 class ValidationResult:
     """A validated batch. `clean` holds typed rows in contract column order; `quarantined` holds one
     row per rejected input row with `source_row` (position in the batch), `reasons` (tuple of str) and
-    `raw` (the row as it came, as JSON text). `reasons` in the counts maps reason -> rows."""
+    `raw` (the row as it came, as JSON text). `reasons` in the counts maps reason -> rows.
+
+    `already_clean` and `copies` hold the positions of rows that are neither: equal to a row already in the
+    clean table, or byte-identical to an earlier row of the batch. So `read` is clean + quarantined + both.
+    """
 
     clean: pd.DataFrame
     quarantined: pd.DataFrame
@@ -89,6 +98,8 @@ class ValidationResult:
     newest_clean: datetime | None = None
     violation: BatchViolation | None = None
     source: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
+    already_clean: np.ndarray = field(default_factory=lambda: np.array([], dtype="int64"), repr=False)
+    copies: np.ndarray = field(default_factory=lambda: np.array([], dtype="int64"), repr=False)
 
     @property
     def status(self) -> str:
@@ -101,6 +112,14 @@ class ValidationResult:
     @property
     def quarantined_count(self) -> int:
         return len(self.quarantined)
+
+    @property
+    def already_clean_count(self) -> int:
+        return len(self.already_clean)
+
+    @property
+    def copies_count(self) -> int:
+        return len(self.copies)
 
 
 # -------------------------------------------------------------------------------------------- coercion
@@ -172,7 +191,7 @@ def _coerce_number(values: pd.Series, rule: ColumnRule, integer: bool) -> Coerce
         numbers = np.full(size, np.nan)
         others = present & ~is_text
         if others.any():
-            numbers[others] = pd.to_numeric(objects[others], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+            numbers[others] = _numbers_of(objects[others])
         if is_text.any():
             text = objects[is_text].astype(str).str.strip()
             if rule.decimal_comma:
@@ -181,16 +200,31 @@ def _coerce_number(values: pd.Series, rule: ColumnRule, integer: bool) -> Coerce
         coerced = is_text & ~np.isnan(numbers)
     with np.errstate(invalid="ignore"):
         bad = present & ~np.isfinite(numbers)
+        too_large = np.zeros(size, dtype=bool)
         if integer:
             bad |= present & np.isfinite(numbers) & (np.mod(numbers, 1) != 0)
-    missing = bad | np.isnan(numbers)
+            # A whole number beyond 64 bits ("1e20") is no integer the column can hold: converting it would wrap.
+            too_large = present & ~bad & (np.abs(numbers) >= 2.0**63)
+    missing = bad | too_large | np.isnan(numbers)
     if integer:
         # Built directly: astype("Int64") from floats re-checks every value in Python-speed loops.
         whole = np.where(missing, 0, numbers).astype("int64")
         typed = pd.Series(pd.arrays.IntegerArray(whole, missing), index=values.index)
     else:
         typed = pd.Series(np.where(bad, np.nan, numbers), index=values.index)
-    return CoercedColumn(typed, coerced & ~bad, bad, failure)
+    return CoercedColumn(typed, coerced & ~bad & ~too_large, bad, failure, too_large, "too_large")
+
+
+def _numbers_of(values: pd.Series) -> np.ndarray:
+    """Non-text values of an object column as floats; an integer too long for a float (Python reads a 400-digit
+    one from JSON or a NUMERIC column) is not a number here: NaN, which the caller reports as bad."""
+    try:
+        return pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    except OverflowError:
+        largest = sys.float_info.max
+        fitting = values.map(lambda value: value if not isinstance(value, int) or -largest <= value <= largest
+                             else np.nan)
+        return pd.to_numeric(fitting, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
 
 
 def _coerce_string(values: pd.Series) -> CoercedColumn:
@@ -311,21 +345,24 @@ def validate_batch(
     frame: pd.DataFrame,
     contract: Contract,
     as_of: datetime | None,
-    existing_keys: pd.DataFrame | None = None,
+    existing: pd.DataFrame | None = None,
 ) -> ValidationResult:
-    """Coerce, check and split a batch into clean and quarantined rows; batch rules are judged separately.
+    """Coerce, check and split a batch into clean, quarantined and already-there rows; batch rules are judged
+    separately.
 
     Args:
         frame: Rows as read from the source, values untouched.
         contract: The model's data contract.
         as_of: The run's clock, for the future-timestamp check (None: no future check).
-        existing_keys: Key columns of rows already in the clean table; a batch row with one of these
-            keys is quarantined as a duplicate across batches.
+        existing: Rows already in the clean table that the batch's keys may meet: the key columns and the other
+            contract columns. A batch row with one of these keys is already there when it equals that row in
+            every contract column, and is quarantined as a duplicate across batches otherwise (also when
+            `existing` holds only the keys, so nothing can be compared).
     """
     latest = None
     if as_of is not None:
         latest = as_naive_utc(as_of) + timedelta(minutes=contract.batch.future_tolerance_minutes)
-    return _validate(frame, contract.columns, contract.key, contract.timestamp, latest, existing_keys)
+    return _validate(frame, contract.columns, contract.key, contract.timestamp, latest, existing)
 
 
 def _validate(
@@ -334,7 +371,7 @@ def _validate(
     key: Sequence[str],
     timestamp: str | None,
     latest_allowed: datetime | None,
-    existing_keys: pd.DataFrame | None,
+    existing: pd.DataFrame | None,
 ) -> ValidationResult:
     source = frame if isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1 \
         else frame.reset_index(drop=True)
@@ -373,40 +410,89 @@ def _validate(
         null_checks = checked["reason"].str.startswith("null:").to_numpy()
         cells = pd.MultiIndex.from_frame(checked[["row", "column"]])
         checked = checked[~(null_checks & cells.isin(failed_cells))]
-    within = _duplicates_within_batch(typed, key)
-    across = _duplicates_across_batches(typed, present, key, existing_keys)
+    shared = typed.duplicated(list(key), keep=False).to_numpy() if _has_key(typed, key) else np.zeros(size, bool)
+    copies = _exact_copies(source, shared)
+    within = _duplicates_within_batch(typed, key, shared, copies)
+    across, already_clean = _compare_with_clean(typed, present, key, existing, copies)
     pairs = pd.concat([coercion_failures, checked, within, across], ignore_index=True)
     pairs = pairs.drop_duplicates(["row", "reason"])
-    return _split(source, typed, pairs, coerced, missing, unknown, timestamp)
+    skipped = copies | already_clean
+    if skipped.any():  # equal to a row that is clean already: not this batch's to judge again
+        pairs = pairs[~skipped[pairs["row"].to_numpy()]]
+    return _split(source, typed, pairs, coerced, missing, unknown, timestamp, already_clean, copies)
 
 
-def _duplicates_within_batch(typed: pd.DataFrame, key: Sequence[str]) -> pd.DataFrame:
-    """Every row whose key occurs more than once: which copy is right cannot be told, so none lands.
+def _has_key(typed: pd.DataFrame, key: Sequence[str]) -> bool:
+    return bool(key) and all(name in typed.columns for name in key)
+
+
+def _exact_copies(source: pd.DataFrame, shared_key: np.ndarray) -> np.ndarray:
+    """Rows byte-identical (every column as stored) to an earlier row of the batch that shares their key.
+
+    Such a copy (a row sent twice) is the same row: the first lands (or is quarantined) and the copies are not
+    rows of their own. Only rows sharing a key (`shared_key`) are compared, so a batch without repeated keys
+    costs nothing more; a table without a key keeps every row (two equal rows may be two events).
+    """
+    copies = np.zeros(len(source), dtype=bool)
+    shared = np.flatnonzero(shared_key)
+    if len(shared):
+        copies[shared[source.iloc[shared].duplicated(keep="first").to_numpy()]] = True
+    return copies
+
+
+def _duplicates_within_batch(
+    typed: pd.DataFrame, key: Sequence[str], shared: np.ndarray, copies: np.ndarray
+) -> pd.DataFrame:
+    """Every row whose key occurs more than once with other content: which one is right cannot be told, so
+    none lands (byte-identical copies are not counted: they are one row).
 
     Written by hand although pandera has `unique=`: on 1M rows with a few hundred duplicates its
     report (a formatted repr and a stack/unstack of the failures) cost 0.26 s, `duplicated` 0.08 s.
     """
-    if not key or any(name not in typed.columns for name in key):
+    if not _has_key(typed, key):
         return _pairs([], [], [])
-    rows = np.flatnonzero(typed.duplicated(list(key), keep=False).to_numpy())
+    if copies.any():
+        rows = np.flatnonzero(shared & ~copies)
+        shared = np.zeros(len(typed), dtype=bool)
+        shared[rows[typed.iloc[rows].duplicated(list(key), keep=False).to_numpy()]] = True
+    rows = np.flatnonzero(shared)
     return _pairs(rows, [DUPLICATE_IN_BATCH] * len(rows), [""] * len(rows))
 
 
-def _duplicates_across_batches(
+def _compare_with_clean(
     typed: pd.DataFrame,
     rules: dict[str, ColumnRule],
     key: Sequence[str],
-    existing_keys: pd.DataFrame | None,
-) -> pd.DataFrame:
-    if not key or existing_keys is None or existing_keys.empty or any(name not in typed.columns for name in key):
-        return _pairs([], [], [])
-    existing = pd.DataFrame(
-        {name: coerce_column(existing_keys[name].reset_index(drop=True), rules[name]).values for name in key}
-    )
-    seen = pd.MultiIndex.from_frame(existing.dropna())
+    existing: pd.DataFrame | None,
+    copies: np.ndarray,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rows whose key is clean already: equal in every contract column (already there), or duplicates.
+
+    Returns:
+        The duplicate pairs (reason `duplicate_key:across_batches`) and the mask of rows already there.
+    """
+    already = np.zeros(len(typed), dtype=bool)
+    if not _has_key(typed, key) or existing is None or existing.empty:
+        return _pairs([], [], []), already
+    compared = [name for name in typed.columns if name in existing.columns and name in rules]
+    stored = pd.DataFrame(
+        {name: coerce_column(existing[name].reset_index(drop=True), rules[name]).values for name in compared}
+    ).dropna(subset=list(key)).drop_duplicates(list(key))
     mine = pd.MultiIndex.from_frame(typed[list(key)])
-    rows = np.flatnonzero(mine.isin(seen))
-    return _pairs(rows, [DUPLICATE_ACROSS_BATCHES] * len(rows), [""] * len(rows))
+    meets = mine.isin(pd.MultiIndex.from_frame(stored[list(key)])) & ~copies
+    rows = np.flatnonzero(meets)
+    others = [name for name in typed.columns if name not in key]
+    if len(rows) and all(name in compared for name in others):
+        batch_rows = typed.iloc[rows].reset_index(drop=True)
+        joined = batch_rows.merge(stored, on=list(key), how="left", suffixes=("", "_stored"))
+        equal = np.ones(len(rows), dtype=bool)
+        for name in others:
+            mine_values, theirs = joined[name], joined[f"{name}_stored"]
+            same = (mine_values == theirs).fillna(False).to_numpy(dtype=bool)
+            equal &= same | (mine_values.isna().to_numpy() & theirs.isna().to_numpy())
+        already[rows[equal]] = True
+        rows = rows[~equal]
+    return _pairs(rows, [DUPLICATE_ACROSS_BATCHES] * len(rows), [""] * len(rows)), already
 
 
 def _split(
@@ -417,10 +503,13 @@ def _split(
     missing: tuple[str, ...],
     unknown: tuple[str, ...],
     timestamp: str | None,
+    already_clean: np.ndarray,
+    copies: np.ndarray,
 ) -> ValidationResult:
     size = len(source)
     bad = np.zeros(size, dtype=bool)
     bad[pairs["row"].to_numpy()] = True
+    bad |= already_clean | copies  # not clean rows of this batch either: they are there already
     # Pairs are unique per (row, reason), sorted here so each row's reasons are one contiguous slice:
     # splitting at row boundaries is ~50x faster than a groupby that calls tuple() once per group.
     ordered = pairs.sort_values(["row", "reason"], kind="stable")
@@ -435,7 +524,7 @@ def _split(
         {"source_row": bad_rows.astype("int64"), "reasons": reasons_of_rows, "raw": raw_json(source, bad_rows)}
     )
     clean = typed
-    if len(bad_rows):
+    if bad.any():
         clean = typed.loc[~bad]
         clean.index = pd.RangeIndex(len(clean))  # reset_index(drop=True) would copy every column again
     newest_clean = None
@@ -445,12 +534,14 @@ def _split(
         clean=clean,
         quarantined=quarantined,
         read=size,
-        coerced=int(coerced.sum()),
+        coerced=int((coerced & ~(already_clean | copies)).sum()),
         reasons=reason_counts,
         missing_columns=missing,
         unknown_columns=unknown,
         newest_clean=newest_clean,
         source=source,
+        already_clean=np.flatnonzero(already_clean),
+        copies=np.flatnonzero(copies),
     )
 
 
@@ -523,7 +614,8 @@ def find_batch_violation(
 
 def refuse_batch(result: ValidationResult, violation: BatchViolation) -> ValidationResult:
     """The batch with its clean rows moved to quarantine too, so nothing of it is appended and nothing is lost."""
-    good = np.setdiff1d(np.arange(result.read), result.quarantined["source_row"].to_numpy())
+    there = np.concatenate([result.quarantined["source_row"].to_numpy(), result.already_clean, result.copies])
+    good = np.setdiff1d(np.arange(result.read), there)
     reason = f"batch_refused:{violation.rule}"
     refused = pd.DataFrame(
         {"source_row": good.astype("int64"), "reasons": [(reason,)] * len(good), "raw": raw_json(result.source, good)}
@@ -585,6 +677,12 @@ def check_snapshot(frame: pd.DataFrame, contract: Contract, columns: Sequence[st
     key = contract.key if all(name in rules for name in contract.key) else []
     timestamp = contract.timestamp if contract.timestamp in rules else None
     result = _validate(frame[wanted], rules, key, timestamp, None, None)
+    if result.copies_count:  # a snapshot holds each row once: the clean table's key says so
+        raise DataContractError(
+            "snapshot_rows", result.copies_count, 0,
+            f"{result.copies_count} rows are copies of another row with the same key {list(key)}; first at "
+            f"position {int(result.copies[0])}",
+        )
     if result.quarantined_count:
         top = ", ".join(f"{reason} ({count})" for reason, count in list(result.reasons.items())[:5])
         first = result.quarantined.iloc[0]

@@ -21,6 +21,7 @@ from retrain.cli.app import (
     prepare_environment,
     stdout_to_stderr,
 )
+from retrain.clock import check_supported
 from retrain.config import load_model_config
 from retrain.errors import ExitCode
 from retrain.jsonable import to_jsonable
@@ -38,6 +39,11 @@ def load_example(
     """Write the NYC flights 2013 example into the warehouse as the model's source table (idempotent)."""
     prepare_environment()
     model = load_model_config(config)
+    if until is not None:
+        try:
+            check_supported(until)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--until") from None
     with stdout_to_stderr():
         check_stores_first("warehouse")
         from retrain.warehouse import get_warehouse, write_frame
@@ -137,7 +143,8 @@ def ingest(
             code = ExitCode.OK
         except BatchRefused as refusal:
             outcome, code = refusal.outcome, refusal.exit_code
-            typer.echo(f"refused: {refusal}", err=True)
+            again = f" (the same rows as batch {outcome.repeats}: nothing was stored again)" if outcome.repeats else ""
+            typer.echo(f"refused: {refusal}{again}", err=True)
         quarantined = [] if as_json else _quarantined_rows(model.source.quarantine, outcome.batch_id)
     if not as_json and quarantined:
         _print_quarantine(outcome.batch_id, quarantined)
@@ -171,6 +178,16 @@ def _render_batch(result: dict[str, Any]) -> str:
         f"  quarantined {result['quarantined']:,}",
     ]
     lines += [f"  {count:>9,}  {reason}" for reason, count in result["reasons"].items()]
+    if result["already_quarantined"]:
+        lines.append(f"           {result['already_quarantined']:,} of the quarantined rows were in quarantine "
+                     "already (not stored again)")
+    if result["already_clean"] or result["copies"]:
+        lines.append(f"there      {result['already_clean']:,} rows equal to rows already clean, {result['copies']:,} "
+                     "byte-identical copies (each row lands once)")
+    if result["late"]:
+        taken = f"landed by batch {result['late_batch']}" if result["late_batch"] else (
+            "replay their range, or set batch.late_rows: ingest in the contract")
+        lines.append(f"late       {result['late']:,} rows dated before the watermark that no batch had read: {taken}")
     if result["unknown_columns"]:
         lines.append(f"unknown    {', '.join(result['unknown_columns'])} (reported, not ingested)")
     if result["waiting"]:
@@ -179,6 +196,8 @@ def _render_batch(result: dict[str, Any]) -> str:
     verdict = f"{result['status']}"
     if violation:
         verdict += f" by rule '{violation['rule']}': observed {violation['observed']}, limit {violation['limit']}"
+    if result["repeats"]:
+        verdict += f" (the same rows as batch {result['repeats']}, refused before: nothing was stored again)"
     lines.append(f"status     {verdict}")
     return "\n".join(lines)
 

@@ -78,7 +78,7 @@ def _render_monitoring(result: dict[str, Any]) -> str:
 @app.command()
 def failures(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Only this model's failures.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many, newest first.", min=1)] = 20,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.", min=1, max=100_000)] = 20,
     as_json: JsonOption = False,
 ) -> None:
     """List the flow runs that failed after their retries, as the ledger recorded them (no Prefect server)."""

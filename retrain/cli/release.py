@@ -39,10 +39,15 @@ def person_actor() -> str:
 @app.command()
 def status(
     config: ConfigOption,
-    limit: Annotated[int, typer.Option(help="How many ledger rows to show, newest first.", min=1)] = 20,
+    limit: Annotated[int, typer.Option(help="How many ledger rows to show, newest first.", min=1,
+                                        max=100_000)] = 20,
     as_json: JsonOption = False,
 ) -> None:
-    """Release state: aliases → versions, the canary's traffic share and the latest decisions (no Prefect)."""
+    """Release state: aliases → versions, the canary's traffic share and the latest decisions (no Prefect).
+
+    A transition half applied is `pending` (interrupted: the next release command finishes it) only when no live
+    process holds the model's release lock; while one does, it is `applying` (being applied by that process).
+    """
     model = load_model_config(config)
     with stdout_to_stderr():
         check_stores_first("warehouse", "mlflow")
@@ -50,17 +55,20 @@ def status(
         from mlflow.tracking import MlflowClient
 
         from retrain.release_state import read_release_state
-        from retrain.warehouse import get_warehouse, read_ledger
-        from tasks.registry import ledger_summary
+        from retrain.warehouse import get_warehouse, live_lock_holder, read_ledger
+        from tasks.registry import ledger_summary, release_lock
 
         mlflow.set_tracking_uri(get_settings().resolved_tracking_uri())
+        warehouse = get_warehouse()
         state = read_release_state(MlflowClient(), model.name)
-        ledger = read_ledger(get_warehouse(), model.name, limit=limit)
+        holder = live_lock_holder(warehouse, release_lock(model.name)) if state.pending else None
+        ledger = read_ledger(warehouse, model.name, limit=limit)
     result = {
         "model": model.name,
         "aliases": dict(state.aliases),
         "canary_share": state.canary_share,
-        "pending": state.pending,
+        "pending": state.pending if holder is None else None,
+        "applying": None if holder is None else {"action": state.pending, "by": holder.describe()},
         "ledger": ledger_summary(ledger),
     }
     finish(result, as_json, _render_status)
@@ -73,6 +81,8 @@ def _render_status(result: dict[str, Any]) -> str:
         lines.append(f"canary     {result['canary_share']:.0%} of traffic")
     if result["pending"]:
         lines.append(f"pending    an interrupted {result['pending']} (the next release command finishes it)")
+    if result["applying"]:
+        lines.append(f"applying   a {result['applying']['action']} now, by {result['applying']['by']}")
     for entry in result["ledger"]:
         moved = f"{entry['from_version'] or '-'} -> {entry['to_version'] or '-'}"
         at = entry["at"].replace("T", " ")[:19]  # to the second, on the Retrain clock (JSON keeps it exact)

@@ -37,9 +37,9 @@ def train(
     trials: Annotated[
         int | None,
         typer.Option(help="Finished Optuna trials the snapshot's study must hold (a re-run adds only the missing).",
-                     min=1),
+                     min=1, max=1_000_000),
     ] = None,
-    timeout: Annotated[float | None, typer.Option(help="Tuning budget in seconds.", min=1)] = None,
+    timeout: Annotated[float | None, typer.Option(help="Tuning budget in seconds.", min=1, max=30 * 86_400)] = None,
     max_metric: Annotated[
         float | None, typer.Option(help="Absolute gate for a lower-is-better metric (e.g. MAE).")
     ] = None,

@@ -8,10 +8,14 @@ batch), `locks` (one writer across processes and machines), `ledger` (the releas
 
 from retrain.warehouse.batches import (
     find_passed_batch,
+    read_batch_record,
     read_batches,
     read_clean_keys,
+    read_clean_rows,
+    read_clean_rows_by_key,
     read_known_fingerprints,
     read_quarantine,
+    read_quarantined_fingerprints,
     read_watermark,
     record_batch,
 )
@@ -23,7 +27,7 @@ from retrain.warehouse.engine import (
     open_warehouse,
 )
 from retrain.warehouse.ledger import LedgerEntry, append_ledger_entry, read_ledger
-from retrain.warehouse.locks import LockHolder, hold_lock, read_lock_holder
+from retrain.warehouse.locks import LockHolder, hold_lock, live_lock_holder, read_lock_holder
 from retrain.warehouse.predictions import (
     append_new_predictions,
     count_predictions,
@@ -76,8 +80,10 @@ __all__ = [
     "append_ledger_entry", "append_new_predictions", "append_rows", "batch_ledger", "clean_table", "column_kind",
     "count_predictions", "count_rows_after", "count_rows_between", "create_declared_table", "create_warehouse_engine",
     "describe_table", "find_passed_batch", "get_warehouse", "has_table", "hold_lock", "insert_new_rows",
-    "label_table", "ledger_table", "list_tables", "lock_table", "monitoring_metric_table", "open_warehouse",
-    "prediction_key", "prediction_table", "quarantine_table", "read_batches", "read_clean_keys",
+    "label_table", "ledger_table", "list_tables", "live_lock_holder", "lock_table", "monitoring_metric_table",
+    "open_warehouse",
+    "prediction_key", "prediction_table", "quarantine_table", "read_batch_record", "read_batches",
+    "read_clean_keys", "read_clean_rows", "read_clean_rows_by_key", "read_quarantined_fingerprints",
     "read_known_fingerprints", "read_labelled_predictions", "read_ledger", "read_lock_holder",
     "read_monitoring_metric", "read_newest_timestamp", "read_prediction_features", "read_quarantine",
     "read_source_rows", "read_table", "replace_source_rows", "read_watermark", "read_window", "record_batch",

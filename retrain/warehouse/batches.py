@@ -6,7 +6,7 @@ clean table: every model that reads them shares it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -38,28 +38,79 @@ def read_watermark(warehouse: Warehouse, source_table: str, clean: str) -> datet
         return stored_datetime(connection.execute(query).scalar())
 
 
-def read_known_fingerprints(warehouse: Warehouse, source_table: str, clean: str, quarantine: str) -> set[str]:
-    """Fingerprints of the timeless rows (null or unparseable timestamp) that passed batches already quarantined.
+IN_CHUNK = 500  # values per IN (...) list: well under every database's limit on bound parameters
+
+
+def _chunks(values: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def read_known_fingerprints(
+    warehouse: Warehouse, source_table: str, clean: str, quarantine: str, fingerprints: Collection[str]
+) -> set[str]:
+    """Which of `fingerprints` (of rows without a usable timestamp) passed batches already quarantined.
 
     Rows of a refused batch do not count: a refused batch is read again once its data is fixed.
     """
+    wanted = sorted(set(fingerprints))
+    if not wanted:
+        return set()
+    found: set[str] = set()
     with warehouse.engine.connect() as connection:
         ledger = reflect_ours(connection, batch_ledger(warehouse.schema))
         stored = reflect_ours(connection, quarantine_table(quarantine, warehouse.schema))
         if ledger is None or stored is None:
             return set()
-        query = (
-            sa.select(stored.c.fingerprint)
-            .distinct()
-            .join_from(stored, ledger, stored.c.batch_id == ledger.c.batch_id)
-            .where(
-                ledger.c.source_table == source_table,
-                ledger.c.clean_table == clean,
-                ledger.c.status == PASSED,
-                stored.c.fingerprint.is_not(None),
+        for chunk in _chunks(wanted):
+            query = (
+                sa.select(stored.c.fingerprint)
+                .distinct()
+                .join_from(stored, ledger, stored.c.batch_id == ledger.c.batch_id)
+                .where(
+                    ledger.c.source_table == source_table,
+                    ledger.c.clean_table == clean,
+                    ledger.c.status == PASSED,
+                    stored.c.fingerprint.in_(chunk),
+                )
             )
-        )
-        return {str(value) for value in connection.execute(query).scalars()}
+            found.update(str(value) for value in connection.execute(query).scalars())
+    return found
+
+
+def read_quarantined_fingerprints(
+    warehouse: Warehouse, quarantine: str, fingerprints: Collection[str]
+) -> dict[str, str]:
+    """Which of `fingerprints` the quarantine table holds already (from any batch), each with the newest batch
+    that stored it: a row is stored in quarantine once, however often it is read."""
+    wanted = sorted(set(fingerprints))
+    found: dict[str, str] = {}
+    if not wanted:
+        return found
+    with warehouse.engine.connect() as connection:
+        stored = reflect_ours(connection, quarantine_table(quarantine, warehouse.schema))
+        if stored is None:
+            return found
+        for chunk in _chunks(wanted):
+            query = (
+                sa.select(stored.c.fingerprint, sa.func.max(stored.c.batch_id))
+                .where(stored.c.fingerprint.in_(chunk))
+                .group_by(stored.c.fingerprint)
+            )
+            found.update({str(value): str(batch) for value, batch in connection.execute(query)})
+    return found
+
+
+def read_batch_record(warehouse: Warehouse, batch_ids: Collection[str]) -> list[dict[str, Any]]:
+    """The batch ledger rows of the given batches, newest first."""
+    wanted = sorted(set(batch_ids))
+    with warehouse.engine.connect() as connection:
+        ledger = reflect_ours(connection, batch_ledger(warehouse.schema))
+        if ledger is None or not wanted:
+            return []
+        rows = [dict(row) for chunk in _chunks(wanted)
+                for row in connection.execute(sa.select(ledger).where(ledger.c.batch_id.in_(chunk))).mappings()]
+    return sorted(rows, key=lambda row: row["finished_at"], reverse=True)
 
 
 def find_passed_batch(
@@ -124,6 +175,49 @@ def read_clean_keys(
         return pd.read_sql(query, connection)
 
 
+def read_clean_rows(
+    warehouse: Warehouse,
+    table: str,
+    columns: Sequence[str],
+    timestamp: str,
+    start: datetime | None,
+    end: datetime | None,
+) -> pd.DataFrame | None:
+    """The `columns` of clean rows dated in `[start, end)` (None: no table yet), to compare a batch's rows with.
+
+    Used where the timestamp is part of the key, so only clean rows in a batch's own range can share its keys.
+    """
+    with warehouse.engine.connect() as connection:
+        if not sa.inspect(connection).has_table(table, schema=warehouse.schema):
+            return None
+        clean = sa.Table(table, sa.MetaData(schema=warehouse.schema), autoload_with=connection)
+        query = sa.select(*[clean.c[name] for name in columns if name in clean.c])
+        if start is not None:
+            query = query.where(clean.c[timestamp] >= start)
+        if end is not None:
+            query = query.where(clean.c[timestamp] < end)
+        return pd.read_sql(query, connection)
+
+
+def read_clean_rows_by_key(
+    warehouse: Warehouse, table: str, columns: Sequence[str], key: Sequence[str], keys: pd.DataFrame
+) -> pd.DataFrame | None:
+    """The `columns` of the clean rows whose key is one of `keys` (values exactly as the clean table holds
+    them, e.g. from `read_clean_keys`); None when there is no clean table yet."""
+    with warehouse.engine.connect() as connection:
+        if not sa.inspect(connection).has_table(table, schema=warehouse.schema):
+            return None
+        clean = sa.Table(table, sa.MetaData(schema=warehouse.schema), autoload_with=connection)
+        selected = [clean.c[name] for name in columns if name in clean.c]
+        wanted = [tuple(row) for row in keys[list(key)].itertuples(index=False, name=None)]
+        key_columns = sa.tuple_(*[clean.c[name] for name in key])
+        frames = [pd.read_sql(sa.select(*selected).where(key_columns.in_(list(chunk))), connection)
+                  for chunk in _chunks(wanted)]
+    if not frames:
+        return pd.DataFrame(columns=[column.name for column in selected])
+    return pd.concat(frames, ignore_index=True)
+
+
 def record_batch(
     warehouse: Warehouse,
     record: dict[str, Any],
@@ -148,8 +242,10 @@ def record_batch(
     create_declared_table(warehouse, quarantine_table)
     try:
         with warehouse.engine.begin() as connection:
-            reflect_ours(connection, ledger)
+            reflect_ours(connection, ledger)  # a table from an older Retrain gets its new columns here
             reflect_ours(connection, quarantine_table)
+            for index in quarantine_table.indexes:  # and its quarantine the fingerprint index
+                index.create(connection, checkfirst=True)
             if len(quarantine):
                 quarantine.to_sql(
                     quarantine_table.name, connection, schema=schema, if_exists="append", index=False,

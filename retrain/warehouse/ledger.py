@@ -1,4 +1,8 @@
-"""The release ledger: one append-only row per decision about a model, and its reader."""
+"""The release ledger: one append-only row per decision about a model, and its reader.
+
+A row of an alias transition carries the transition's id in `transition_id`, which a unique index backs: the
+database, not the care of its writers, keeps a transition's row once.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,13 @@ import sqlalchemy as sa
 
 from retrain.clock import wall_clock
 from retrain.warehouse.engine import Warehouse
-from retrain.warehouse.tables import LEDGER_TABLE, append_rows, create_declared_table, has_table, ledger_table
+from retrain.warehouse.tables import (
+    LEDGER_TABLE,
+    create_declared_table,
+    has_table,
+    insert_new_rows,
+    ledger_table,
+)
 
 
 @dataclass(frozen=True)
@@ -35,10 +45,15 @@ class LedgerEntry:
     flow_run_id: str | None = None
     mlflow_run_id: str | None = None
     recorded_at: datetime | None = None
+    transition_id: str | None = None  # set for alias transitions: unique in the ledger
 
 
-def append_ledger_entry(warehouse: Warehouse, entry: LedgerEntry) -> None:
-    """Append one ledger row (the ledger is never updated or deleted from)."""
+def append_ledger_entry(warehouse: Warehouse, entry: LedgerEntry) -> bool:
+    """Append one ledger row (the ledger is never updated or deleted from).
+
+    Returns:
+        False when the entry names a transition the ledger holds already (nothing was written), else True.
+    """
     row = {
         "at": entry.at,
         # The machine's clock even inside a replay (whose `now()` is the replayed instant): when it was written.
@@ -53,8 +68,20 @@ def append_ledger_entry(warehouse: Warehouse, entry: LedgerEntry) -> None:
         "details": json.dumps(dict(entry.details), sort_keys=True, default=str),
         "flow_run_id": entry.flow_run_id,
         "mlflow_run_id": entry.mlflow_run_id,
+        "transition_id": entry.transition_id,
     }
-    append_rows(warehouse, create_declared_table(warehouse, ledger_table(warehouse.schema)), [row])
+    table = _ready_ledger(warehouse)
+    with warehouse.engine.begin() as connection:
+        if entry.transition_id is None:
+            connection.execute(sa.insert(table), [row])
+            return True
+        return insert_new_rows(connection, table, [row]) == 1
+
+
+def _ready_ledger(warehouse: Warehouse) -> sa.Table:
+    """The ledger table, created if missing; one written before gets the columns added since (`recorded_at`
+    filled from `at`; `transition_id` empty in old rows, with its unique index, which old rows never break)."""
+    return create_declared_table(warehouse, ledger_table(warehouse.schema))
 
 
 def read_ledger(
@@ -80,6 +107,7 @@ def read_ledger(
             from_version=row["from_version"], to_version=row["to_version"],
             metrics=json.loads(row["metrics"] or "{}"), details=json.loads(row["details"] or "{}"),
             flow_run_id=row["flow_run_id"], mlflow_run_id=row["mlflow_run_id"], recorded_at=row["recorded_at"],
+            transition_id=row.get("transition_id"),
         )
         for row in rows
     ]

@@ -111,6 +111,29 @@ def read_lock_holder(warehouse: Warehouse, name: str) -> LockHolder | None:
     return _holder_from_row(row) if row is not None else None
 
 
+def live_lock_holder(warehouse: Warehouse, name: str) -> LockHolder | None:
+    """Who holds `name` now, if anyone alive does (None: the lock is free, or its holder is gone).
+
+    What `retrain status` asks before it calls a half-applied transition interrupted: one whose holder still
+    lives is being applied, not interrupted. A row left by a dead holder is not a holder (the next taker
+    replaces it). On PostgreSQL the advisory lock is the truth: it is probed, and let go at once if it was free.
+    """
+    current = read_lock_holder(warehouse, name)
+    if warehouse.dialect == "postgresql":
+        key = _advisory_key(warehouse, name)
+        with warehouse.engine.connect() as connection:
+            free = connection.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar_one()
+            if free:
+                connection.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+            connection.commit()
+        if free:
+            return None
+        return current or LockHolder(name, "", "another run", "?", 0, "", wall_clock(), wall_clock())
+    if current is None or _holder_is_gone(current):
+        return None
+    return current
+
+
 def _holder_from_row(row: Mapping[str, Any]) -> LockHolder:
     return LockHolder(**{key: row[key] for key in LockHolder.__dataclass_fields__})
 
@@ -215,7 +238,11 @@ def _row_of(holder: LockHolder) -> dict[str, Any]:
 
 
 def _take_over(warehouse: Warehouse, table: sa.Table, gone: LockHolder, me: LockHolder) -> bool:
-    """Compare-and-set: replace the dead holder's row only if it is still that holder's (one waiter wins)."""
+    """Compare-and-set: replace the dead holder's row only if it is still that holder's (one waiter wins).
+
+    The dead holder's row is gone once this returns True: the winner's row stands in its place, and is deleted
+    when the winner lets go, so no row of a dead holder outlives the next taker.
+    """
     values = {key: value for key, value in _row_of(me).items() if key != "name"}
     try:
         with warehouse.engine.begin() as connection:
@@ -251,13 +278,17 @@ class _Heartbeat:
         while not self._stop.wait(LOCK_HEARTBEAT_SECONDS):
             try:
                 with self.warehouse.engine.begin() as connection:
-                    connection.execute(
+                    renewed = connection.execute(
                         sa.update(table)
                         .where(table.c.name == me.name, table.c.token == me.token)
                         .values(heartbeat_at=wall_clock())
-                    )
+                    ).rowcount
             except sa.exc.SQLAlchemyError as error:  # busy with this process's own long write: next beat
                 logger.debug("lock %s: heartbeat skipped: %s", me.name, error)
+                continue
+            if renewed == 0:
+                logger.error("lock %s: this holder's row is gone (taken over after %g s without a heartbeat?)",
+                             me.name, LOCK_LEASE_SECONDS)
 
 
 def _advisory_key(warehouse: Warehouse, name: str) -> int:

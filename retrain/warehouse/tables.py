@@ -24,6 +24,7 @@ from retrain.warehouse.engine import WRITE_CHUNK_ROWS, Warehouse
 BATCH_LEDGER = "retrain_batches"
 LOCK_TABLE = "retrain_locks"
 LEDGER_TABLE = "retrain_ledger"
+LEDGER_TRANSITION_INDEX = "uq_retrain_ledger_transition"
 PREDICTION_TABLE = "retrain_predictions"
 LABEL_TABLE = "retrain_labels"
 MONITORING_METRIC_TABLE = "retrain_monitoring_metrics"
@@ -69,16 +70,24 @@ def batch_ledger(schema: str | None = None) -> sa.Table:
         sa.Column("as_of", sa.DateTime, nullable=False),
         sa.Column("started_at", sa.DateTime, nullable=False),
         sa.Column("finished_at", sa.DateTime, nullable=False),
+        # Added later, so nullable: a ledger written before gets them on first use (`reflect_ours`).
+        sa.Column("rows_already_clean", sa.Integer, nullable=True),
+        sa.Column("rows_copies", sa.Integer, nullable=True),
+        sa.Column("rows_already_quarantined", sa.Integer, nullable=True),
+        sa.Column("rows_late", sa.Integer, nullable=True),
+        sa.Column("kind", sa.String(16), nullable=True),  # "late": a batch of late rows; empty: a range
     )
 
 
 def quarantine_table(name: str, schema: str | None = None) -> sa.Table:
     """Rejected rows: the batch, the row's position in it, its reasons (JSON list) and raw values (JSON).
 
-    `fingerprint` is set for rows without a usable timestamp (null or unparseable): no time range can
-    place them, so the next batches know them by their content and do not read them again.
+    `fingerprint` is the fingerprint of the row's stored values (`tasks.ingest.row_fingerprints`): a row is
+    stored once however often it is read (a refused batch tried again, a re-sent day), and rows without a
+    usable timestamp, which no time range can place, are known by it and not read again. Rows stored by an
+    older Retrain may have none.
     """
-    return sa.Table(
+    table = sa.Table(
         name,
         sa.MetaData(schema=schema),
         sa.Column("batch_id", sa.String(120), nullable=False, index=True),
@@ -87,6 +96,8 @@ def quarantine_table(name: str, schema: str | None = None) -> sa.Table:
         sa.Column("raw", sa.Text, nullable=False),
         sa.Column("fingerprint", sa.String(64), nullable=True),
     )
+    sa.Index(_index_name(name, "fingerprint"), table.c.fingerprint)
+    return table
 
 
 def clean_table(
@@ -118,6 +129,11 @@ def _key_index_name(table: str) -> str:
     return name if len(name) <= 60 else f"uq_{table[:40]}_{hashlib.sha256(table.encode()).hexdigest()[:12]}_key"
 
 
+def _index_name(table: str, column: str) -> str:
+    name = f"ix_{table}_{column}"
+    return name if len(name) <= 60 else f"ix_{table[:30]}_{hashlib.sha256(table.encode()).hexdigest()[:12]}_{column}"
+
+
 def ledger_table(schema: str | None = None) -> sa.Table:
     """The release ledger: one append-only row per decision about a model (registered, gated out, approved,
     rejected, canary started, promoted, rolled back, skipped, retrain requested, run failed).
@@ -125,7 +141,9 @@ def ledger_table(schema: str | None = None) -> sa.Table:
     `from_version`/`to_version` say what the decision moved (both empty when it moved nothing); `metrics` and
     `details` are JSON objects; `actor` says who or what decided (`person:<user>`, `flow:<flow>`, `schedule`,
     `event`). `at` is the instant on the Retrain clock (the decision's `as_of`, which a replay sets), by which
-    the ledger is ordered; `recorded_at` the wall time the row was written.
+    the ledger is ordered; `recorded_at` the wall time the row was written. `transition_id` is set on rows of
+    alias transitions, unique: whatever the interleaving of two processes finishing one transition, the
+    database keeps its row once.
     """
     return sa.Table(
         LEDGER_TABLE,
@@ -143,7 +161,9 @@ def ledger_table(schema: str | None = None) -> sa.Table:
         sa.Column("details", sa.Text, nullable=False, default="{}"),
         sa.Column("flow_run_id", sa.String(64)),
         sa.Column("mlflow_run_id", sa.String(64)),
+        sa.Column("transition_id", sa.String(64), nullable=True),
         sa.Index("ix_retrain_ledger_model_at", "model", "at"),
+        sa.Index(LEDGER_TRANSITION_INDEX, "transition_id", unique=True),
     )
 
 
@@ -339,11 +359,16 @@ def create_declared_table(warehouse: Warehouse, table: sa.Table) -> sa.Table:
     return table
 
 
-def add_new_columns(warehouse: Warehouse, table: sa.Table) -> list[str]:
-    """Add to a stored table the declared columns it lacks that are marked `info={BACKFILL: column}`, filled
-    from that column (the event time of old predictions is their request time); returns the names added.
+def addable(column: sa.Column[Any]) -> bool:
+    """Whether a column added after a table's first release can be added to a stored table: it may be empty in
+    the rows stored before (nullable), or is filled from another column (`info={BACKFILL: column}`)."""
+    return bool(column.nullable) or BACKFILL in column.info
 
-    Only such columns: any other missing column means a table this Retrain cannot use as it is.
+
+def add_new_columns(warehouse: Warehouse, table: sa.Table) -> list[str]:
+    """Add to a stored table the declared columns it lacks that can be added (`addable`): nullable ones stay empty
+    in the rows stored before, those marked `info={BACKFILL: column}` are filled from that column (the event time
+    of old predictions is their request time); returns the names added, and builds the indexes on them.
 
     Raises:
         DataError: the table lacks a column that cannot be added this way.
@@ -352,7 +377,7 @@ def add_new_columns(warehouse: Warehouse, table: sa.Table) -> list[str]:
     missing = [column for column in table.columns if column.name not in stored]
     if not missing:
         return []
-    unaddable = [column.name for column in missing if BACKFILL not in column.info]
+    unaddable = [column.name for column in missing if not addable(column)]
     if unaddable:
         raise DataError(
             f"table '{warehouse.name_of(table.name)}' was written by an older version of Retrain: it has no "
@@ -365,8 +390,9 @@ def add_new_columns(warehouse: Warehouse, table: sa.Table) -> list[str]:
                 kind = column.type.compile(dialect=connection.dialect)
                 connection.execute(sa.text(
                     f"ALTER TABLE {quote.format_table(table)} ADD COLUMN {quote.quote(column.name)} {kind}"))
-                connection.execute(sa.update(table).where(table.c[column.name].is_(None))
-                                   .values({column.name: table.c[column.info[BACKFILL]]}))
+                if BACKFILL in column.info:
+                    connection.execute(sa.update(table).where(table.c[column.name].is_(None))
+                                       .values({column.name: table.c[column.info[BACKFILL]]}))
             for index in table.indexes:
                 if any(column.name in {added.name for added in missing} for column in index.columns):
                     index.create(connection, checkfirst=True)
@@ -380,12 +406,17 @@ def add_new_columns(warehouse: Warehouse, table: sa.Table) -> list[str]:
 
 
 def reflect_ours(connection: sa.Connection, declared: sa.Table) -> sa.Table | None:
-    """One of our tables as stored (None before its first write); one written by an older Retrain is an error."""
+    """One of our tables as stored (None before its first write).
+
+    A table written by an older Retrain may lack the columns added since that can be added (`addable`): it is
+    read as it is, and gets them at its next write (`create_declared_table`). One that lacks any other column is
+    an error saying what to do.
+    """
     schema = declared.schema
     if not sa.inspect(connection).has_table(declared.name, schema=schema):
         return None
     stored = sa.Table(declared.name, sa.MetaData(schema=schema), autoload_with=connection)
-    lacking = [column.name for column in declared.columns if column.name not in stored.c]
+    lacking = [column.name for column in declared.columns if column.name not in stored.c and not addable(column)]
     if lacking:
         where = f"{schema}.{declared.name}" if schema else declared.name
         raise DataError(
@@ -431,19 +462,25 @@ def count_rows_between(
 
 
 
-def insert_new_rows(connection: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
+def insert_new_rows(connection: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> int:
     """Insert rows, skipping any that a unique key of the table already holds (PostgreSQL and SQLite use
-    ON CONFLICT DO NOTHING; other databases insert row by row and skip duplicates)."""
+    ON CONFLICT DO NOTHING; other databases insert row by row and skip duplicates); returns how many were new
+    (where the driver reports it: -1 when it does not)."""
     dialect = connection.dialect.name
-    if dialect == "postgresql":
-        connection.execute(postgres_insert(table).on_conflict_do_nothing(), list(rows))
-    elif dialect == "sqlite":
-        connection.execute(sqlite_insert(table).on_conflict_do_nothing(), list(rows))
-    else:
-        for row in rows:
-            try:
-                with connection.begin_nested():
-                    connection.execute(sa.insert(table), [row])
-            except sa.exc.IntegrityError:
-                continue
+    if dialect in ("postgresql", "sqlite"):
+        statement = (postgres_insert if dialect == "postgresql" else sqlite_insert)(table).on_conflict_do_nothing()
+        primary = list(table.primary_key.columns)
+        if primary and len(rows) == 1:
+            # The driver's rowcount is -1 where SQLAlchemy adds RETURNING itself (psycopg): count what came back.
+            return len(connection.execute(statement.returning(*primary), dict(rows[0])).all())
+        return int(connection.execute(statement, list(rows)).rowcount)
+    inserted = 0
+    for row in rows:
+        try:
+            with connection.begin_nested():
+                connection.execute(sa.insert(table), [row])
+            inserted += 1
+        except sa.exc.IntegrityError:
+            continue
+    return inserted
 

@@ -55,6 +55,32 @@ def test_a_bad_as_of_is_a_usage_error(retrain_home: Path) -> None:
     assert code == 2 and error["error"] == "BadParameter" and "next tuesday" in error["message"]
 
 
+@pytest.mark.parametrize(
+    ("command", "option", "value"),
+    [
+        ("train", "--as-of", "0001-01-01T00:00+01:00"),  # an offset pushes it before year 1
+        ("ingest", "--end", "9999-12-31T23:00-01:00"),  # ... or past year 9999
+        ("ingest", "--start", "1500-01-01"),  # a date Python holds but pandas does not
+        ("monitor", "--as-of", "2300-01-01T00:00Z"),
+        ("release", "--as-of", "0001-01-01"),
+        ("load-example", "--until", "0001-01-01"),
+        ("failures", "--limit", "9" * 400),  # a number beyond what the option takes
+        ("train", "--trials", "9" * 400),
+    ],
+)
+def test_out_of_range_options_are_usage_errors_with_one_json_object(
+    retrain_home: Path, command: str, option: str, value: str
+) -> None:
+    config = str(write_model_config(retrain_home.parent))
+    arguments = [command] if command == "failures" else [command, "--config", config]
+    result = CliRunner().invoke(app, [*arguments, option, value, "--json"])
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.output
+    error = json.loads(lines[0])
+    assert result.exit_code == 2 and error["error"] == "BadParameter" and option in error["message"], error
+    assert "Traceback" not in result.output
+
+
 def test_wrong_gate_flag_and_bad_config_are_named(retrain_home: Path, tmp_path: Path) -> None:
     config = str(write_model_config(retrain_home.parent))
     result = CliRunner().invoke(app, ["train", "--config", config, "--min-metric", "0.5"])

@@ -26,6 +26,8 @@ from retrain.warehouse import (
     clean_table,
     count_rows_after,
     hold_lock,
+    ledger_table,
+    live_lock_holder,
     open_warehouse,
     quarantine_table,
     read_lock_holder,
@@ -265,11 +267,16 @@ def test_a_holder_killed_mid_run_does_not_block_the_next_one(own_warehouse) -> N
         with pytest.raises(Busy, match="held by killed run"):
             with hold_lock(warehouse, "source:flights", wait_seconds=0.5):
                 pass
+        assert live_lock_holder(warehouse, "source:flights").holder == "killed run"
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait(timeout=30)
+        # Dead: its row may stay behind, but it holds nothing, and the next taker removes it.
+        assert live_lock_holder(warehouse, "source:flights") is None
 
         with hold_lock(warehouse, "source:flights", wait_seconds=30, holder="next run") as held:
             assert read_lock_holder(warehouse, "source:flights") == held
+            assert live_lock_holder(warehouse, "source:flights") is not None
+        assert read_lock_holder(warehouse, "source:flights") is None
     finally:
         if holder.poll() is None:
             holder.kill()
@@ -322,6 +329,41 @@ def test_the_ledger_is_append_only_and_read_newest_first(warehouse: Warehouse) -
     entries = read_ledger(warehouse, "m")
     assert [entry.action for entry in entries] == ["rolled-back", "promoted", "registered", "approved"]
     assert before <= entries[-1].recorded_at <= wall_clock() and entries[0].recorded_at > entries[0].at
+
+
+def test_a_transition_is_in_the_ledger_once_whoever_writes_it(own_warehouse) -> None:
+    from retrain.warehouse import LedgerEntry, append_ledger_entry, read_ledger
+
+    warehouse = open_warehouse(*own_warehouse)
+    entry = LedgerEntry(model="m", action="promoted", reason="r", actor="a", at=datetime(2013, 3, 1),
+                        to_version="2", transition_id="t-1")
+    assert append_ledger_entry(warehouse, entry) is True
+    assert append_ledger_entry(warehouse, entry) is False  # a second finisher of t-1 adds nothing
+    with pytest.raises(sa.exc.IntegrityError):  # nor does a writer that bypasses the check: the index refuses it
+        with warehouse.engine.begin() as connection:
+            connection.execute(sa.insert(ledger_table(warehouse.schema)).values(
+                at=datetime(2013, 3, 1), model="m", action="promoted", reason="r", actor="a", transition_id="t-1"))
+    decision = LedgerEntry(model="m", action="skipped", reason="r", actor="a", at=datetime(2013, 3, 2))
+    assert append_ledger_entry(warehouse, decision) and append_ledger_entry(warehouse, decision)  # not transitions
+    assert [e.transition_id for e in read_ledger(warehouse, "m")] == [None, None, "t-1"]
+
+
+def test_a_ledger_written_before_transition_ids_gets_the_column_and_its_index(tmp_path: Path) -> None:
+    from retrain.warehouse import LedgerEntry, append_ledger_entry, read_ledger
+
+    warehouse = open_warehouse(f"sqlite:///{tmp_path / 'old.db'}")
+    old = ledger_table()
+    old = sa.Table(old.name, sa.MetaData(), *[sa.Column(c.name, c.type, primary_key=c.primary_key)
+                                              for c in old.columns if c.name != "transition_id"])
+    old.create(warehouse.engine)
+    with warehouse.engine.begin() as connection:
+        connection.execute(sa.insert(old).values(at=datetime(2013, 3, 1), model="m", action="promoted", reason="r",
+                                                 actor="a", metrics="{}", details='{"transition": "t-0"}'))
+    entry = LedgerEntry(model="m", action="promoted", reason="r", actor="a", at=datetime(2013, 3, 2),
+                        transition_id="t-1")
+    assert append_ledger_entry(warehouse, entry) and not append_ledger_entry(warehouse, entry)
+    assert [(e.transition_id, e.details) for e in read_ledger(warehouse, "m")] == [("t-1", {}),
+                                                                                   (None, {"transition": "t-0"})]
 
 
 def test_predictions_join_labels_by_request_id_or_key_and_only_matured_ones(warehouse: Warehouse) -> None:

@@ -3,9 +3,12 @@ legal transition, the illegal ones refused, compare-and-set, and a crash at ever
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -19,7 +22,14 @@ from mlflow.tracking import MlflowClient
 from retrain import mlflow_keys as keys
 from retrain.release_state import full_aliases, read_release_state
 from retrain.settings import get_settings
-from retrain.warehouse import Warehouse, get_warehouse, open_warehouse, read_ledger
+from retrain.warehouse import (
+    Warehouse,
+    get_warehouse,
+    live_lock_holder,
+    open_warehouse,
+    read_ledger,
+    read_lock_holder,
+)
 from tasks.registry import (
     Action,
     Record,
@@ -36,9 +46,10 @@ from tasks.registry import (
     plan_rollback,
     plan_start_canary,
     read_aliases,
+    release_lock,
     step_names,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, write_model_config
 
 AT = datetime(2013, 3, 1, 12)
 
@@ -316,3 +327,150 @@ def test_a_killed_promotion_is_finished_by_the_next_transition(client: MlflowCli
     assert actions == [("registered", "test"), ("promoted", "killed")]
     assert keys.CANARY_SHARE not in client.get_registered_model(model).tags
     assert Action.PROMOTE.value == "promote"
+
+
+# ------------------------------------------------------------------------ two real processes, interleaved
+
+RELEASE_COMMAND = """
+import sys
+from datetime import datetime
+from pathlib import Path
+import mlflow
+from mlflow.tracking import MlflowClient
+from retrain.warehouse import get_warehouse
+from tasks.registry import Record, apply_transition, finish_interrupted, former_champions, plan_promote, plan_rollback
+from tasks.registry import read_aliases
+
+role, model, uri, folder = sys.argv[1:5]
+mlflow.set_tracking_uri(uri)
+client, warehouse = MlflowClient(), get_warehouse()
+Path(folder, f"{role}.started").touch()
+
+def announce(transition, record):
+    with open(Path(folder, "events"), "a") as events:
+        events.write(transition.id + "\\n")
+
+# What every release flow does: finish an interrupted transition first, then decide from the aliases and apply.
+finish_interrupted(client, warehouse, model, announce)
+if role == "finish":
+    sys.exit(0)
+aliases = read_aliases(client, model)
+if role == "promote":
+    transition = plan_promote(model, aliases, None, lambda _: True)
+else:
+    transition = plan_rollback(model, aliases, None, former_champions(warehouse, model))
+apply_transition(client, warehouse, transition, Record(f"person:{role}", role, datetime(2013, 3, 1, 12)), announce)
+"""
+STEPS_OF_A_CANARY_PROMOTION = ["intent", "set previous", "set champion", "remove canary", "remove share",
+                               "version facts", "ledger", "event", "clear intent"]
+
+
+def start_command(role: str, model: str, folder: Path, pause_at: str | None = None) -> subprocess.Popen[str]:
+    env = {name: value for name, value in os.environ.items() if name != "RETRAIN_PAUSE_AT"}
+    if pause_at is not None:
+        env["RETRAIN_PAUSE_AT"] = f"{pause_at}={folder}"
+    return subprocess.Popen([sys.executable, "-c", RELEASE_COMMAND, role, model,
+                             get_settings().resolved_tracking_uri(), str(folder)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, process: subprocess.Popen[str], seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"process ended ({process.returncode}) before {path.name}: {process.stderr.read()}")
+        assert time.monotonic() < deadline, f"no {path.name} after {seconds} s"
+        time.sleep(0.05)
+
+
+def canary_model(client: MlflowClient, warehouse: Warehouse) -> str:
+    model = make_versions(client, 2)
+    step(client, warehouse, plan_promote(model, read_aliases(client, model), "1", always))
+    step(client, warehouse, plan_register(model, read_aliases(client, model), "2"))
+    step(client, warehouse, plan_start_canary(model, read_aliases(client, model), 0.1))
+    return model
+
+
+def assert_each_transition_once(warehouse: Warehouse, model: str) -> None:
+    ids = [entry.transition_id for entry in read_ledger(warehouse, model)]
+    assert None not in ids and len(ids) == len(set(ids)), ids
+
+
+def steps_case(steps: list[str], quick: str) -> list[Any]:
+    """Every step; only `quick` in the default suite (two processes cost about ten seconds a case)."""
+    return [step if step == quick else pytest.param(step, marks=pytest.mark.slow) for step in steps]
+
+
+@pytest.mark.parametrize("pause_at", steps_case(STEPS_OF_A_CANARY_PROMOTION, "ledger"))
+def test_a_second_release_command_waits_for_a_live_transition_instead_of_finishing_it(
+    client: MlflowClient, retrain_home: Path, tmp_path: Path, pause_at: str
+) -> None:
+    interleave_two_release_commands(client, tmp_path, pause_at)
+
+
+@pytest.mark.postgres
+def test_on_postgresql_too_a_live_transition_is_waited_for(
+    client: MlflowClient, postgres_warehouse: str, tmp_path: Path
+) -> None:
+    interleave_two_release_commands(client, tmp_path, "ledger")  # the advisory lock, probed by `status`
+
+
+def interleave_two_release_commands(client: MlflowClient, tmp_path: Path, pause_at: str) -> None:
+    """A promotion paused at `pause_at` in one process, a rollback started in another: one ledger row each."""
+    warehouse = get_warehouse()
+    model = canary_model(client, warehouse)
+    first = start_command("promote", model, tmp_path, pause_at)
+    wait_for(tmp_path / "paused", first)
+    # Paused mid-transition, alive: its lock has a live holder, so the intent is being applied, not interrupted.
+    holder = live_lock_holder(warehouse, release_lock(model))
+    assert holder is not None and holder.pid == first.pid
+    if pause_at != "intent":  # the intent is written: `status` says it is being applied, not interrupted
+        config = write_model_config(tmp_path, name=model)
+        status = subprocess.run([str(REPO / ".venv" / "bin" / "retrain"), "status", "--config", str(config),
+                                 "--json"], capture_output=True, text=True, timeout=120, check=True)
+        shown = json.loads(status.stdout)
+        assert shown["pending"] is None and shown["applying"]["action"] == "promote", shown
+        assert f"pid {first.pid}" in shown["applying"]["by"]
+    second = start_command("rollback", model, tmp_path)
+    wait_for(tmp_path / "rollback.started", second)
+    time.sleep(1.5)
+    assert second.poll() is None, second.stderr.read()  # waiting for the lock, not finishing the promotion
+    assert not [e for e in read_ledger(warehouse, model) if e.action == "rolled-back"]
+    (tmp_path / "resume").touch()
+    assert first.wait(120) == 0, first.stderr.read()
+    assert second.wait(120) == 0, second.stderr.read()
+
+    assert_each_transition_once(warehouse, model)
+    actions = [(e.action, e.from_version, e.to_version) for e in read_ledger(warehouse, model)][:2]
+    assert actions == [("rolled-back", "2", "1"), ("promoted", "1", "2")]
+    assert read_release_state(client, model).aliases == seen(champion="1")
+    events = (tmp_path / "events").read_text().split()
+    assert len(events) == len(set(events)) == 2  # each transition announced once
+    assert read_lock_holder(warehouse, release_lock(model)) is None
+
+
+@pytest.mark.parametrize("pause_at", steps_case(STEPS_OF_A_CANARY_PROMOTION, "set champion"))
+def test_a_killed_transition_is_finished_once_and_its_lock_row_removed(
+    client: MlflowClient, retrain_home: Path, tmp_path: Path, pause_at: str
+) -> None:
+    warehouse = get_warehouse()
+    model = canary_model(client, warehouse)
+    first = start_command("promote", model, tmp_path, pause_at)
+    wait_for(tmp_path / "paused", first)
+    first.kill()
+    first.wait(30)
+    dead = read_lock_holder(warehouse, release_lock(model))
+    assert dead is not None and dead.pid == first.pid  # its row stays until someone takes the lock
+    assert live_lock_holder(warehouse, release_lock(model)) is None
+    second = start_command("finish", model, tmp_path)  # what every release flow does first
+    assert second.wait(120) == 0, second.stderr.read()
+
+    assert_each_transition_once(warehouse, model)
+    latest = [(e.action, e.from_version, e.to_version) for e in read_ledger(warehouse, model)][0]
+    state = read_release_state(client, model)
+    if pause_at == "intent":  # killed before its intent was written: nothing moved, nothing to finish
+        assert latest == ("canary-started", "1", "2") and state.aliases == seen(champion="1", canary="2")
+    else:
+        assert latest == ("promoted", "1", "2") and state.aliases == seen(champion="2", previous="1")
+    assert state.pending is None
+    assert read_lock_holder(warehouse, release_lock(model)) is None  # the dead holder's row is gone

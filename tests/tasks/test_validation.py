@@ -81,6 +81,8 @@ class Case:
     quarantined: int | None = None  # default: the sum of the reasons' rows (one reason per row)
     contract: Callable[[Contract], Contract] | None = None
     existing: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+    already_clean: int = 0  # rows equal to an existing clean row
+    copies: int = 0  # byte-identical copies of an earlier row of the batch
 
 
 CATALOGUE: dict[str, Case] = {
@@ -130,10 +132,31 @@ CATALOGUE: dict[str, Case] = {
         lambda f: put(f, "time_hour", [18, 19], ["2013-01-01T05:00:00-05:00", "2013-01-01T10:00:00Z"]),
         reasons={"offset:time_hour": 2}, contract=lambda c: with_rule(c, "time_hour", offsets="refuse")),
     "duplicate keys within the batch": Case(
-        lambda f: pd.concat([f, f.iloc[[20, 21]]], ignore_index=True), rows=ROWS + 2,
+        lambda f: pd.concat([f, f.iloc[[20, 21]].assign(dep_delay=[1.0, 2.0])], ignore_index=True), rows=ROWS + 2,
         reasons={DUPLICATE_IN_BATCH: 4}),
-    "duplicate keys across batches": Case(
+    "byte-identical copies within the batch land once": Case(
+        lambda f: pd.concat([f, f.iloc[[20, 21, 20]]], ignore_index=True), rows=ROWS + 3, reasons={}, copies=3),
+    "copies and a conflicting row of one key: all of that key quarantined": Case(
+        lambda f: pd.concat([f, f.iloc[[20, 20]], f.iloc[[20]].assign(dep_delay=9.0)], ignore_index=True),
+        rows=ROWS + 3, reasons={DUPLICATE_IN_BATCH: 2}, copies=2),
+    "duplicate keys across batches (keys only: nothing to compare)": Case(
         lambda f: f, reasons={DUPLICATE_ACROSS_BATCHES: 3}, existing=lambda f: f.iloc[[30, 31, 32]][KEY]),
+    "a key already clean with other content": Case(
+        lambda f: f, reasons={DUPLICATE_ACROSS_BATCHES: 2},
+        existing=lambda f: f.iloc[[30, 31]].assign(distance=[1, 2])),
+    "rows already clean, equal in every column": Case(
+        lambda f: f, reasons={}, already_clean=3, existing=lambda f: f.iloc[[30, 31, 32]]),
+    "rows already clean, as the clean table types them": Case(
+        lambda f: put(f, "dep_time", [30], [" 517 "]), reasons={}, already_clean=2, coerced=0,
+        existing=lambda f: f.iloc[[30, 31]].assign(dep_time=[517, f["dep_time"].iloc[31]],
+                                                   time_hour=f["time_hour"].iloc[[30, 31]].astype(str))),
+    "numbers beyond what the column's type holds": Case(
+        lambda f: put(put(f, "distance", [40, 41, 42], ["9" * 400, 10**400, 1e20]), "temp", [43], [10**400]),
+        reasons={"not_integer:distance": 2, "too_large:distance": 1, "not_number:temp": 1}),
+    "timestamps beyond pandas' range, or pushed out of it by their offset": Case(
+        lambda f: put(f, "time_hour", [44, 45, 46], ["0001-01-01T00:00+01:00", "9999-12-31T23:00-01:00",
+                                                     "1500-01-01"]),
+        reasons={"unparseable:time_hour": 3}),
     "empty batch": Case(lambda f: f.iloc[0:0], status=REFUSED, rule="row_count", reasons={}, rows=0),
     "batch of only bad rows": Case(
         lambda f: f.iloc[:25].assign(origin="XXX"), status=REFUSED, rule="bad_share", rows=25,
@@ -173,7 +196,9 @@ def test_catalogue_outcome_and_row_conservation(name: str, batch: pd.DataFrame, 
     frame, result = run(case, batch, contract)
 
     assert result.read == len(frame) == (case.rows if case.rows is not None else ROWS)
-    assert result.read == result.clean_count + result.quarantined_count
+    assert result.read == result.clean_count + result.quarantined_count + result.already_clean_count \
+        + result.copies_count
+    assert (result.already_clean_count, result.copies_count) == (case.already_clean, case.copies)
     rows = result.quarantined["source_row"].tolist()
     assert len(set(rows)) == len(rows) and all(0 <= row < result.read for row in rows)
     assert result.status == case.status
@@ -188,7 +213,7 @@ def test_catalogue_outcome_and_row_conservation(name: str, batch: pd.DataFrame, 
         }
     if case.status == REFUSED:
         assert result.clean_count == 0
-        assert sorted(rows) == list(range(result.read))
+        assert sorted([*rows, *result.already_clean, *result.copies]) == list(range(result.read))
         with pytest.raises(DataContractError) as raised:
             enforce_batch_rules(result, contract, NOW)
         assert raised.value.rule == case.rule
