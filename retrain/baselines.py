@@ -141,11 +141,26 @@ def _entity_labels(frame: pd.DataFrame, entity: Sequence[str]) -> pd.Series:
     """One text label per row naming its entity (all rows the same label when there is no entity)."""
     if not entity:
         return pd.Series("", index=frame.index, dtype="object")
-    parts = [frame[column].astype("string").fillna("<NA>") for column in entity]
+    parts = [_labels(frame[column]) for column in entity]
     label = parts[0]
     for part in parts[1:]:
         label = label + "\x1f" + part
     return label.astype("object")
+
+
+def _labels(values: pd.Series) -> pd.Series:
+    """An entity column as text, numbers canonical (7, 7.0 and "7" name the same store; a key read back from JSON
+    and the table's integer column with a NULL agree), missing values as one label."""
+    def label(value: Any) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+            return "<NA>"
+        if isinstance(value, float | np.floating) and float(value).is_integer():
+            return str(int(value))
+        if isinstance(value, np.integer):
+            return str(int(value))
+        return str(value)
+
+    return values.map(label).astype("object")
 
 
 def _history_series(history: pd.DataFrame, timestamp: str, target: str, entity: Sequence[str]) -> pd.DataFrame:

@@ -204,9 +204,10 @@ def model_metadata(config: ModelConfig, data: PreparedData, released: ReleasedMo
 
 
 def holdout_predictions_frame(config: ModelConfig, data: PreparedData, fitted: FittedModel) -> pd.DataFrame:
-    """The holdout rows' time, key, label, the gated model's (out-of-sample) prediction and each naive forecaster's
-    (`naive_<name>`): the evidence behind the metrics and the gates, and monitoring's reference."""
-    identity = list(dict.fromkeys([config.source.timestamp, *config.source.key]))
+    """The holdout rows' time, key, inputs, label, the gated model's (out-of-sample) prediction and each naive
+    forecaster's (`naive_<name>`): the evidence behind the metrics and the gates, and monitoring's reference."""
+    # the inputs too: monitoring's reference is these rows with these (out-of-sample) predictions
+    identity = list(dict.fromkeys([config.source.timestamp, *config.source.key, *data.encoding.inputs]))
     frame = data.split.holdout[identity].copy()
     frame["label"] = make_target(data.split.holdout, config.target).to_numpy()
     frame["prediction"] = fitted.holdout_predictions

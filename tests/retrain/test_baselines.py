@@ -135,3 +135,13 @@ def test_entity_is_the_key_without_the_timestamp_unless_a_group_is_given() -> No
     assert entity_columns(["time_hour", "carrier", "flight"], "time_hour") == ["carrier", "flight"]
     assert entity_columns(["day"], "day") == []
     assert entity_columns(["day", "store"], "day", group=["region"]) == ["region"]
+
+
+def test_an_entity_read_back_from_json_matches_the_tables_numbers() -> None:
+    history = pd.DataFrame({"day": pd.to_datetime(["2024-01-01", "2024-01-02"]), "store": [7.0, 8.0],
+                            "units": [70.0, 80.0]})
+    rows = pd.DataFrame({"day": pd.to_datetime(["2024-01-08", "2024-01-09"]), "store": pd.Series([7, "8"],
+                                                                                                 dtype=object)})
+    predictions = naive_predictions(NaiveForecaster("seasonal", timedelta(days=7)), history, rows, timestamp="day",
+                                    target="units", entity=["store"], fallback=-1.0)
+    assert predictions.tolist() == [70.0, 80.0]
