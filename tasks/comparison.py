@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from retrain import mlflow_keys as keys
 from retrain.config import LOWER_IS_BETTER, ModelConfig
 from retrain.outcomes import Verdict
 from tasks.registry import get_alias_version
@@ -32,11 +33,17 @@ BOOTSTRAP_CELLS = 2_000_000  # indices drawn per vectorised step: bounds memory 
 
 @dataclass(frozen=True)
 class ChampionScore:
-    """The champion's predictions on the challenger's holdout rows, or why there are none."""
+    """The champion's predictions on the challenger's holdout rows, or why there are none.
+
+    `unseen` marks the holdout rows after the champion's training window: a champion refitted on its whole window
+    has learned the rows before its window's end, and scoring it on them would hold the challenger to an in-sample
+    error. None when the champion's window is unknown.
+    """
 
     version: str
     predictions: np.ndarray | None = None
     error: str | None = None
+    unseen: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -229,7 +236,32 @@ def champion_unscorable(metric: str, value: float, threshold: float | None, erro
     )
 
 
-def score_champion(client: MlflowClient, model_name: str, holdout: pd.DataFrame) -> ChampionScore | None:
+def unseen_rows(times: pd.Series, champion_window_end: str | None) -> np.ndarray | None:
+    """Which rows come at or after the champion's training window end (ISO text, its version's tag)."""
+    if not champion_window_end:
+        return None
+    return (pd.to_datetime(times) >= pd.Timestamp(champion_window_end)).to_numpy()
+
+
+def rows_to_compare(champion: ChampionScore, rows: int, min_rows: int) -> tuple[np.ndarray, str]:
+    """The holdout rows the relative gate compares on, and how to say which: those the champion has not seen when
+    there are at least `min_rows` of them; otherwise all of them (the champion may have fitted some: the gate is
+    then stricter on the challenger, never looser), said so in the reason."""
+    every = np.ones(rows, dtype=bool)
+    if champion.unseen is None:
+        return every, ""
+    unseen = int(champion.unseen.sum())
+    if unseen == rows:
+        return every, ""
+    if unseen >= min_rows:
+        return champion.unseen, f" (the {unseen} holdout rows after the champion's training window)"
+    return every, (f" (the champion's window covers {rows - unseen} of these rows: only {unseen} are new to it, "
+                   f"fewer than {min_rows}, so the champion is scored on rows it may have fitted)")
+
+
+def score_champion(
+    client: MlflowClient, model_name: str, holdout: pd.DataFrame, timestamp: str | None = None
+) -> ChampionScore | None:
     """Predict the raw holdout rows with the current champion; None when there is no champion.
 
     The champion gets the rows as they are in the table, like any user of the registered model, and
@@ -250,7 +282,11 @@ def score_champion(client: MlflowClient, model_name: str, holdout: pd.DataFrame)
     if len(predictions) != len(holdout):
         return ChampionScore(version=version, error=f"champion v{version} returned {len(predictions)} predictions "
                              f"for {len(holdout)} rows")
-    return ChampionScore(version=version, predictions=predictions)
+    unseen = None
+    if timestamp is not None and timestamp in holdout:
+        unseen = unseen_rows(holdout[timestamp], client.get_model_version(model_name, version).tags.get(
+            keys.WINDOW_END))
+    return ChampionScore(version=version, predictions=predictions, unseen=unseen)
 
 
 # --- Prefect tasks -------------------------------------------------------------------------------
@@ -271,21 +307,30 @@ def decide_release(fitted: FittedModel, champion: ChampionScore | None, config: 
             baseline_value=metrics.baseline,
             baseline_name=metrics.baseline_name,
         )
-    else:
+    elif champion is None:
         decision = compare_with_champion(
-            fitted.holdout_target,
-            fitted.holdout_predictions,
-            None if champion is None else champion.predictions,
-            config.metric,
-            gates.threshold,
-            gates.margin,
-            gates.bootstrap_resamples,
-            gates.significance,
-            seed=config.tuning.seed,
-            baseline=metrics.baseline,
-            baseline_margin=gates.baseline_margin,
-            baseline_name=metrics.baseline_name,
+            fitted.holdout_target, fitted.holdout_predictions, None, config.metric, gates.threshold, gates.margin,
+            gates.bootstrap_resamples, gates.significance, seed=config.tuning.seed, baseline=metrics.baseline,
+            baseline_margin=gates.baseline_margin, baseline_name=metrics.baseline_name,
         )
+    else:
+        # Threshold and naive forecasters on the whole holdout; the champion on the rows it has not fitted.
+        compared, which = rows_to_compare(champion, len(fitted.holdout_target), config.split.min_rows)
+        failed = check_threshold(config.metric, metrics.value, gates.threshold) or check_baseline(
+            config.metric, metrics.value, metrics.baseline, gates.baseline_margin, metrics.baseline_name
+        )
+        if failed is not None:
+            champion_value = METRIC_FUNCTIONS[config.metric](fitted.holdout_target[compared],
+                                                             champion.predictions[compared])
+            decision = replace(failed, threshold=gates.threshold, champion_value=champion_value)
+        else:
+            decision = compare_with_champion(
+                fitted.holdout_target[compared], fitted.holdout_predictions[compared], champion.predictions[compared],
+                config.metric, None, gates.margin, gates.bootstrap_resamples, gates.significance,
+                seed=config.tuning.seed,
+            )
+            decision = replace(decision, threshold=gates.threshold, baseline_value=metrics.baseline,
+                               baseline_name=metrics.baseline_name, reason=decision.reason + which)
     decision = replace(decision, champion_version=None if champion is None else champion.version)
     get_run_logger().info("gates: %s (%s)", decision.verdict, decision.reason)
     return decision

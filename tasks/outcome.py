@@ -138,7 +138,7 @@ def find_earlier_training(data: PreparedData, config: ModelConfig) -> TrainingOu
 @task(name="score-champion", cache_policy=NO_CACHE)
 def score_current_champion(data: PreparedData, config: ModelConfig) -> ChampionScore | None:
     find_experiment(get_settings(), config.name)  # points MLflow at our store
-    score = score_champion(MlflowClient(), config.name, data.split.holdout)
+    score = score_champion(MlflowClient(), config.name, data.split.holdout, config.source.timestamp)
     log = get_run_logger()
     if score is None:
         log.info("no champion for '%s' yet", config.name)

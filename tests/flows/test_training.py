@@ -173,7 +173,9 @@ def test_champion_serves_raw_rows_then_same_data_skips_then_a_gate_rejects(
     rejected = rejected_state.result()
     assert (rejected_state.type.value, rejected_state.name) == ("COMPLETED", "Rejected")
     assert (rejected.decision, rejected.version, rejected.gate) == ("rejected", None, "absolute")
-    assert rejected.threshold == 0.0001 and rejected.champion_metric == pytest.approx(first.metric_value)
+    # The champion is the refit, which has fitted every row of this holdout: scored on them, it does better than
+    # the gated model's out-of-sample error (the relative gate would compare on rows after its window only).
+    assert rejected.threshold == 0.0001 and rejected.champion_metric < first.metric_value
     kept = client.get_run(rejected.run_id)
     assert kept.data.tags["retrain.decision"] == "rejected" and kept.data.metrics["passed_gates"] == 0.0
     assert "holdout_mae" in kept.data.metrics and not kept.outputs.model_outputs
