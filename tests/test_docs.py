@@ -28,6 +28,7 @@ from retrain.config import (
     SourceConfig,
     SplitConfig,
     TargetConfig,
+    TrainingConfig,
     TuningConfig,
     WindowConfig,
 )
@@ -44,6 +45,7 @@ MODEL_SECTIONS: dict[str, type[BaseModel]] = {
     "split": SplitConfig,
     "tuning": TuningConfig,
     "gates": GatesConfig,
+    "training": TrainingConfig,
     "monitoring": MonitoringConfig,
     "release": ReleaseConfig,
 }
