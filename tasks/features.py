@@ -215,7 +215,7 @@ def prepare_data(
 def snapshot_columns(config: ModelConfig) -> list[str]:
     """What a snapshot reads: timestamp, key, target and features, each once."""
     return list(dict.fromkeys([config.source.timestamp, *config.source.key, config.target.column,
-                               *config.features.all]))
+                               *config.features.all, *(config.gates.baseline_group or [])]))
 
 
 # --- Prefect tasks -------------------------------------------------------------------------------

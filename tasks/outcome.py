@@ -80,6 +80,8 @@ def trained_outcome(
         baseline_metric=fitted.metrics.baseline,
         metrics=dict(fitted.metrics.all),
         baseline=dict(fitted.metrics.baseline_all),
+        baselines=dict(fitted.metrics.baselines),
+        baseline_name=fitted.metrics.baseline_name,
         p_value=decision.p_value,
         study=tuning.study_name,
         trials=tuning.counts(),
