@@ -19,6 +19,7 @@ from retrain.cli.app import (
     stdout_to_stderr,
 )
 from retrain.config import load_model_config
+from retrain.errors import ConfigError
 
 
 @app.command()
@@ -93,3 +94,68 @@ def render_backtest(result: dict[str, Any]) -> str:
         lines.append(f"chart: {result['chart']}")
     return "\n".join(lines)
 
+
+
+@app.command()
+def init(
+    table: Annotated[str, typer.Option("--table", help="The source table in the warehouse.")],
+    target: Annotated[str, typer.Option("--target", help="The column to predict.")],
+    timestamp: Annotated[str, typer.Option("--timestamp", help="The column that orders rows in time.")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write the model config (its contract goes beside).")],
+    key: Annotated[str | None, typer.Option("--key", help="Columns naming one row, comma-separated (default: "
+                                             "found from the data).")] = None,
+    task: Annotated[str, typer.Option("--task", help="regression or binary.")] = "regression",
+    positive_above: Annotated[float | None, typer.Option(help="Binary task: the label is target > this.")] = None,
+    database_url: Annotated[str | None, typer.Option("--database-url", help="Read the table from this database "
+                                                     "(default: the warehouse of the settings).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing config and contract.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Read a table (rows a day, span, key candidates, types, nulls) and write a model config and its data contract
+    sized to its cadence: lookback, split, minimums, monitoring window, retrain period, canary and rollback, naive
+    forecasters; a comment beside each value says what it was derived from."""
+    prepare_environment()
+    keys = [name.strip() for name in key.split(",") if name.strip()] if key else None
+    contract_path = out.with_name(f"{out.stem}.contract.yaml")
+    existing = [str(path) for path in (out, contract_path) if path.exists()]
+    if existing and not force:
+        raise typer.BadParameter(f"{existing} exist already: use --force to overwrite", param_hint="--out")
+    with stdout_to_stderr():
+        from retrain.config import ModelConfig
+        from retrain.contract import write_contract
+        from retrain.warehouse import get_warehouse, open_warehouse, read_source_rows
+        from tasks.contract import infer_contract
+        from tasks.sizing import config_yaml, describe_sizing, profile_table, size_config
+
+        if database_url is None:
+            check_stores_first("warehouse")
+        warehouse = get_warehouse() if database_url is None else open_warehouse(database_url)
+        frame = read_source_rows(warehouse, table, timestamp)
+        profile = profile_table(frame, table, timestamp, keys)
+        sizing = size_config(profile, target, task, positive_above)
+        text = config_yaml(sizing, timestamp, contract_path.name)
+        try:
+            import yaml
+
+            config = ModelConfig.model_validate(yaml.safe_load(text))
+        except ValueError as error:  # a sizing rule that writes an invalid config is our bug: say which
+            raise ConfigError(f"retrain init wrote a config that does not validate: {error}") from error
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        write_contract(infer_contract(frame, config), contract_path)
+        load_model_config(out)  # what every command will do with it
+    result = {"config": out.resolve(), "contract": contract_path.resolve(), "table": table, "rows": profile.rows,
+              "first": profile.first, "last": profile.last, "rows_per_day": round(profile.rows_per_day, 3),
+              "span_days": round(profile.span_days, 2), "step": profile.step,
+              "key_candidates": [list(k) for k in profile.key_candidates], "choices": describe_sizing(sizing)}
+    finish(result, as_json, render_init)
+
+
+def render_init(result: dict[str, Any]) -> str:
+    lines = [f"read '{result['table']}': {result['rows']:,} rows, {result['rows_per_day']:,} a day over "
+             f"{result['span_days']:,} days ({result['first']} to {result['last']})", "chose:"]
+    width = max(len(choice["path"]) for choice in result["choices"]) + 2
+    for choice in result["choices"]:
+        lines.append(f"  {choice['path']:<{width}}{choice['value']!s:<28} {choice['reason']}")
+    lines.append(f"wrote {result['config']} and {result['contract']}")
+    return "\n".join(lines)
