@@ -82,6 +82,8 @@ def trained_outcome(
         baseline=dict(fitted.metrics.baseline_all),
         baselines=dict(fitted.metrics.baselines),
         baseline_name=fitted.metrics.baseline_name,
+        # what refit_released_model registers for a model that passed: the refit unless training.refit is off
+        released_fit=None if not decision.passed else "refit" if config.training.refit else "gated",
         p_value=decision.p_value,
         study=tuning.study_name,
         trials=tuning.counts(),
