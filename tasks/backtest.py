@@ -44,9 +44,9 @@ from retrain.baselines import NaiveForecaster, entity_columns, naive_predictions
 from retrain.clock import CalendarDuration, shift_back
 from retrain.config import ModelConfig, TaskType
 from retrain.errors import ConfigError, DataError
-from retrain.model_package import build_encoding, encode_rows
+from retrain.model_package import encode_rows
 from tasks.comparison import compare_with_champion
-from tasks.features import make_target, split_by_time
+from tasks.features import make_target, prepare_data, training_window
 from tasks.release import (
     CANARY_ARM,
     CHAMPION_ARM,
@@ -57,7 +57,14 @@ from tasks.release import (
     row_losses,
     settle_canary,
 )
-from tasks.training import METRIC_FUNCTIONS, base_params, configured_forecasters, fit_booster, score_naive_forecasters
+from tasks.training import (
+    METRIC_FUNCTIONS,
+    base_params,
+    configured_forecasters,
+    fit_and_score,
+    gated_as_released,
+    refit_on_window,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -150,11 +157,9 @@ class ModelFitter:
     The same day gives the same model whichever policy asks (trainings are deterministic), so policies share them.
     """
 
-    def __init__(self, index: TimeIndex, config: ModelConfig, rounds: int = FIXED_ROUNDS,
-                 forecasters: Sequence[NaiveForecaster] | None = None) -> None:
+    def __init__(self, index: TimeIndex, config: ModelConfig, rounds: int = FIXED_ROUNDS) -> None:
         self.index, self.config, self.rounds = index, config, rounds
         self.params = fit_params(config)
-        self.forecasters = forecasters
         self.cache: dict[datetime, BacktestModel | FailedTraining] = {}
 
     def __call__(self, as_of: datetime) -> BacktestModel | FailedTraining:
@@ -168,50 +173,27 @@ class ModelFitter:
         return self.cache[as_of]
 
     def fit(self, as_of: datetime, started: float) -> BacktestModel:
+        """A training as of `as_of` as the training flow runs it, minus Optuna: the window before `as_of`, the
+        time-ordered split, the encoding of the training part, the fit on train + validation scored on the holdout
+        against the naive forecasters, then the released model (refitted on the whole window where
+        `training.refit` says so)."""
         config = self.config
-        timestamp, numeric, categorical = config.source.timestamp, config.features.numeric, config.features.categorical
-        lookback = config.training_window.lookback
-        assert lookback is not None  # checked by check_backtest_config
-        window_start = shift_back(as_of, lookback)
-        rows = self.index.between(window_start, as_of)
-        labelled = rows[rows[config.target.column].notna()]
-        split = split_by_time(labelled, timestamp, config.split.validation_fraction, config.split.holdout_fraction,
-                              config.split.min_rows, where=f"the window [{window_start:%Y-%m-%d %H:%M}, "
-                              f"{as_of:%Y-%m-%d %H:%M})")
-        fit_rows = pd.concat([split.train, split.validation], ignore_index=True)
-        encoding = build_encoding(split.train, numeric, categorical)
-        booster = fit_booster(encode_rows(fit_rows, encoding), make_target(fit_rows, config.target), self.params,
-                              self.rounds, categorical)
-        holdout_target = make_target(split.holdout, config.target).to_numpy(dtype="float64")
-        holdout_predictions = np.asarray(booster.predict(encode_rows(split.holdout, encoding)), dtype="float64")
-        metric = METRIC_FUNCTIONS[config.metric](holdout_target, holdout_predictions)
-        baseline_name, baseline = self.best_naive(fit_rows, split.holdout)
-
-        released, released_encoding, refitted = booster, encoding, False
-        if getattr(getattr(config, "training", None), "refit", False):
-            # The training flow's refit: the whole window, rounds scaled to the rows, so the newest rows count.
-            released_encoding = build_encoding(labelled, numeric, categorical)
-            rounds = max(1, round(self.rounds * len(labelled) / max(len(fit_rows), 1)))
-            released = fit_booster(encode_rows(labelled, released_encoding), make_target(labelled, config.target),
-                                   self.params, rounds, categorical)
-            refitted = True
+        window = training_window(config, as_of, as_of_given=True)
+        rows = self.index.between(window.start, as_of)
+        data = prepare_data(rows, config, where=config.source.clean, window=window)
+        fitted = fit_and_score(data, config, self.params, self.rounds)
+        released = refit_on_window(data, config, self.params, self.rounds) if config.training.refit \
+            else gated_as_released(data, fitted)
 
         def predict(frame: pd.DataFrame) -> np.ndarray:
             if frame.empty:
                 return np.empty(0, dtype="float64")
-            return np.asarray(released.predict(encode_rows(frame, released_encoding)), dtype="float64")
+            return np.asarray(released.booster.predict(encode_rows(frame, released.encoding)), dtype="float64")
 
-        return BacktestModel(as_of, window_start, predict, split.holdout, holdout_target, holdout_predictions, metric,
-                             baseline, baseline_name, refitted, time.perf_counter() - started)
-
-    def best_naive(self, fit_rows: pd.DataFrame, holdout: pd.DataFrame) -> tuple[str | None, float | None]:
-        """The best naive forecaster on the holdout rows, from the rows before the holdout (the gates' own code)."""
-        timestamp = self.config.source.timestamp
-        forecasters = list(self.forecasters or configured_forecasters(self.config, fit_rows[timestamp]))
-        if not forecasters:
-            return None, None
-        naive = score_naive_forecasters(fit_rows, holdout, self.config, forecasters)
-        return naive.best, naive.scores[naive.best][self.config.metric]
+        metrics = fitted.metrics
+        return BacktestModel(as_of, window.start, predict, data.split.holdout, fitted.holdout_target,
+                             fitted.holdout_predictions, metrics.value, metrics.baseline, metrics.baseline_name,
+                             released.refit, time.perf_counter() - started)
 
 
 # ------------------------------------------------------------------------------------------------ the replay
@@ -584,7 +566,7 @@ def run_backtest(frame: pd.DataFrame, config: ModelConfig, policy: TriggerPolicy
     assert lookback is not None
     first_window = index.between(shift_back(days[0], lookback), days[0])
     forecasters = configured_forecasters(config, first_window[config.source.timestamp])
-    fitter = ModelFitter(index, config, rounds, forecasters)
+    fitter = ModelFitter(index, config, rounds)
     first = fitter(days[0])
     if isinstance(first, FailedTraining):
         raise DataError(f"the first model of the backtest cannot be trained as of {days[0]:%Y-%m-%d}: {first.reason}")
@@ -601,7 +583,7 @@ def run_backtest(frame: pd.DataFrame, config: ModelConfig, policy: TriggerPolicy
         results.append(naive_result(forecaster, index, config, days))
     return BacktestResult(
         config.name, days[0], days[-1] + DAY, len(days), results[0].rows if results else 0, tuple(results),
-        fit_params(config), rounds, bool(getattr(getattr(config, "training", None), "refit", False)),
+        fit_params(config), rounds, config.training.refit,
         round(time.perf_counter() - started, 1))
 
 
