@@ -10,9 +10,10 @@ is derived from the rows a day holds, and every window from the time it takes to
   and at most half the table's span (the other half is left to replay and backtest); whole months past 8 weeks;
 - split.min_rows: half of the holdout a window holds, so a quiet stretch still trains, at most the usual 200;
 - monitoring.window: a week when a week holds `MONITORING_ROWS` rows, else whole months until it does (at most 3);
-- monitoring.retrain_every: a week (the benchmarks' fresh-labels rule: within 1% of daily retraining with at
-  most a fifth of its trainings), a month when rows come less than daily; min_new_rows: most of the rows that
-  period brings; max_age: two periods;
+- monitoring.retrain_every: a week, a month when rows come less than daily; min_new_rows: most of the rows that
+  period brings; cooldown: the same period (the signal of fresh labels is keyed by the newest row, so with a 1-day
+  cooldown a challenger the gates rejected was retried every day: `retrain backtest` showed about two trainings in
+  three days); max_age: two periods;
 - canary.min_predictions: the paired rows of about a week, between 20 and 200; canary.max_duration: twice the
   time that takes, between 3 days and 1 month; rollback the same;
 - gates.baselines: the metric's constant, the last value, the same hour yesterday for rows more often than daily,
@@ -294,10 +295,13 @@ def _choose_monitoring(profile: TableProfile, lookback: timedelta, choose: Choos
     every = timedelta(days=7) if profile.step <= timedelta(days=1) else CalendarDuration(1)
     every_days = every / timedelta(days=1)
     choose("monitoring.retrain_every", format_duration(every),
-           "fresh labels retrain weekly: within 1% of daily retraining with at most a fifth of its trainings in the "
-           "backtests" if every_days == 7 else "rows come less often than daily: a month of fresh labels")
+           "fresh labels retrain weekly: a seventh of daily retraining's trainings" if every_days == 7
+           else "rows come less often than daily: a month of fresh labels")
     min_new = max(1, int(0.8 * r * every_days))
     choose("monitoring.min_new_rows", min_new, f"80% of the {r * every_days:,.0f} rows that period brings")
+    choose("monitoring.cooldown", format_duration(every),
+           "a challenger the gates rejected is retried a period later, not the next day (with a 1d cooldown the "
+           "backtests retrained on about two days in three)")
     choose("monitoring.max_age", format_duration(2 * every if not isinstance(every, CalendarDuration)
                                                  else CalendarDuration(2)), "two retrain periods")
     choose("monitoring.history", format_duration(max(lookback, timedelta(days=60))), "at least the lookback")

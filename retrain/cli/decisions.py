@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 
 from retrain.cli.app import (
     ConfigOption,
@@ -18,7 +19,7 @@ from retrain.cli.app import (
     prepare_environment,
     stdout_to_stderr,
 )
-from retrain.config import load_model_config
+from retrain.config import ModelConfig, load_model_config
 from retrain.errors import ConfigError
 
 
@@ -35,6 +36,11 @@ def backtest(
     rounds: Annotated[int, typer.Option(help="LightGBM rounds of every fit (fixed parameters, no Optuna).",
                                         min=1, max=100_000)] = 100,
     chart: Annotated[Path | None, typer.Option("--chart", help="Write the metric by month as HTML here.")] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config field for this replay, by its dotted path "
+                     "(monitoring.cooldown=7d, training.refit=false); repeatable."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Replay [start, end) day by day on the Retrain clock with the flows' own decisions (split, naive forecasters,
@@ -42,7 +48,7 @@ def backtest(
     policy earns on the same rows with its number of trainings. Reads the model's source table, validated by its
     contract; writes nothing to the warehouse, MLflow or Prefect."""
     prepare_environment()
-    model = load_model_config(config)
+    model = with_settings(load_model_config(config), settings or [])
     first = parse_instant_option(start, "--start")
     last = parse_instant_option(end, "--end")
     assert first is not None and last is not None
@@ -63,7 +69,8 @@ def backtest(
             chart.parent.mkdir(parents=True, exist_ok=True)
             backtest_chart(result).write_html(str(chart), include_plotlyjs=True)
     payload = {
-        "model": result.model, "start": result.start, "end": result.end, "days": result.days, "rows": result.rows,
+        "model": result.model, "settings": settings or [], "start": result.start, "end": result.end,
+        "days": result.days, "rows": result.rows,
         "metric": model.metric, "refit": result.refit, "rounds": result.rounds, "seconds": result.seconds,
         "chart": chart, "policies": [
             {"name": p.name, "metric": p.metric, "value": p.value, "retrains": p.retrains, "by_month": p.by_month,
@@ -71,6 +78,29 @@ def backtest(
             for p in result.policies],
     }
     finish(payload, as_json, render_backtest)
+
+
+def with_settings(config: ModelConfig, settings: list[str]) -> ModelConfig:
+    """The config with `path=value` overrides (values read as YAML), validated like the file."""
+    if not settings:
+        return config
+    raw = config.model_dump(mode="json", exclude_none=True)
+    for item in settings:
+        path, sep, text = item.partition("=")
+        if not sep or not path.strip():
+            raise typer.BadParameter(f"'{item}' is not path=value (e.g. monitoring.cooldown=7d)", param_hint="--set")
+        node = raw
+        *parents, leaf = path.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise typer.BadParameter(f"'{path}' does not name a config field", param_hint="--set")
+        node[leaf] = yaml.safe_load(text)
+    try:
+        updated = ModelConfig.model_validate(raw)
+    except ValueError as error:
+        raise typer.BadParameter(f"{settings}: {error}", param_hint="--set") from None
+    return updated.model_copy(update={"config_path": config.config_path})
 
 
 def render_backtest(result: dict[str, Any]) -> str:

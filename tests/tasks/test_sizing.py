@@ -48,6 +48,7 @@ def test_a_one_row_a_day_table_gets_windows_in_months_and_small_minimums() -> No
     assert sizing.value("split.min_rows") == 41  # half of the ~82 holdout rows of an 18-month window
     assert sizing.value("monitoring.window") == "3mo"  # a week holds 7 rows: whole months instead
     assert sizing.value("monitoring.min_new_rows") == 5 and sizing.value("monitoring.retrain_every") == "7d"
+    assert sizing.value("monitoring.cooldown") == "7d"  # a rejected challenger is retried a week later
     assert sizing.value("release.canary.min_predictions") == 20
     assert sizing.value("release.canary.max_duration") == "1mo"
     assert sizing.value("gates.baselines") == ["median", "last-value", "seasonal 7d"]
