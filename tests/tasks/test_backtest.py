@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,17 @@ from typer.testing import CliRunner
 
 from retrain.config import ModelConfig
 from retrain.errors import ConfigError, DataError
-from tasks.backtest import parse_policies, replay_days, routed_to_canary, run_backtest
+from tasks.backtest import (
+    BacktestModel,
+    ModelFitter,
+    ReleaseState,
+    Replay,
+    TimeIndex,
+    parse_policies,
+    replay_days,
+    routed_to_canary,
+    run_backtest,
+)
 from tasks.example_data import example_data_folder
 from tasks.monitoring import trigger_policy
 
@@ -170,3 +180,54 @@ def test_retrain_backtest_prints_one_json_object_with_every_policy(retrain_home:
     bad = CliRunner().invoke(app, ["backtest", "--config", str(path), "--start", "2013-02-04", "--end", "2013-02-01",
                                    "--json"])
     assert bad.exit_code == 2 and json.loads(bad.stdout.strip().splitlines()[-1])["error"] == "BadParameter"
+
+
+def constant_model(value: float, trained_at: datetime) -> BacktestModel:
+    """A model of the replay that predicts `value` for every row (its holdout: one row, for the gates)."""
+    holdout = pd.DataFrame({"at": [trained_at], "y": [1.0], "x": [0.0]})
+    return BacktestModel(trained_at, trained_at, lambda frame: np.full(len(frame), value), holdout, np.array([1.0]),
+                         np.array([value]), abs(1.0 - value), None, None, True, 0.0)
+
+
+def synthetic_replay(**release: object) -> tuple[Replay, ModelConfig]:
+    config = ModelConfig.model_validate({
+        "name": "toy", "source": {"table": "toy", "timestamp": "at", "key": ["at"]}, "target": {"column": "y"},
+        "features": {"numeric": ["x"]}, "metric": "mae", "training_window": {"lookback": "2d"},
+        "release": release})
+    hours = pd.date_range("2024-01-01", periods=24 * 10, freq="h")
+    frame = pd.DataFrame({"at": hours, "y": 1.0 + np.sin(np.arange(len(hours))) * 0.1, "x": 0.0})
+    index = TimeIndex(frame, "at")
+    return Replay("retrain", index, config, ModelFitter(index, config), trigger_policy(config)), config
+
+
+def test_a_better_canary_is_promoted_the_waiting_challenger_follows_and_no_rollback() -> None:
+    replay, _ = synthetic_replay(canary={"min_predictions": 20, "share": 0.5})
+    day = datetime(2024, 1, 1)
+    old, better, newest = constant_model(0.0, day), constant_model(1.0, day), constant_model(1.05, day)
+    state = ReleaseState(old, canary=better, canary_since=day, waiting=newest)
+    replay.serve(state, day)
+    served = replay.served_frame()
+    assert set(served["arm"]) == {"champion", "canary"} and served["canary"].notna().all()
+    replay.judge_release(state, day + timedelta(days=1))
+    assert state.champion is better and state.previous is old and state.canary is newest and state.waiting is None
+    assert replay.decisions == {"canary-started": 1, "promoted": 1}
+    replay.serve(state, day + timedelta(days=1))
+    replay.judge_release(state, day + timedelta(days=2))  # the new champion beats the previous one: it stays
+    assert state.champion is better and "rolled-back" not in replay.decisions
+
+
+def test_an_undecided_canary_ends_at_max_duration_and_a_worse_champion_is_rolled_back() -> None:
+    replay, _ = synthetic_replay(canary={"min_predictions": 100_000, "max_duration": "2d"},
+                                 rollback={"min_predictions": 20, "bake": "7d"})
+    day = datetime(2024, 1, 1)
+    champion, canary = constant_model(1.0, day), constant_model(0.99, day)
+    state = ReleaseState(champion, canary=canary, canary_since=day)
+    for offset in range(2):
+        replay.serve(state, day + timedelta(days=offset))
+        replay.judge_release(state, day + timedelta(days=offset + 1))
+    assert state.champion is canary and replay.decisions == {"promoted-timeout": 1}  # no harm beyond the margin
+    worse = constant_model(0.0, day)
+    state = ReleaseState(worse, previous=canary, promoted_at=day + timedelta(days=2))
+    replay.serve(state, day + timedelta(days=2))
+    replay.judge_release(state, day + timedelta(days=3))
+    assert state.champion is canary and state.previous is None and replay.decisions["rolled-back"] == 1
