@@ -166,10 +166,11 @@ def test_retrain_backtest_prints_one_json_object_with_every_policy(retrain_home:
     chart = retrain_home.parent / "chart.html"
     result = CliRunner().invoke(app, ["backtest", "--config", str(path), "--start", "2013-02-01", "--end",
                                       "2013-02-04", "--policy", "never", "--policy", "retrain", "--rounds", "10",
-                                      "--chart", str(chart), "--json"])
+                                      "--set", "monitoring.cooldown=3d", "--chart", str(chart), "--json"])
     assert result.exit_code == 0, result.output
     (line,) = result.stdout.strip().splitlines()
     payload = json.loads(line)
+    assert payload["settings"] == ["monitoring.cooldown=3d"]
     names = [policy["name"] for policy in payload["policies"]]
     assert names[:2] == ["never", "retrain"] and any(name.startswith("naive:") for name in names)
     for policy in payload["policies"]:
@@ -180,6 +181,9 @@ def test_retrain_backtest_prints_one_json_object_with_every_policy(retrain_home:
     bad = CliRunner().invoke(app, ["backtest", "--config", str(path), "--start", "2013-02-04", "--end", "2013-02-01",
                                    "--json"])
     assert bad.exit_code == 2 and json.loads(bad.stdout.strip().splitlines()[-1])["error"] == "BadParameter"
+    knob = CliRunner().invoke(app, ["backtest", "--config", str(path), "--start", "2013-02-01", "--end", "2013-02-04",
+                                    "--set", "monitoring.cooldown=soon", "--json"])
+    assert knob.exit_code == 2 and "cooldown" in json.loads(knob.stdout.strip().splitlines()[-1])["message"]
 
 
 def constant_model(value: float, trained_at: datetime) -> BacktestModel:
