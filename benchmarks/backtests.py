@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--tables", default="flights,weather,goog")
     parser.add_argument("--quick", action="store_true", help="replay a month or so per table (a smoke run)")
     parser.add_argument("--no-variants", action="store_true", help="skip the no-refit and cooldown variants")
+    parser.add_argument("--range", default=None, metavar="START,END", help="replay these days instead")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,7 @@ def main() -> None:
     sys.stdout.write(f"load average {os.getloadavg()[0]:.2f}; writing under {out}\n")
     for table in args.tables.split(","):
         config = prepare(table, out, env)
-        start, end = RANGES[table][1 if args.quick else 0]
+        start, end = args.range.split(",") if args.range else RANGES[table][1 if args.quick else 0]
         started = time.perf_counter()
         result = retrain("backtest", "--config", str(config), "--start", start, "--end", end, "--chart",
                          str(out / f"{table}.html"), env=env)
