@@ -69,6 +69,7 @@ def train_model(
     trials: Annotated[int, Field(ge=0)] = 0,
     timeout_seconds: Annotated[float, Field(ge=0)] = 0.0,
     threshold: float | None = None,
+    workers: Annotated[int, Field(ge=0, le=256)] = 0,
 ) -> TrainingOutcome:
     """Tune, fit, gate and register one model on the training window as of `as_of`.
 
@@ -79,10 +80,12 @@ def train_model(
         trials: Finished Optuna trials the snapshot's study must hold (0: the config's `tuning.trials`).
         timeout_seconds: Tuning budget in seconds (0: the config's `tuning.timeout_seconds`).
         threshold: Absolute gate on the holdout metric (empty: the config's).
+        workers: Parallel tuning workers on the study (0: the config's `tuning.workers`; more than 1 needs
+            PostgreSQL as the Optuna storage).
     """
     verify_stores()  # warehouse, MLflow and Optuna answer, or the run fails here in seconds naming which
     config = load_model_config(config_path).with_overrides(
-        trials=trials or None, timeout_seconds=timeout_seconds or None, threshold=threshold
+        trials=trials or None, timeout_seconds=timeout_seconds or None, threshold=threshold, workers=workers or None
     )
     check_source_config(config)  # every configured column exists with a usable type, before any work
 

@@ -157,6 +157,13 @@ class TuningConfig(_Frozen):
         description="Report to the pruner every N rounds: each report is a round trip to the study's database.",
     )
     threads: int = Field(default=2, ge=1)
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Trial workers (processes) on the snapshot's one study; more than 1 needs a shared RDB storage "
+        "(PostgreSQL), and each worker's LightGBM gets threads // workers threads (at least 1).",
+    )
 
 
 class GatesConfig(_Frozen):
@@ -400,7 +407,7 @@ class ModelConfig(_Frozen):
             "target": self.target.model_dump(mode="json"),
             "features": self.features.model_dump(mode="json"),
             "split": self.split.model_dump(mode="json"),
-            "tuning": self.tuning.model_dump(mode="json", exclude={"timeout_seconds"}),
+            "tuning": self.tuning.model_dump(mode="json", exclude={"timeout_seconds", "workers"}),
             "gates": self.gates.model_dump(mode="json"),
         }
         return hashlib.blake2b(json.dumps(knobs, sort_keys=True).encode(), digest_size=4).hexdigest()
@@ -410,11 +417,11 @@ class ModelConfig(_Frozen):
         trials: int | None = None,
         timeout_seconds: float | None = None,
         threshold: float | None = None,
+        workers: int | None = None,
     ) -> ModelConfig:
         """A copy with the CLI's or a deployment's overrides applied; None keeps the file's value."""
-        tuning = self.tuning.model_copy(
-            update={k: v for k, v in {"trials": trials, "timeout_seconds": timeout_seconds}.items() if v is not None}
-        )
+        overrides = {"trials": trials, "timeout_seconds": timeout_seconds, "workers": workers}
+        tuning = self.tuning.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         gates = self.gates if threshold is None else self.gates.model_copy(update={"threshold": threshold})
         return self.model_copy(update={"tuning": tuning, "gates": gates})
 
