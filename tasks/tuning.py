@@ -11,8 +11,8 @@ found at the start is never alive); and the sampler is seeded with the seed plus
 already in the study, because a sampler restarted on its first seed proposes the first trials'
 parameters again.
 
-Parallel tuning (`tuning.workers` > 1): the missing trials run in that many worker processes (Prefect tasks
-on a `ProcessPoolTaskRunner`) against the one study in a shared RDB storage (PostgreSQL; SQLite is
+Parallel tuning (`tuning.workers` > 1): the missing trials run in that many worker processes (Prefect task
+runs, each driving one spawned process) against the one study in a shared RDB storage (PostgreSQL; SQLite is
 refused). The budget counts the study's finished trials across workers (`MaxTrialsCallback`), the TPE
 sampler of each worker has its own seed and lies about running trials (`constant_liar`) so no two workers
 evaluate the same parameters, and Optuna's heartbeat fails the running trial of a worker that died.
@@ -25,7 +25,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
+import warnings
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,9 +149,11 @@ def study_storage(url: str | None, heartbeat: bool = False) -> optuna.storages.B
         return None
     is_sqlite = url.startswith("sqlite")
     beats = {"heartbeat_interval": HEARTBEAT_SECONDS, "grace_period": HEARTBEAT_GRACE_SECONDS} if heartbeat else {}
-    storage = optuna.storages.RDBStorage(
-        url, engine_kwargs={"connect_args": {"timeout": 30}} if is_sqlite else {}, **beats
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat: experimental since 2.9
+        storage = optuna.storages.RDBStorage(
+            url, engine_kwargs={"connect_args": {"timeout": 30}} if is_sqlite else {}, **beats
+        )
     if is_sqlite:
         with storage.engine.connect() as connection:
             connection.exec_driver_sql("PRAGMA journal_mode=WAL")
@@ -313,9 +318,7 @@ RunWorkers = Callable[[list[WorkerJob]], list[int]]
 
 def run_workers_in_processes(jobs: list[WorkerJob]) -> list[int]:
     """Each job in its own process (the standard library's pool): the plain runner, without Prefect."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=len(jobs)) as pool:
+    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(run_trial_worker, jobs))
 
 
@@ -333,7 +336,7 @@ def tune(
     """Run the trials still missing from the budget, then report the best one.
 
     With `tuning.workers` > 1 the missing trials run in that many worker processes against the one study
-    in the RDB storage (`run_workers` starts them: Prefect tasks on a process pool in the flow); with one
+    in the RDB storage (`run_workers` starts them: Prefect task runs, each driving a process); with one
     worker they run here, seeded, so a re-run proposes the same trials.
 
     Args:
@@ -434,19 +437,29 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 
 
 @task(name="tuning-worker", cache_policy=NO_CACHE)
-def tuning_worker(job: WorkerJob) -> int:
-    """One trial worker as a Prefect task run, so each worker shows in the UI with its own logs and state."""
-    ran = run_trial_worker(job)
+def tuning_worker(job: WorkerJob, pool: Executor) -> int:
+    """One trial worker as a Prefect task run (its own state and log line in the UI); its trials run in a
+    process of `pool`, so workers use every core instead of sharing one interpreter's lock."""
+    ran = pool.submit(run_trial_worker, job).result()
     get_run_logger().info("worker %d ran %d trial(s) on study %s", job.index, ran, job.study_name)
     return ran
 
 
 def run_workers_as_prefect_tasks(jobs: list[WorkerJob]) -> list[int]:
-    """The workers as task runs on Prefect's process pool: one process each, so trials use every core."""
-    from prefect.task_runners import ProcessPoolTaskRunner
+    """The workers as Prefect task runs on a thread pool, each driving one process that runs its trials.
 
-    with ProcessPoolTaskRunner(max_workers=len(jobs)) as runner:
-        futures = [runner.submit(tuning_worker, parameters={"job": job}) for job in jobs]
+    Not Prefect's `ProcessPoolTaskRunner`: measured under the CLI's temporary server (Prefect 3.9.1), its
+    parent-side thread that forwards the processes' logs and events does not see the run's settings, so it
+    started a second Prefect server of its own and the pool took 14 s to stop. Here the processes need no
+    Prefect at all (Optuna and LightGBM only), and they are spawned, not forked from a process with threads.
+    """
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=spawn) as pool, ThreadPoolTaskRunner(
+        max_workers=len(jobs)
+    ) as runner:
+        futures = [runner.submit(tuning_worker, parameters={"job": job, "pool": pool}) for job in jobs]
         return [future.result() for future in futures]
 
 
