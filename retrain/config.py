@@ -352,6 +352,29 @@ class ReleaseConfig(_Frozen):
         return format_duration(value)
 
 
+class ScheduleConfig(_Frozen):
+    """Cron schedules of a model's deployments (`retrain deploy`); null leaves that deployment unscheduled."""
+
+    train: str | None = Field(default="0 4 * * 1", description="Training: weekly, Monday 04:00.")
+    ingest: str | None = Field(default="15 * * * *", description="Ingest: hourly.")
+    monitor: str | None = Field(default="30 5 * * *", description="Monitoring: daily, after the hourly ingest.")
+    canary_check: str | None = Field(default="30 * * * *", description="Canary check: hourly.")
+    timezone: str = "UTC"
+
+
+class DeploymentConfig(_Frozen):
+    """How `retrain deploy` deploys the model: its work pool, schedules and event triggers."""
+
+    work_pool: str = Field(default="retrain", description="Prefect work pool the model's runs go to.")
+    schedules: ScheduleConfig = ScheduleConfig()
+    retrain_when_requested: bool = Field(
+        default=True, description="Training starts on the monitoring policy's `retrain.retrain.requested` event."
+    )
+    release_on_events: bool = Field(
+        default=True, description="Release starts on every registration, promotion, rejection and rollback."
+    )
+
+
 class ModelConfig(_Frozen):
     """Everything that defines one model; validated when loaded so a typo fails before any work."""
 
@@ -366,6 +389,7 @@ class ModelConfig(_Frozen):
     gates: GatesConfig = GatesConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     release: ReleaseConfig = ReleaseConfig()
+    deployment: DeploymentConfig = DeploymentConfig()
     contract: str | None = Field(default=None, description="Data contract YAML, relative to this file.")
     config_path: Path | None = Field(default=None, exclude=True)
 

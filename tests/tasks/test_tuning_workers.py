@@ -123,6 +123,7 @@ def test_two_worker_processes_fill_one_study_without_repeats(small_problem, optu
     assert again.run_now == 0 and len(used) == 1, "a full study starts no worker"
 
 
+@pytest.mark.slow
 def test_workers_run_as_prefect_task_runs(small_problem, optuna_database: str, prefect_harness) -> None:
     from prefect import flow
 
