@@ -137,15 +137,21 @@ def create_databases(base_url: str, databases: Mapping[str, str]) -> list[str]:
     return created
 
 
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def wait_until_ready(process: subprocess.Popen, url: str, log: Path, timeout: float) -> None:
     """Poll `url` until it answers 200; fail naming the log if the process ends or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{url}: the process ended with {process.returncode}; see {log}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
+        if answers(url):
+            return
         time.sleep(0.5)
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s; see {log}")
 
@@ -161,6 +167,9 @@ def started(plan: StackPlan, timeout: float = READY_TIMEOUT_SECONDS) -> Iterator
             if service.name.startswith("prefect-worker") and not pool_created:
                 create_work_pool(plan.environment)
                 pool_created = True
+            if service.health and answers(service.health):
+                raise RuntimeError(f"{service.name}: {service.health} answers already: another server holds the "
+                                   "port (stop it, or pass --prefect-port / --mlflow-port)")
             log = plan.folder / f"{service.name}.log"
             with log.open("ab") as output:
                 process = subprocess.Popen(
@@ -237,6 +246,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.stderr.write(f"a service ended ({ended[0][:4]}); stopping the stack\n")
     except KeyboardInterrupt:
         sys.stderr.write("stopping the stack\n")
+    except RuntimeError as error:
+        raise SystemExit(f"stack not started: {error}") from None
 
 
 if __name__ == "__main__":

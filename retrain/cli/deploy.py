@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from retrain.cli.app import JsonOption, app, finish, prepare_environment, stdout_to_stderr
+from retrain.cli.app import JsonOption, app, check_stores_first, finish, prepare_environment, stdout_to_stderr
 from retrain.errors import ConfigError
 
 
@@ -48,6 +48,7 @@ def deploy(
             "a temporary server that ends with this command."
         )
     with stdout_to_stderr():
+        check_stores_first("prefect")  # a server that does not answer: exit 3 naming it, not a traceback
         from deployments.models import deploy_models
 
         result = deploy_models(configs, root=REPO)
