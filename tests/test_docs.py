@@ -19,12 +19,14 @@ from pydantic import BaseModel
 from retrain.clock import format_duration
 from retrain.config import (
     CanaryConfig,
+    DeploymentConfig,
     FeaturesConfig,
     GatesConfig,
     ModelConfig,
     MonitoringConfig,
     ReleaseConfig,
     RollbackConfig,
+    ScheduleConfig,
     SourceConfig,
     SplitConfig,
     TargetConfig,
@@ -46,8 +48,10 @@ MODEL_SECTIONS: dict[str, type[BaseModel]] = {
     "gates": GatesConfig,
     "monitoring": MonitoringConfig,
     "release": ReleaseConfig,
+    "deployment": DeploymentConfig,
 }
-NESTED_SECTIONS: dict[str, type[BaseModel]] = {"release.canary": CanaryConfig, "release.rollback": RollbackConfig}
+NESTED_SECTIONS: dict[str, type[BaseModel]] = {"release.canary": CanaryConfig, "release.rollback": RollbackConfig,
+                                               "deployment.schedules": ScheduleConfig}
 
 
 def documented_rows(part: str) -> dict[str, list[str]]:
