@@ -3,9 +3,18 @@ and the README's steps work against it (slow)."""
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
+import signal
+import socket
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
+import pytest
+import sqlalchemy as sa
 import yaml
 
 from deployments.stack import STORES, WORK_POOL, plan_stack
@@ -57,3 +66,65 @@ def test_compose_and_make_stack_agree_on_databases_ports_and_flags() -> None:
         key = f"RETRAIN_{store.upper()}_URL" if store == "warehouse" else "RETRAIN_OPTUNA_STORAGE"
         assert COMPOSE["x-retrain-environment"][key].endswith(f"/retrain_stack_{store}")
         assert plan.environment[key].endswith(f"/retrain_stack_{store}")
+
+
+def readme_steps() -> list[str]:
+    """The commands of README "When one machine is not enough" after `make stack` and the exports."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("## When one machine is not enough", 1)[1].split("\n## ", 1)[0]
+    block = re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL)[0]
+    commands = re.sub(r"\\\n\s*", "", block).splitlines()
+    return [line for line in commands if not line.startswith(("make stack", "export "))]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow  # minutes: two servers, two workers, a training on a worker
+@pytest.mark.postgres
+def test_the_readme_steps_run_against_the_stack(tmp_path: Path) -> None:
+    from tests.conftest import POSTGRES_URL, postgres_available
+
+    if reason := postgres_available():
+        pytest.skip(reason)
+    prefix = f"retrain_stack_{uuid.uuid4().hex[:6]}"
+    prefect_port, mlflow_port = free_port(), free_port()
+    folder = tmp_path / "stack"
+    stack = subprocess.Popen(
+        [sys.executable, "-m", "deployments.stack", "--prefix", prefix, "--folder", str(folder),
+         "--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "RETRAIN_STACK_DATABASE_URL": POSTGRES_URL},
+    )
+    try:
+        printed = []
+        for line in stack.stdout:  # type: ignore[union-attr]
+            printed.append(line)
+            if line.startswith("retrain deploy"):
+                break
+        assert "stack ready" in "".join(printed), "".join(printed)
+        exports = dict(line.removeprefix("export ").strip().split("=", 1) for line in printed
+                       if line.startswith("export "))
+        assert exports["PREFECT_API_URL"] == f"http://127.0.0.1:{prefect_port}/api"
+        environment = {key: value for key, value in os.environ.items()
+                       if not key.startswith(("RETRAIN_", "PREFECT_", "MLFLOW_"))}
+        environment |= exports | {"RETRAIN_HOME": str(tmp_path / "cli"), "PREFECT_HOME": str(tmp_path / "cli-prefect")}
+        outputs = []
+        for command in readme_steps():
+            result = subprocess.run(["bash", "-c", command], cwd=REPO, env=environment, capture_output=True,
+                                    text=True, timeout=1200, check=False)
+            assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+            outputs.append(result.stdout)
+        assert re.fullmatch(r"[0-9a-f]{32}\n", outputs[-1]), outputs[-1]  # the champion, loaded from elsewhere
+        assert "Completed" in outputs[2]  # the training ran on a worker of the stack and completed
+    finally:
+        stack.send_signal(signal.SIGINT)
+        stack.wait(timeout=60)
+        admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            for store in STORES:
+                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{prefix}_{store}" WITH (FORCE)')
+        admin.dispose()
