@@ -18,9 +18,10 @@ from pydantic import Field
 
 from flows.ingest import ingest_when_new_rows
 from flows.release import release_challenger
-from retrain.config import load_model_config
+from retrain.config import TrainingEngine, load_model_config
 from retrain.outcomes import SKIPPED, TrainingOutcome
 from tasks.comparison import decide_release
+from tasks.dask_training import fit_final_model_on_dask, prepare_partitioned_snapshot
 from tasks.failures import record_failed_run
 from tasks.features import (
     check_training_snapshot,
@@ -106,9 +107,15 @@ def train_model(
 
         # Data: the window of clean rows, checked against the contract, fingerprinted, split in time.
         contract = read_model_contract(config)
-        snapshot = load_training_snapshot(config=config, window=window)
-        check_training_snapshot(snapshot=snapshot, contract=contract, config=config)
-        data = prepare_training_data(snapshot=snapshot, config=config, window=window, contract=contract)
+        partitioned = None
+        if config.training.engine is TrainingEngine.DASK:  # partitions stay on the Dask workers, checked there
+            partitioned = prepare_partitioned_snapshot(config=config, window=window, contract=contract)
+            data = partitioned.data
+            snapshot = data.split.validation  # what the MLflow dataset input describes: in-process rows only
+        else:
+            snapshot = load_training_snapshot(config=config, window=window)
+            check_training_snapshot(snapshot=snapshot, contract=contract, config=config)
+            data = prepare_training_data(snapshot=snapshot, config=config, window=window, contract=contract)
 
         # Nothing new: the champion or challenger was trained on this snapshot with these settings.
         skipped = find_earlier_training(data=data, config=config)
@@ -120,7 +127,11 @@ def train_model(
         # Model: one MLflow run spans the Optuna search and the final fit scored on the holdout.
         run = start_training_run(config=config, snapshot=snapshot, data=data)
         tuning = tune_hyperparameters(data=data, config=config)
-        fitted = fit_final_model(data=data, config=config, params=tuning.best_params, rounds=tuning.best_rounds)
+        if partitioned is not None:
+            fitted = fit_final_model_on_dask(snapshot=partitioned, config=config, params=tuning.best_params,
+                                             rounds=tuning.best_rounds, contract=contract)
+        else:
+            fitted = fit_final_model(data=data, config=config, params=tuning.best_params, rounds=tuning.best_rounds)
 
         # Gates: absolute threshold, naive baseline, champion on the identical raw holdout rows, then the
         # logged model must load and predict those rows exactly.

@@ -352,6 +352,43 @@ class ReleaseConfig(_Frozen):
         return format_duration(value)
 
 
+class TrainingEngine(StrEnum):
+    MEMORY = "memory"  # the snapshot in the flow's process, LightGBM in memory
+    DASK = "dask"  # partitions read by Dask workers, the final fit by lightgbm.dask (tasks/dask_training.py)
+
+
+class DaskConfig(_Frozen):
+    """Where and how the Dask engine runs (`training.engine: dask`)."""
+
+    scheduler: str | None = Field(
+        default=None, description="Dask scheduler address (tcp://host:8786); none: a LocalCluster on this machine."
+    )
+    workers: int = Field(default=2, ge=1, description="LocalCluster: worker processes.")
+    threads_per_worker: int = Field(default=1, ge=1, description="LocalCluster and LightGBM: threads per worker.")
+    memory_limit: str = Field(default="2GB", description="LocalCluster: memory limit per worker (Dask's notation).")
+    partition: timedelta = Field(
+        default=timedelta(days=7), description="Time range of one partition of the snapshot (7d, 36h)."
+    )
+    tuning_rows: int = Field(
+        default=200_000, ge=1, description="The Optuna search runs in the flow's process on the newest this many "
+        "training rows (with the whole validation part); the final fit runs on Dask over all of them."
+    )
+
+    @field_validator("partition", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> timedelta:
+        return parse_duration(value)
+
+    @field_serializer("partition")
+    def _duration_text(self, value: timedelta) -> str:
+        return format_duration(value)
+
+
+class TrainingConfig(_Frozen):
+    engine: TrainingEngine = Field(default=TrainingEngine.MEMORY, description="memory or dask.")
+    dask: DaskConfig = DaskConfig()
+
+
 class ScheduleConfig(_Frozen):
     """Cron schedules of a model's deployments (`retrain deploy`); null leaves that deployment unscheduled."""
 
@@ -386,6 +423,7 @@ class ModelConfig(_Frozen):
     training_window: WindowConfig
     split: SplitConfig = SplitConfig()
     tuning: TuningConfig = TuningConfig()
+    training: TrainingConfig = TrainingConfig()
     gates: GatesConfig = GatesConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     release: ReleaseConfig = ReleaseConfig()
@@ -434,6 +472,9 @@ class ModelConfig(_Frozen):
             "tuning": self.tuning.model_dump(mode="json", exclude={"timeout_seconds", "workers"}),
             "gates": self.gates.model_dump(mode="json"),
         }
+        if self.training.engine is not TrainingEngine.MEMORY:  # the in-memory engine keeps its digests of before
+            knobs["training"] = self.training.model_dump(mode="json", exclude={"dask": {"scheduler", "workers",
+                                                                                       "memory_limit"}})
         return hashlib.blake2b(json.dumps(knobs, sort_keys=True).encode(), digest_size=4).hexdigest()
 
     def with_overrides(
