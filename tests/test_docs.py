@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from retrain.clock import format_duration
 from retrain.config import (
     CanaryConfig,
+    DaskConfig,
     DeploymentConfig,
     FeaturesConfig,
     GatesConfig,
@@ -30,6 +31,7 @@ from retrain.config import (
     SourceConfig,
     SplitConfig,
     TargetConfig,
+    TrainingConfig,
     TuningConfig,
     WindowConfig,
 )
@@ -48,10 +50,11 @@ MODEL_SECTIONS: dict[str, type[BaseModel]] = {
     "gates": GatesConfig,
     "monitoring": MonitoringConfig,
     "release": ReleaseConfig,
+    "training": TrainingConfig,
     "deployment": DeploymentConfig,
 }
 NESTED_SECTIONS: dict[str, type[BaseModel]] = {"release.canary": CanaryConfig, "release.rollback": RollbackConfig,
-                                               "deployment.schedules": ScheduleConfig}
+                                               "training.dask": DaskConfig, "deployment.schedules": ScheduleConfig}
 
 
 def documented_rows(part: str) -> dict[str, list[str]]:
