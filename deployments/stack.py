@@ -235,7 +235,9 @@ def main(argv: list[str] | None = None) -> None:
     except sa.exc.OperationalError as error:
         raise SystemExit(f"no PostgreSQL at {sa.engine.make_url(base).render_as_string()}: set "
                          f"RETRAIN_STACK_DATABASE_URL ({error.orig})") from None
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Both stop the stack; SIGINT explicitly too, since a shell that starts us in the background ignores it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with started(plan) as processes:
             sys.stdout.write(announce(plan) + "\n")

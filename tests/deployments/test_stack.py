@@ -118,11 +118,15 @@ def test_the_readme_steps_run_against_the_stack(tmp_path: Path) -> None:
                                     text=True, timeout=1200, check=False)
             assert result.returncode == 0, f"{command}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
             outputs.append(result.stdout)
-        assert re.fullmatch(r"[0-9a-f]{32}\n", outputs[-1]), outputs[-1]  # the champion, loaded from elsewhere
+        assert re.fullmatch(r"m-[0-9a-f]{32}\n", outputs[-1]), outputs[-1]  # the champion, loaded from elsewhere
         assert "Completed" in outputs[2]  # the training ran on a worker of the stack and completed
     finally:
-        stack.send_signal(signal.SIGINT)
-        stack.wait(timeout=60)
+        stack.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        try:
+            stack.wait(timeout=120)
+        finally:
+            if stack.poll() is None:
+                stack.kill()
         admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
             for store in STORES:
