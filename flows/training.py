@@ -44,7 +44,7 @@ from tasks.tracking import (
     start_training_run,
     verify_logged_model,
 )
-from tasks.training import fit_final_model
+from tasks.training import fit_final_model, refit_released_model
 from tasks.tuning import tune_hyperparameters
 
 
@@ -137,10 +137,14 @@ def train_model(
         # logged model must load and predict those rows exactly.
         champion = score_current_champion(data=data, config=config)
         decision = decide_release(fitted=fitted, champion=champion, config=config)
+        # Refit: a model that passed is refitted on the whole window (training.refit), the newest rows included;
+        # the run keeps the gated model's holdout metrics, and the infra check runs on what is registered.
+        released = refit_released_model(data=data, config=config, params=tuning.best_params, fitted=fitted,
+                                        passed=decision.passed)
         logged = log_training_results(
-            run=run, config=config, data=data, tuning=tuning, fitted=fitted, decision=decision
+            run=run, config=config, data=data, tuning=tuning, fitted=fitted, decision=decision, released=released
         )
-        decision = verify_logged_model(logged=logged, data=data, fitted=fitted, decision=decision)
+        decision = verify_logged_model(logged=logged, data=data, fitted=fitted, decision=decision, released=released)
 
         # Register: a passing model becomes the challenger, a rejection is recorded. The first model of its name
         # goes on through the release path at once in auto mode, so every champion got there the same way.

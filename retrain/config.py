@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
+from retrain.baselines import parse_forecaster
 from retrain.clock import Window, format_duration, parse_duration, parse_instant
 from retrain.errors import ConfigError
 
@@ -71,7 +72,6 @@ class TargetConfig(_Frozen):
     positive_above: float | None = Field(
         default=None, description="Binary task: the label is `column > positive_above`."
     )
-
     @model_validator(mode="after")
     def _binary_needs_cut(self) -> TargetConfig:
         if self.task is TaskType.BINARY and self.positive_above is None:
@@ -79,9 +79,35 @@ class TargetConfig(_Frozen):
         return self
 
 
+class CalendarFeature(StrEnum):
+    HOUR = "hour"
+    DAYOFWEEK = "dayofweek"
+    DAYOFMONTH = "dayofmonth"
+    MONTH = "month"
+    DAYOFYEAR = "dayofyear"
+    IS_WEEKEND = "is_weekend"
+    HOLIDAY = "holiday"
+
+
 class FeaturesConfig(_Frozen):
     numeric: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
+    calendar: list[CalendarFeature] = Field(
+        default_factory=list,
+        description="Features derived from the timestamp inside the model package (hour, dayofweek, dayofmonth, "
+        "month, dayofyear, is_weekend, holiday), so serving and monitoring get them from the timestamp column.",
+    )
+    holidays: str | None = Field(
+        default=None, description="Country (ISO code, e.g. US) whose public holidays the `holiday` feature marks."
+    )
+
+    @model_validator(mode="after")
+    def _holidays_named(self) -> FeaturesConfig:
+        if CalendarFeature.HOLIDAY in self.calendar and not self.holidays:
+            raise ValueError("features.calendar has 'holiday': name the country in features.holidays (e.g. US)")
+        if len(set(self.calendar)) != len(self.calendar):
+            raise ValueError(f"features.calendar lists a feature twice: {[str(c) for c in self.calendar]}")
+        return self
 
     @property
     def all(self) -> list[str]:
@@ -180,6 +206,41 @@ class GatesConfig(_Frozen):
     )
     bootstrap_resamples: int = Field(default=1000, ge=100)
     significance: float = Field(default=0.05, gt=0, lt=1)
+    baselines: list[str] | None = Field(
+        default=None,
+        description="Naive forecasters the model must beat on the same holdout rows (the best of them, by "
+        "baseline_margin): median, mean, base-rate, last-value, seasonal <period> (e.g. seasonal 7d). Empty (null): "
+        "the metric's constant and last-value, plus seasonal 1d for sub-daily rows and seasonal 7d for a window of "
+        "three weeks or more (retrain.baselines.default_forecasters).",
+    )
+    baseline_group: list[str] | None = Field(
+        default=None,
+        description="Columns naming a series for last-value and seasonal forecasters (a store, a flight); "
+        "default the source key without the timestamp.",
+    )
+
+    @field_validator("baselines", mode="before")
+    @classmethod
+    def _forecasters(cls, value: Any) -> list[str] | None:
+        if value is None:
+            return None
+        if isinstance(value, str | dict):
+            value = [value]
+        specs = [parse_forecaster(item).spec for item in value]
+        if not specs:
+            raise ValueError("gates.baselines lists no forecaster: leave it out for the defaults, or name some")
+        return list(dict.fromkeys(specs))
+
+
+class TrainingConfig(_Frozen):
+    """How the released model is fitted once its gates passed."""
+
+    refit: bool = Field(
+        default=True,
+        description="Refit the model that passed the gates on the whole window (train + validation + holdout) with "
+        "the tuned parameters and rounds scaled to the rows, and release that: the newest rows reach the model. "
+        "false releases the gated model itself (fitted without the holdout).",
+    )
 
 
 class MonitoringConfig(_Frozen):
@@ -425,6 +486,7 @@ class ModelConfig(_Frozen):
     tuning: TuningConfig = TuningConfig()
     training: TrainingConfig = TrainingConfig()
     gates: GatesConfig = GatesConfig()
+    training: TrainingConfig = TrainingConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     release: ReleaseConfig = ReleaseConfig()
     deployment: DeploymentConfig = DeploymentConfig()
@@ -471,6 +533,7 @@ class ModelConfig(_Frozen):
             "split": self.split.model_dump(mode="json"),
             "tuning": self.tuning.model_dump(mode="json", exclude={"timeout_seconds", "workers"}),
             "gates": self.gates.model_dump(mode="json"),
+            "training": self.training.model_dump(mode="json"),
         }
         if self.training.engine is not TrainingEngine.MEMORY:  # the in-memory engine keeps its digests of before
             knobs["training"] = self.training.model_dump(mode="json", exclude={"dask": {"scheduler", "workers",

@@ -124,7 +124,8 @@ class BatchRules(_Frozen):
     future_tolerance_minutes: float = Field(default=60.0, ge=0)
     unknown_columns: UnknownColumns = UnknownColumns.REPORT
     late_window_hours: float = Field(
-        default=168.0, ge=0, description="How far before the watermark an ingest looks for late rows (0: never)."
+        default=168.0, ge=0, description="How far before the watermark an ingest looks for late rows (0: never). "
+        "Every ingest reads and checks the source rows of this window, so a large hourly table may want less.",
     )
     late_rows: LateRows = LateRows.REPORT
 

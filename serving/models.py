@@ -124,7 +124,7 @@ def direct_predictor(python_model: Any) -> RecordsPredictor | None:
     booster = getattr(python_model, "booster", None)
     if encoding is None or booster is None or not hasattr(encoding, "vocabulary"):
         return None
-    features = tuple(encoding.features)
+    features = tuple(getattr(encoding, "inputs", encoding.features))  # raw columns: calendar features need the time
 
     def predict(records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         columns = {name: [record[name] for record in records] for name in features}

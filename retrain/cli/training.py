@@ -104,7 +104,8 @@ def _render_training(result: dict[str, Any]) -> str:
     if result["decision"] != "skipped":
         metric, champion = result["metric"], result["champion_metric"]
         lines.append(
-            f"holdout    {metric['name']} = {metric['value']:.4f}  (baseline {result['baseline_metric']:.4f},"
+            f"holdout    {metric['name']} = {metric['value']:.4f}  (best naive "
+            f"{result.get('baseline_name') or 'baseline'} {result['baseline_metric']:.4f},"
             f" champion {'none' if champion is None else f'{champion:.4f}'}, threshold {result['threshold']})"
         )
         trials = result["trials"]
