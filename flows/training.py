@@ -21,7 +21,7 @@ from flows.release import release_challenger
 from retrain.config import TrainingEngine, load_model_config
 from retrain.outcomes import SKIPPED, TrainingOutcome
 from tasks.comparison import decide_release
-from tasks.dask_training import fit_final_model_on_dask, prepare_partitioned_snapshot
+from tasks.dask_training import fit_final_model_on_dask, prepare_partitioned_snapshot, release_gated_model
 from tasks.failures import record_failed_run
 from tasks.features import (
     check_training_snapshot,
@@ -139,8 +139,11 @@ def train_model(
         decision = decide_release(fitted=fitted, champion=champion, config=config)
         # Refit: a model that passed is refitted on the whole window (training.refit), the newest rows included;
         # the run keeps the gated model's holdout metrics, and the infra check runs on what is registered.
-        released = refit_released_model(data=data, config=config, params=tuning.best_params, fitted=fitted,
-                                        passed=decision.passed)
+        if partitioned is not None:
+            released = release_gated_model(snapshot=partitioned, fitted=fitted)
+        else:
+            released = refit_released_model(data=data, config=config, params=tuning.best_params, fitted=fitted,
+                                            passed=decision.passed)
         logged = log_training_results(
             run=run, config=config, data=data, tuning=tuning, fitted=fitted, decision=decision, released=released
         )

@@ -232,17 +232,6 @@ class GatesConfig(_Frozen):
         return list(dict.fromkeys(specs))
 
 
-class TrainingConfig(_Frozen):
-    """How the released model is fitted once its gates passed."""
-
-    refit: bool = Field(
-        default=True,
-        description="Refit the model that passed the gates on the whole window (train + validation + holdout) with "
-        "the tuned parameters and rounds scaled to the rows, and release that: the newest rows reach the model. "
-        "false releases the gated model itself (fitted without the holdout).",
-    )
-
-
 class MonitoringConfig(_Frozen):
     """How monitoring watches a model and when it asks for a retrain (the policy in `monitoring/triggers.py`).
 
@@ -446,6 +435,14 @@ class DaskConfig(_Frozen):
 
 
 class TrainingConfig(_Frozen):
+    """How the model is fitted: where (`engine`), and on what once its gates passed (`refit`)."""
+
+    refit: bool = Field(
+        default=True,
+        description="Refit the model that passed the gates on the whole window (train + validation + holdout) with "
+        "the tuned parameters and rounds scaled to the rows, and release that: the newest rows reach the model. "
+        "false releases the gated model itself (fitted without the holdout).",
+    )
     engine: TrainingEngine = Field(default=TrainingEngine.MEMORY, description="memory or dask.")
     dask: DaskConfig = DaskConfig()
 
@@ -486,7 +483,6 @@ class ModelConfig(_Frozen):
     tuning: TuningConfig = TuningConfig()
     training: TrainingConfig = TrainingConfig()
     gates: GatesConfig = GatesConfig()
-    training: TrainingConfig = TrainingConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     release: ReleaseConfig = ReleaseConfig()
     deployment: DeploymentConfig = DeploymentConfig()
@@ -533,9 +529,10 @@ class ModelConfig(_Frozen):
             "split": self.split.model_dump(mode="json"),
             "tuning": self.tuning.model_dump(mode="json", exclude={"timeout_seconds", "workers"}),
             "gates": self.gates.model_dump(mode="json"),
-            "training": self.training.model_dump(mode="json"),
+            # the in-memory engine keeps the digests it had before there was an engine to choose
+            "training": self.training.model_dump(mode="json", include={"refit"}),
         }
-        if self.training.engine is not TrainingEngine.MEMORY:  # the in-memory engine keeps its digests of before
+        if self.training.engine is not TrainingEngine.MEMORY:
             knobs["training"] = self.training.model_dump(mode="json", exclude={"dask": {"scheduler", "workers",
                                                                                        "memory_limit"}})
         return hashlib.blake2b(json.dumps(knobs, sort_keys=True).encode(), digest_size=4).hexdigest()

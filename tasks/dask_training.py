@@ -21,6 +21,7 @@ The booster a Dask fit returns is a plain `lightgbm.Booster`, so the model logge
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 from collections.abc import Iterator, Mapping
@@ -39,8 +40,15 @@ from retrain.contract import Contract
 from retrain.errors import DataError
 from retrain.model_package import Encoding, encode_rows
 from retrain.outcomes import TrainingWindow
-from tasks.features import PreparedData, Split, input_types, make_target, snapshot_columns
-from tasks.training import FittedModel, Metrics, baseline_scores, score_predictions
+from tasks.features import PreparedData, Split, input_types, make_target, model_encoding, snapshot_columns
+from tasks.training import (
+    FittedModel,
+    Metrics,
+    ReleasedModel,
+    configured_forecasters,
+    score_naive_forecasters,
+    score_predictions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -188,9 +196,9 @@ def prepare_partitioned(
 
     split = Split(train=read(tuning_start, validation_start), validation=read(validation_start, holdout_start),
                   holdout=read(holdout_start, window.end))
-    vocabulary = training_vocabulary(warehouse, config, window.start, validation_start)
-    encoding = Encoding(numeric=tuple(config.features.numeric), categorical=tuple(config.features.categorical),
-                        vocabulary=vocabulary)
+    # the model package's encoding (calendar features included), its vocabularies counted by the database
+    encoding = dataclasses.replace(model_encoding(split.validation.head(0), config),
+                                   vocabulary=training_vocabulary(warehouse, config, window.start, validation_start))
     source = SnapshotSource(warehouse.engine.url.render_as_string(hide_password=False), warehouse.schema,
                             config.source.clean, config.source.timestamp, tuple(columns), tuple(config.source.key))
     ranges = partition_ranges(window.start, holdout_start, config.training.dask.partition)
@@ -271,17 +279,35 @@ def fit_on_dask(
                                     num_threads=config.training.dask.threads_per_worker, **settings)
         estimator.fit(features, label, categorical_feature=list(data.encoding.categorical) or "auto")
         booster = estimator.booster_
+    return scored(booster, rounds, data, config)
+
+
+def scored(booster: Any, rounds: int, data: PreparedData, config: ModelConfig) -> FittedModel:
+    """The booster scored on the holdout as `tasks.training.fit_and_score` scores it, the naive forecasters fed
+    the rows this process holds before the holdout (the newest training rows and the validation part)."""
+    known = pd.concat([data.split.train, data.split.validation], ignore_index=True)
     holdout_target = make_target(data.split.holdout, config.target).to_numpy()
     predictions = np.asarray(booster.predict(encode_rows(data.split.holdout, data.encoding)), dtype="float64")
     scores = score_predictions(holdout_target, predictions, config.target.task)
-    fit_target = pd.concat([make_target(data.split.train, config.target),
-                            make_target(data.split.validation, config.target)]).to_numpy()
-    baselines = baseline_scores(fit_target, holdout_target, config.target.task)
+    forecasters = configured_forecasters(
+        config, pd.concat([known[config.source.timestamp], data.split.holdout[config.source.timestamp]])
+    )
+    naive = score_naive_forecasters(known, data.split.holdout, config, forecasters)
     return FittedModel(
-        booster=booster, rounds=rounds,
-        metrics=Metrics(name=config.metric, value=scores[config.metric], baseline=baselines[config.metric],
-                        all=scores, baseline_all=baselines),
-        holdout_target=holdout_target, holdout_predictions=predictions,
+        booster=booster,
+        rounds=rounds,
+        metrics=Metrics(
+            name=config.metric,
+            value=scores[config.metric],
+            baseline=naive.scores[naive.best][config.metric],
+            all=scores,
+            baseline_all=dict(naive.scores[naive.best]),
+            baselines={name: values[config.metric] for name, values in naive.scores.items()},
+            baseline_name=naive.best,
+        ),
+        holdout_target=holdout_target,
+        holdout_predictions=predictions,
+        naive_predictions=naive.predictions,
     )
 
 
@@ -312,3 +338,13 @@ def fit_final_model_on_dask(
     get_run_logger().info("final model on Dask: %d rounds on %d rows, holdout %s %.4f (baseline %.4f)", rounds,
                           snapshot.fit_rows, config.metric, fitted.metrics.value, fitted.metrics.baseline)
     return fitted
+
+
+@task(name="release-gated-model", cache_policy=NO_CACHE)
+def release_gated_model(snapshot: PartitionedSnapshot, fitted: FittedModel) -> ReleasedModel:
+    """On Dask the gated model is what is released: `training.refit` (a refit on the whole window, holdout
+    included) is an in-memory step, and a refit on Dask is not built yet."""
+    get_run_logger().info("Dask engine: the gated model (%d rows, %d rounds) is released as it is, no refit",
+                              snapshot.fit_rows, fitted.rounds)
+    return ReleasedModel(booster=fitted.booster, encoding=snapshot.data.encoding, rounds=fitted.rounds,
+                         rows=snapshot.fit_rows, refit=False, holdout_predictions=fitted.holdout_predictions)

@@ -51,7 +51,6 @@ MODEL_SECTIONS: dict[str, type[BaseModel]] = {
     "training": TrainingConfig,
     "monitoring": MonitoringConfig,
     "release": ReleaseConfig,
-    "training": TrainingConfig,
     "deployment": DeploymentConfig,
 }
 NESTED_SECTIONS: dict[str, type[BaseModel]] = {"release.canary": CanaryConfig, "release.rollback": RollbackConfig,
