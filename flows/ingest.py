@@ -23,18 +23,16 @@ from tasks.ingest import (
     announce_data_arrived,
     check_source_config,
     count_new_rows,
-    find_late_rows,
     plan_batch,
-    plan_late_batch,
     publish_batch_report,
     read_batch_rows,
     read_model_contract,
     record_batch,
     source_lock,
-    takes_late_rows,
     unchanged_replay,
     validate_new_rows,
 )
+from tasks.late_rows import find_late_rows, plan_late_batch, takes_late_rows
 from tasks.runs import label_flow_run
 from tasks.stores import verify_stores
 from tasks.validation import REFUSED

@@ -9,6 +9,11 @@ since the last training (`fresh-labels`), or when the champion has grown old (`s
 metric, and drift where `drift_retrains` allows it, may bring a retrain forward, but only once there is enough
 new data to learn from. A manual request always retrains, cooldown or not.
 
+A degraded metric is judged two ways, both on rows of the same season: the live metric against the champion's
+holdout metric (out-of-sample), and the live metric against the naive forecasters scored on the same matured rows
+(a champion that loses to "the same day last week" for `consecutive_windows` windows in a row is a `performance`
+signal whatever its holdout said).
+
 Dedupe: each signal carries a key naming the signal and the data it was computed on (the newest labelled
 instant); a key already fired is never fired again, so re-running monitoring on the same data changes nothing.
 Cooldown: no retrain (except a manual one) within `cooldown` of the last training or retrain request.
@@ -18,7 +23,7 @@ Nothing here imports Prefect, MLflow or pandas, nor anything of ours but the ker
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -70,6 +75,8 @@ class Signals:
         live_metrics: The live metric of the last windows, oldest first, the current one last (None where
             no label had matured).
         holdout_metric: The champion's metric on its holdout, the bar the live metric is held to.
+        naive_metrics: For the same windows as `live_metrics`, each naive forecaster's metric on the same matured
+            rows, by name (`seasonal-7d`); an empty mapping where none was measured.
         new_labelled_rows: Labelled rows that arrived after the champion's training window.
         last_training_at: The end of the champion's training window.
         last_request_at: When the last retrain was requested (the ledger), if ever.
@@ -83,6 +90,7 @@ class Signals:
     drifted_columns: tuple[str, ...] = ()
     live_metrics: tuple[float | None, ...] = ()
     holdout_metric: float | None = None
+    naive_metrics: tuple[Mapping[str, float | None], ...] = ()
     new_labelled_rows: int = 0
     last_training_at: datetime | None = None
     last_request_at: datetime | None = None
@@ -138,6 +146,30 @@ def degraded_windows(live: Sequence[float | None], holdout: float, degradation: 
     return count
 
 
+def windows_losing_to_naive(
+    live: Sequence[float | None], naive: Sequence[Mapping[str, float | None]], lower_is_better: bool
+) -> tuple[int, str | None, float | None]:
+    """The longest run of most recent windows in a row in which one naive forecaster beat the live metric on the
+    same rows: (windows, that forecaster's name, its value in the newest window); (0, None, None) when none did.
+
+    `naive` is aligned with `live` from the newest window back; a window where either is missing breaks the run.
+    """
+    best: tuple[int, str | None, float | None] = (0, None, None)
+    names = sorted({name for window in naive for name in window})
+    for name in names:
+        count = 0
+        for value, forecasts in zip(reversed(live), reversed(naive), strict=False):
+            bar = forecasts.get(name)
+            if value is None or bar is None:
+                break
+            if not (value > bar if lower_is_better else value < bar):
+                break
+            count += 1
+        if count > best[0]:
+            best = (count, name, naive[-1].get(name))
+    return best
+
+
 def find_signals(signals: Signals, policy: TriggerPolicy) -> list[Signal]:
     """Every signal that is up as of `signals.as_of`, each keyed by its name and the data it saw."""
     data = (signals.data_end or signals.as_of).isoformat()
@@ -160,14 +192,20 @@ def find_signals(signals: Signals, policy: TriggerPolicy) -> list[Signal]:
     if key_drifted:
         found.append(Signal(KEY_FEATURE_DRIFT, f"key feature(s) drifted: {', '.join(key_drifted)}",
                             f"{KEY_FEATURE_DRIFT}@{data}"))
+    degraded: list[str] = []
     if signals.holdout_metric is not None:
         windows = degraded_windows(signals.live_metrics, signals.holdout_metric, policy.degradation,
                                    policy.lower_is_better)
         if windows >= policy.consecutive_windows:
             current = signals.live_metrics[-1]
-            found.append(Signal(DEGRADED, f"live metric {current:.4g} worse than the holdout's "
-                                f"{signals.holdout_metric:.4g} by more than {policy.degradation:.0%} for {windows} "
-                                f"consecutive windows", f"{DEGRADED}@{data}"))
+            degraded.append(f"live metric {current:.4g} worse than the holdout's {signals.holdout_metric:.4g} by "
+                            f"more than {policy.degradation:.0%} for {windows} consecutive windows")
+    losing, naive, bar = windows_losing_to_naive(signals.live_metrics, signals.naive_metrics, policy.lower_is_better)
+    if losing >= policy.consecutive_windows and naive is not None and bar is not None:
+        degraded.append(f"live metric {signals.live_metrics[-1]:.4g} loses to the naive forecaster {naive} "
+                        f"({bar:.4g} on the same matured rows) for {losing} consecutive windows")
+    if degraded:
+        found.append(Signal(DEGRADED, "; ".join(degraded), f"{DEGRADED}@{data}"))
     return found
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
+from retrain.baselines import parse_forecaster
 from retrain.clock import Window, format_duration, parse_duration, parse_instant
 from retrain.errors import ConfigError
 
@@ -71,7 +72,6 @@ class TargetConfig(_Frozen):
     positive_above: float | None = Field(
         default=None, description="Binary task: the label is `column > positive_above`."
     )
-
     @model_validator(mode="after")
     def _binary_needs_cut(self) -> TargetConfig:
         if self.task is TaskType.BINARY and self.positive_above is None:
@@ -79,9 +79,35 @@ class TargetConfig(_Frozen):
         return self
 
 
+class CalendarFeature(StrEnum):
+    HOUR = "hour"
+    DAYOFWEEK = "dayofweek"
+    DAYOFMONTH = "dayofmonth"
+    MONTH = "month"
+    DAYOFYEAR = "dayofyear"
+    IS_WEEKEND = "is_weekend"
+    HOLIDAY = "holiday"
+
+
 class FeaturesConfig(_Frozen):
     numeric: list[str] = Field(default_factory=list)
     categorical: list[str] = Field(default_factory=list)
+    calendar: list[CalendarFeature] = Field(
+        default_factory=list,
+        description="Features derived from the timestamp inside the model package (hour, dayofweek, dayofmonth, "
+        "month, dayofyear, is_weekend, holiday), so serving and monitoring get them from the timestamp column.",
+    )
+    holidays: str | None = Field(
+        default=None, description="Country (ISO code, e.g. US) whose public holidays the `holiday` feature marks."
+    )
+
+    @model_validator(mode="after")
+    def _holidays_named(self) -> FeaturesConfig:
+        if CalendarFeature.HOLIDAY in self.calendar and not self.holidays:
+            raise ValueError("features.calendar has 'holiday': name the country in features.holidays (e.g. US)")
+        if len(set(self.calendar)) != len(self.calendar):
+            raise ValueError(f"features.calendar lists a feature twice: {[str(c) for c in self.calendar]}")
+        return self
 
     @property
     def all(self) -> list[str]:
@@ -157,6 +183,13 @@ class TuningConfig(_Frozen):
         description="Report to the pruner every N rounds: each report is a round trip to the study's database.",
     )
     threads: int = Field(default=2, ge=1)
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Trial workers (processes) on the snapshot's one study; more than 1 needs a shared RDB storage "
+        "(PostgreSQL), and each worker's LightGBM gets threads // workers threads (at least 1).",
+    )
 
 
 class GatesConfig(_Frozen):
@@ -173,6 +206,30 @@ class GatesConfig(_Frozen):
     )
     bootstrap_resamples: int = Field(default=1000, ge=100)
     significance: float = Field(default=0.05, gt=0, lt=1)
+    baselines: list[str] | None = Field(
+        default=None,
+        description="Naive forecasters the model must beat on the same holdout rows (the best of them, by "
+        "baseline_margin): median, mean, base-rate, last-value, seasonal <period> (e.g. seasonal 7d). Empty (null): "
+        "the metric's constant and last-value, plus seasonal 1d for sub-daily rows and seasonal 7d for a window of "
+        "three weeks or more (retrain.baselines.default_forecasters).",
+    )
+    baseline_group: list[str] | None = Field(
+        default=None,
+        description="Columns naming a series for last-value and seasonal forecasters (a store, a flight); "
+        "default the source key without the timestamp.",
+    )
+
+    @field_validator("baselines", mode="before")
+    @classmethod
+    def _forecasters(cls, value: Any) -> list[str] | None:
+        if value is None:
+            return None
+        if isinstance(value, str | dict):
+            value = [value]
+        specs = [parse_forecaster(item).spec for item in value]
+        if not specs:
+            raise ValueError("gates.baselines lists no forecaster: leave it out for the defaults, or name some")
+        return list(dict.fromkeys(specs))
 
 
 class MonitoringConfig(_Frozen):
@@ -345,6 +402,74 @@ class ReleaseConfig(_Frozen):
         return format_duration(value)
 
 
+class TrainingEngine(StrEnum):
+    MEMORY = "memory"  # the snapshot in the flow's process, LightGBM in memory
+    DASK = "dask"  # partitions read by Dask workers, the final fit by lightgbm.dask (tasks/dask_training.py)
+
+
+class DaskConfig(_Frozen):
+    """Where and how the Dask engine runs (`training.engine: dask`)."""
+
+    scheduler: str | None = Field(
+        default=None, description="Dask scheduler address (tcp://host:8786); none: a LocalCluster on this machine."
+    )
+    workers: int = Field(default=2, ge=1, description="LocalCluster: worker processes.")
+    threads_per_worker: int = Field(default=1, ge=1, description="LocalCluster and LightGBM: threads per worker.")
+    memory_limit: str = Field(default="2GB", description="LocalCluster: memory limit per worker (Dask's notation).")
+    partition: timedelta = Field(
+        default=timedelta(days=7), description="Time range of one partition of the snapshot (7d, 36h)."
+    )
+    tuning_rows: int = Field(
+        default=200_000, ge=1, description="The Optuna search runs in the flow's process on the newest this many "
+        "training rows (with the whole validation part); the final fit runs on Dask over all of them."
+    )
+
+    @field_validator("partition", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> timedelta:
+        return parse_duration(value)
+
+    @field_serializer("partition")
+    def _duration_text(self, value: timedelta) -> str:
+        return format_duration(value)
+
+
+class TrainingConfig(_Frozen):
+    """How the model is fitted: where (`engine`), and on what once its gates passed (`refit`)."""
+
+    refit: bool = Field(
+        default=True,
+        description="Refit the model that passed the gates on the whole window (train + validation + holdout) with "
+        "the tuned parameters and rounds scaled to the rows, and release that: the newest rows reach the model. "
+        "false releases the gated model itself (fitted without the holdout).",
+    )
+    engine: TrainingEngine = Field(default=TrainingEngine.MEMORY, description="memory or dask.")
+    dask: DaskConfig = DaskConfig()
+
+
+class ScheduleConfig(_Frozen):
+    """Cron schedules of a model's deployments (`retrain deploy`); null leaves that deployment unscheduled."""
+
+    train: str | None = Field(default="0 4 * * 1", description="Training: weekly, Monday 04:00.")
+    ingest: str | None = Field(default="15 * * * *", description="Ingest: hourly.")
+    monitor: str | None = Field(default="30 5 * * *", description="Monitoring: daily, after the hourly ingest.")
+    canary_check: str | None = Field(default="30 * * * *", description="Canary check: hourly.")
+    timezone: str = "UTC"
+
+
+class DeploymentConfig(_Frozen):
+    """How `retrain deploy` deploys the model: its work pool, schedules and event triggers."""
+
+    work_pool: str = Field(default="retrain", description="Prefect work pool the model's runs go to.")
+    schedules: ScheduleConfig = ScheduleConfig()
+    retrain_when_requested: bool = Field(
+        default=True, description="Training starts on the monitoring policy's `retrain.retrain.requested` event."
+    )
+    release_on_events: bool = Field(
+        default=True, description="Release starts on every registration, promotion, rejection and rollback."
+    )
+
+
 class ModelConfig(_Frozen):
     """Everything that defines one model; validated when loaded so a typo fails before any work."""
 
@@ -356,9 +481,11 @@ class ModelConfig(_Frozen):
     training_window: WindowConfig
     split: SplitConfig = SplitConfig()
     tuning: TuningConfig = TuningConfig()
+    training: TrainingConfig = TrainingConfig()
     gates: GatesConfig = GatesConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     release: ReleaseConfig = ReleaseConfig()
+    deployment: DeploymentConfig = DeploymentConfig()
     contract: str | None = Field(default=None, description="Data contract YAML, relative to this file.")
     config_path: Path | None = Field(default=None, exclude=True)
 
@@ -400,9 +527,14 @@ class ModelConfig(_Frozen):
             "target": self.target.model_dump(mode="json"),
             "features": self.features.model_dump(mode="json"),
             "split": self.split.model_dump(mode="json"),
-            "tuning": self.tuning.model_dump(mode="json", exclude={"timeout_seconds"}),
+            "tuning": self.tuning.model_dump(mode="json", exclude={"timeout_seconds", "workers"}),
             "gates": self.gates.model_dump(mode="json"),
+            # the in-memory engine keeps the digests it had before there was an engine to choose
+            "training": self.training.model_dump(mode="json", include={"refit"}),
         }
+        if self.training.engine is not TrainingEngine.MEMORY:
+            knobs["training"] = self.training.model_dump(mode="json", exclude={"dask": {"scheduler", "workers",
+                                                                                       "memory_limit"}})
         return hashlib.blake2b(json.dumps(knobs, sort_keys=True).encode(), digest_size=4).hexdigest()
 
     def with_overrides(
@@ -410,11 +542,11 @@ class ModelConfig(_Frozen):
         trials: int | None = None,
         timeout_seconds: float | None = None,
         threshold: float | None = None,
+        workers: int | None = None,
     ) -> ModelConfig:
         """A copy with the CLI's or a deployment's overrides applied; None keeps the file's value."""
-        tuning = self.tuning.model_copy(
-            update={k: v for k, v in {"trials": trials, "timeout_seconds": timeout_seconds}.items() if v is not None}
-        )
+        overrides = {"trials": trials, "timeout_seconds": timeout_seconds, "workers": workers}
+        tuning = self.tuning.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         gates = self.gates if threshold is None else self.gates.model_copy(update={"threshold": threshold})
         return self.model_copy(update={"tuning": tuning, "gates": gates})
 

@@ -90,6 +90,12 @@ class ColumnRule(_Frozen):
     growing: bool = Field(
         default=False, description="Numbers that grow with time (an ID, a counter): no max, new rows lie beyond it."
     )
+    hard: bool = Field(
+        default=True,
+        description="min/max quarantine a row outside them (true), or only count it and let it through (false: a "
+        "soft range, reported by ingest and seen by drift). `contract infer` writes feature ranges soft, since a "
+        "record day is real data; the target's stay hard.",
+    )
     offsets: TimestampOffsets | None = Field(
         default=None, description="Datetime columns: convert values with a UTC offset to UTC (default) or refuse them."
     )
@@ -124,7 +130,8 @@ class BatchRules(_Frozen):
     future_tolerance_minutes: float = Field(default=60.0, ge=0)
     unknown_columns: UnknownColumns = UnknownColumns.REPORT
     late_window_hours: float = Field(
-        default=168.0, ge=0, description="How far before the watermark an ingest looks for late rows (0: never)."
+        default=168.0, ge=0, description="How far before the watermark an ingest looks for late rows (0: never). "
+        "Every ingest reads and checks the source rows of this window, so a large hourly table may want less.",
     )
     late_rows: LateRows = LateRows.REPORT
 
@@ -172,6 +179,7 @@ def contract_to_yaml(contract: Contract) -> str:
         compact = {
             k: v for k, v in rule.items()
             if v is not None and not (k in ("decimal_comma", "growing") and v is False)
+            and not (k == "hard" and (v is True or (rule["min"] is None and rule["max"] is None)))
         }
         flow = yaml.safe_dump(compact, default_flow_style=True, sort_keys=False, allow_unicode=True, width=10_000)
         line = f"  {yaml.safe_dump(name, default_style=None).splitlines()[0]}: {flow.strip()}"
@@ -179,6 +187,8 @@ def contract_to_yaml(contract: Contract) -> str:
             line += "  # key: no range, new rows bring new keys"
         elif rule["growing"]:
             line += "  # grows with time: no max, new rows lie beyond any seen"
+        elif "hard" in compact:
+            line += "  # soft range: a value outside is counted and kept (hard: true quarantines it)"
         lines.append(line)
     lines.append(yaml.safe_dump({"batch": batch}, sort_keys=False).rstrip("\n"))
     return "\n".join(lines) + "\n"

@@ -8,9 +8,10 @@ carries its own encoding: the vocabulary of every categorical column is an artif
 
 This file is also the model's code: it is logged as an MLflow "model from code" and copied into every
 model, so a model keeps the encoding it was trained with whatever this file becomes later. That is why
-it imports only numpy, pandas, LightGBM and MLflow's pyfunc (no Prefect, Optuna or pandera, nothing
-else of Retrain): scoring and serving load it without the training stack. Training imports the same
-functions, so the flow's predictions and the served model's are computed by one piece of code.
+it imports only numpy, pandas, LightGBM and MLflow's pyfunc, and `holidays` when a model marks holidays
+(no Prefect, Optuna or pandera, nothing else of Retrain): scoring and serving load it without the training
+stack. Training imports the same functions, so the flow's predictions and the served model's are computed
+by one piece of code.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from mlflow.pyfunc import PythonModel
 
 BOOSTER_ARTIFACT = "booster"
 ENCODING_ARTIFACT = "encoding"
+CALENDAR_FEATURES = ("hour", "dayofweek", "dayofmonth", "month", "dayofyear", "is_weekend", "holiday")
 
 
 @dataclass(frozen=True)
@@ -40,26 +42,44 @@ class Encoding:
     The code of a category is its position in the column's vocabulary (sorted labels seen in training);
     unknown and missing categories are NaN, which is what LightGBM reads as missing (a negative code
     would be turned into NaN by LightGBM anyway, with a warning printed from C++).
+
+    Calendar features (`calendar`) are derived from the `timestamp` column here, inside the model, so whoever
+    sends a raw row (serving, monitoring, a user of the pyfunc) gets them with no code: the row carries its
+    timestamp, the model reads its hour, weekday, month, day of year, weekend and (with `holidays`, a country
+    code) whether it is a public holiday there.
     """
 
     numeric: tuple[str, ...]
     categorical: tuple[str, ...]
     vocabulary: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    timestamp: str | None = None
+    calendar: tuple[str, ...] = ()
+    holidays: str | None = None
+
+    @property
+    def calendar_columns(self) -> tuple[str, ...]:
+        """The booster's names of the calendar features: `<timestamp>_<feature>` (`day_dayofweek`)."""
+        return tuple(f"{self.timestamp}_{name}" for name in self.calendar)
 
     @property
     def features(self) -> tuple[str, ...]:
-        """Model input columns in the booster's order: numeric first, then categorical."""
-        return (*self.numeric, *self.categorical)
+        """The booster's input columns in order: numeric, categorical, then the calendar features."""
+        return (*self.numeric, *self.categorical, *self.calendar_columns)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The raw columns a row must carry: the features, and the timestamp when calendar features use it."""
+        return (*self.numeric, *self.categorical, *((self.timestamp,) if self.calendar else ()))
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "numeric": list(self.numeric),
-                "categorical": list(self.categorical),
-                "vocabulary": {column: list(labels) for column, labels in self.vocabulary.items()},
-            },
-            indent=1,
-        )
+        raw: dict[str, Any] = {
+            "numeric": list(self.numeric),
+            "categorical": list(self.categorical),
+            "vocabulary": {column: list(labels) for column, labels in self.vocabulary.items()},
+        }
+        if self.calendar:
+            raw |= {"timestamp": self.timestamp, "calendar": list(self.calendar), "holidays": self.holidays}
+        return json.dumps(raw, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> Encoding:
@@ -68,6 +88,9 @@ class Encoding:
             numeric=tuple(raw["numeric"]),
             categorical=tuple(raw["categorical"]),
             vocabulary={column: tuple(labels) for column, labels in raw["vocabulary"].items()},
+            timestamp=raw.get("timestamp"),
+            calendar=tuple(raw.get("calendar", ())),
+            holidays=raw.get("holidays"),
         )
 
 
@@ -87,13 +110,108 @@ def category_labels(values: pd.Series) -> pd.Series:
     return values.astype("string")
 
 
-def build_encoding(frame: pd.DataFrame, numeric: Sequence[str], categorical: Sequence[str]) -> Encoding:
-    """The encoding learned from training rows: each categorical column's sorted distinct labels."""
+def build_encoding(
+    frame: pd.DataFrame,
+    numeric: Sequence[str],
+    categorical: Sequence[str],
+    timestamp: str | None = None,
+    calendar: Sequence[str] = (),
+    holidays: str | None = None,
+) -> Encoding:
+    """The encoding learned from training rows: each categorical column's sorted distinct labels, and the calendar
+    features to derive from `timestamp`.
+
+    Raises:
+        ValueError: an unknown calendar feature, calendar features without a timestamp column, or a calendar
+            feature's name taken by a column.
+    """
+    unknown = [name for name in calendar if name not in CALENDAR_FEATURES]
+    if unknown:
+        raise ValueError(f"unknown calendar feature(s) {unknown}: use some of {list(CALENDAR_FEATURES)}")
+    if calendar and not timestamp:
+        raise ValueError("calendar features need the timestamp column they are derived from")
     vocabulary = {
         column: tuple(sorted(str(label) for label in category_labels(frame[column]).dropna().unique()))
         for column in categorical
     }
-    return Encoding(numeric=tuple(numeric), categorical=tuple(categorical), vocabulary=vocabulary)
+    encoding = Encoding(numeric=tuple(numeric), categorical=tuple(categorical), vocabulary=vocabulary,
+                        timestamp=timestamp if calendar else None, calendar=tuple(calendar),
+                        holidays=holidays if "holiday" in calendar else None)
+    taken = sorted(set(encoding.calendar_columns) & {*numeric, *categorical})
+    if taken:
+        raise ValueError(f"calendar feature name(s) {taken} are also feature columns: rename the columns")
+    return encoding
+
+
+def instant_values(values: Column) -> pd.DatetimeIndex:
+    """A timestamp column as naive UTC instants, NaT where a value is missing or not an instant.
+
+    Takes what rows hold: datetimes (a frame read from the table), ISO 8601 text (an offset converted to UTC,
+    each value parsed on its own so one value's offset never shifts another), or epoch milliseconds (how
+    pandas' `to_json` writes a timestamp, as a JSON record carries it).
+    """
+    if isinstance(values, pd.Series | pd.Index) and pd.api.types.is_datetime64_any_dtype(values.dtype):
+        index = pd.DatetimeIndex(values)
+        return index.tz_convert("UTC").tz_localize(None) if index.tz is not None else index
+    return pd.DatetimeIndex([_instant(value) for value in values], dtype="datetime64[ns]")
+
+
+def _instant(value: Any) -> pd.Timestamp:
+    if value is None or isinstance(value, bool):
+        return pd.NaT
+    try:
+        if isinstance(value, int | float | np.integer | np.floating):
+            if not math.isfinite(float(value)):
+                return pd.NaT
+            instant = pd.Timestamp(int(value), unit="ms")
+        else:
+            instant = pd.Timestamp(value)
+    except (TypeError, ValueError, OverflowError, pd.errors.OutOfBoundsDatetime):
+        return pd.NaT
+    if instant is pd.NaT:
+        return pd.NaT
+    return instant.tz_convert("UTC").tz_localize(None) if instant.tzinfo is not None else instant
+
+
+@lru_cache(maxsize=16)
+def _holiday_calendar(country: str) -> Any:
+    # imported here: only a model with holiday features needs the package (its requirements name it then)
+    import holidays
+
+    return holidays.country_holidays(country)
+
+
+def calendar_values(instants: pd.DatetimeIndex, name: str, country: str | None = None) -> np.ndarray:
+    """One calendar feature of naive-UTC instants as float64 (NaN where the instant is missing).
+
+    `dayofweek` is 0 on Monday; `is_weekend` and `holiday` are 1 or 0; `holiday` marks the public holidays of
+    `country` (the `holidays` package) on the instant's UTC date.
+    """
+    missing = np.asarray(instants.isna())
+    if name == "hour":
+        values = instants.hour
+    elif name == "dayofweek":
+        values = instants.dayofweek
+    elif name == "dayofmonth":
+        values = instants.day
+    elif name == "month":
+        values = instants.month
+    elif name == "dayofyear":
+        values = instants.dayofyear
+    elif name == "is_weekend":
+        values = instants.dayofweek >= 5  # noqa: PLR2004 - Saturday and Sunday
+    elif name == "holiday":
+        if country is None:
+            raise ValueError("the holiday feature needs a country")
+        calendar = _holiday_calendar(country)
+        days = instants.normalize()
+        marked = {day: day.date() in calendar for day in days.dropna().unique()}  # each date looked up once
+        values = np.array([not gone and marked[day] for day, gone in zip(days, missing, strict=True)], dtype=bool)
+    else:
+        raise ValueError(f"unknown calendar feature '{name}': use one of {list(CALENDAR_FEATURES)}")
+    result = np.asarray(values, dtype="float64")
+    result[missing] = np.nan
+    return result
 
 
 # Values a JSON record holds whose encoding needs no pandas: the fast, exact case of each rule below.
@@ -161,16 +279,28 @@ def encode_columns(columns: Mapping[str, Column], encoding: Encoding, rows: int)
     Raises:
         KeyError: a feature column is absent, naming it.
     """
-    missing = [column for column in encoding.features if column not in columns]
+    inputs = _inputs_of(encoding)
+    missing = [column for column in inputs if column not in columns]
     if missing:
         raise KeyError(f"rows lack the model's input column(s) {missing}")
-    matrix = np.empty((rows, len(encoding.features)), dtype="float64")
+    calendar = tuple(getattr(encoding, "calendar", ()))  # an encoding of an older package has none
+    matrix = np.empty((rows, len(encoding.numeric) + len(encoding.categorical) + len(calendar)), dtype="float64")
     for position, column in enumerate(encoding.numeric):
         matrix[:, position] = numeric_values(columns[column])
     offset = len(encoding.numeric)
     for position, column in enumerate(encoding.categorical, start=offset):
         matrix[:, position] = category_codes(columns[column], encoding.vocabulary[column])
+    if calendar:
+        instants = instant_values(columns[encoding.timestamp])
+        offset += len(encoding.categorical)
+        for position, name in enumerate(calendar, start=offset):
+            matrix[:, position] = calendar_values(instants, name, encoding.holidays)
     return matrix
+
+
+def _inputs_of(encoding: Any) -> tuple[str, ...]:
+    """The raw columns an encoding reads (an encoding of an older package has no `inputs`: its features)."""
+    return tuple(getattr(encoding, "inputs", encoding.features))
 
 
 def encode_rows(frame: pd.DataFrame, encoding: Encoding) -> pd.DataFrame:
@@ -182,10 +312,11 @@ def encode_rows(frame: pd.DataFrame, encoding: Encoding) -> pd.DataFrame:
     Raises:
         KeyError: a feature column is absent, naming it.
     """
-    missing = [column for column in encoding.features if column not in frame.columns]
+    inputs = _inputs_of(encoding)
+    missing = [column for column in inputs if column not in frame.columns]
     if missing:
         raise KeyError(f"rows lack the model's input column(s) {missing}")
-    matrix = encode_columns({column: frame[column] for column in encoding.features}, encoding, len(frame))
+    matrix = encode_columns({column: frame[column] for column in inputs}, encoding, len(frame))
     return pd.DataFrame(matrix, index=frame.index, columns=list(encoding.features))
 
 

@@ -99,6 +99,11 @@ class TrainingOutcome:
     flow_run_id: str | None = None
     # A rejection the same model would meet again against the same champion (an MLflow tag, not printed).
     settled: bool = json_field(None, default=False)
+    # Each naive forecaster's holdout score in the metric, by name (median, last-value, seasonal-7d), and the best.
+    baselines: Mapping[str, float] = field(default_factory=dict)
+    baseline_name: str | None = None
+    # What was registered: "refit" (the gated model refitted on the whole window) or "gated" (the gated model).
+    released_fit: str | None = None
 
     @property
     def rejected(self) -> bool:

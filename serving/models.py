@@ -138,7 +138,8 @@ def direct_predictor(python_model: Any) -> RecordsPredictor | None:
     by_columns = direct_columns_predictor(python_model)
     if by_columns is None:
         return None
-    features = tuple(python_model.encoding.features)
+    encoding = python_model.encoding
+    features = tuple(getattr(encoding, "inputs", encoding.features))  # raw columns: calendar features need the time
 
     def predict(records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         return by_columns({name: [record[name] for record in records] for name in features}, len(records))

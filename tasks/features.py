@@ -166,7 +166,7 @@ def fingerprint_frame(frame: pd.DataFrame) -> str:
 
 
 def input_types(frame: pd.DataFrame, features: list[str], contract: Contract | None) -> dict[str, str]:
-    """Each feature's type as the contract declares it (integer, float, string), else as the frame holds it.
+    """Each input's type as the contract declares it (integer, float, string, datetime), else as the frame holds it.
 
     The contract is the better witness: an integer column with a NULL in the window reads back as floats.
     """
@@ -175,6 +175,8 @@ def input_types(frame: pd.DataFrame, features: list[str], contract: Contract | N
         rule = contract.columns.get(column) if contract is not None else None
         if rule is not None:
             types[column] = rule.type.value
+        elif pd.api.types.is_datetime64_any_dtype(frame[column]):
+            types[column] = "datetime"
         elif pd.api.types.is_integer_dtype(frame[column]):
             types[column] = "integer"
         elif pd.api.types.is_numeric_dtype(frame[column]):
@@ -207,15 +209,31 @@ def prepare_data(
         rows=len(frame),
         window=window,
         split=split,
-        encoding=build_encoding(split.train, config.features.numeric, config.features.categorical),
-        input_types=input_types(frame, config.features.all, contract),
+        encoding=model_encoding(split.train, config),
+        input_types=input_types(frame, [*config.features.all, *calendar_inputs(config)], contract),
     )
+
+
+def calendar_inputs(config: ModelConfig) -> list[str]:
+    """The timestamp, as a model input, when the model derives calendar features from it."""
+    return [config.source.timestamp] if config.features.calendar else []
+
+
+def model_encoding(rows: pd.DataFrame, config: ModelConfig) -> Encoding:
+    """The model package's encoding learned from `rows`: vocabularies, and the configured calendar features."""
+    try:
+        return build_encoding(
+            rows, config.features.numeric, config.features.categorical, timestamp=config.source.timestamp,
+            calendar=[str(name) for name in config.features.calendar], holidays=config.features.holidays,
+        )
+    except ValueError as error:
+        raise ConfigError(f"model '{config.name}': {error}") from error
 
 
 def snapshot_columns(config: ModelConfig) -> list[str]:
     """What a snapshot reads: timestamp, key, target and features, each once."""
     return list(dict.fromkeys([config.source.timestamp, *config.source.key, config.target.column,
-                               *config.features.all]))
+                               *config.features.all, *(config.gates.baseline_group or [])]))
 
 
 # --- Prefect tasks -------------------------------------------------------------------------------

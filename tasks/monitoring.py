@@ -1,7 +1,11 @@
 """Monitoring's steps: batch scoring by the champion, the reference and current windows, reports and their
 numbers, the policy's signals, and what a decision leaves behind (ledger row, Prefect events, artifacts).
 
-Reference = the champion's training snapshot (the window its MLflow run records). Current = the window of
+Reference = the champion's holdout rows with its out-of-sample predictions, as its training run kept them
+(`holdout_predictions.parquet`: features, label, the gated model's prediction): the performance the live metric is
+compared with, and the drift reference, are what the model did on rows it had not seen, not its training fit. A
+champion trained before the run kept its features falls back to its training snapshot scored by the champion.
+Current = the window of
 `monitoring.window` before `as_of`, read from the prediction table by event time (the Retrain clock): the
 predictions the champion's version served when the server logged any in the window, else the clean rows that
 the champion batch-scored (arm `batch`; a flight's actual arrives with its row, so its label is matured when
@@ -14,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +48,9 @@ from monitoring.triggers import (
     TriggerPolicy,
     decide_retrain,
 )
-from monitoring.workspace import DRIFT_SHARE, LIVE, QUARANTINED_SHARE, ROWS_SCORED, record_monitoring_run
+from monitoring.workspace import DRIFT_SHARE, LIVE, NAIVE, QUARANTINED_SHARE, ROWS_SCORED, record_monitoring_run
 from retrain import mlflow_keys as keys
+from retrain.baselines import NaiveForecaster, entity_columns, forecast_all
 from retrain.clock import Window, as_naive_utc, format_duration, model_as_of, now, shown
 from retrain.config import ModelConfig, TaskType
 from retrain.errors import DataError
@@ -74,7 +79,7 @@ from retrain.warehouse import (
 from tasks.features import make_target
 from tasks.retries import retry_when_transient
 from tasks.runs import run_label
-from tasks.training import METRIC_FUNCTIONS, score_predictions
+from tasks.training import METRIC_FUNCTIONS, configured_forecasters, score_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +118,7 @@ class ReportResult:
     daily: pd.DataFrame
     paths: tuple[Path, ...]
     evidently_numbers: dict[str, float] = field(default_factory=dict)
+    naive: dict[str, float | None] = field(default_factory=dict)  # each naive forecaster's metric, same rows
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,7 @@ class MonitoringOutcome:
     decision: TriggerDecision
     reports: tuple[Path, ...] = ()
     mlflow_run_id: str | None = None
+    naive_metrics: Mapping[str, float | None] = field(default_factory=dict)  # by forecaster, on the same rows
 
 
 # ------------------------------------------------------------------------------------------ pure functions
@@ -238,6 +245,90 @@ def window_metrics(current: pd.DataFrame, config: ModelConfig) -> dict[str, floa
         return dict(names)
     return dict(score_predictions(matured[config.target.column].to_numpy(), matured[PREDICTION].to_numpy(),
                                   config.target.task))
+
+
+def naive_metric_name(forecaster: str) -> str:
+    """The monitoring metric table's name of a naive forecaster's live metric: `live_naive_seasonal-7d`."""
+    return f"live_naive_{forecaster}"
+
+
+def monitoring_forecasters(config: ModelConfig, champion: Champion, times: pd.Series) -> list[NaiveForecaster]:
+    """The naive forecasters the gates used: the configured ones, or the defaults for the champion's training window
+    (its span) at the table's cadence (`times`, the rows read around the current window)."""
+    span = pd.Series(pd.to_datetime([champion.window.start, champion.window.end]))
+    return configured_forecasters(config, pd.concat([pd.Series(pd.to_datetime(times)), span], ignore_index=True))
+
+
+def naive_lookback(config: ModelConfig, forecasters: Sequence[NaiveForecaster]) -> timedelta:
+    """How far before the current window the history must reach: the longest season, at least a week and at least
+    one monitoring window (a last value or a default seasonal forecaster finds its value there)."""
+    periods = [forecaster.period for forecaster in forecasters if forecaster.period is not None]
+    return max([timedelta(days=7), config.monitoring.window, *periods])
+
+
+def entity_rows(rows: pd.DataFrame, config: ModelConfig) -> pd.DataFrame:
+    """Matured predictions as rows a naive forecaster reads: the event time as the timestamp, each entity column
+    from the prediction's key (the key's JSON lists the source key's values in order), else from its features."""
+    entity = entity_columns(config.source.key, config.source.timestamp, config.gates.baseline_group)
+    frame = pd.DataFrame({config.source.timestamp: pd.to_datetime(rows["event_at"]).to_numpy()}, index=rows.index)
+    parsed = rows["key"].map(_key_values) if "key" in rows else pd.Series([None] * len(rows), index=rows.index)
+    for column in entity:
+        if column in config.source.key:
+            position = config.source.key.index(column)
+            frame[column] = parsed.map(lambda values, at=position: values[at] if values else None)
+        else:
+            frame[column] = rows[column] if column in rows else None
+    return frame
+
+
+def _key_values(text: Any) -> list[Any] | None:
+    import json
+
+    if not isinstance(text, str):
+        return None
+    try:
+        values = json.loads(text)
+    except ValueError:
+        return None
+    return values if isinstance(values, list) else None
+
+
+def live_naive_scores(
+    matured: pd.DataFrame, history: pd.DataFrame, config: ModelConfig, forecasters: Sequence[NaiveForecaster],
+    window: Window,
+) -> dict[str, float | None]:
+    """Each naive forecaster's metric on the matured rows the champion's live metric is computed on.
+
+    `history` holds labelled rows (timestamp, entity columns, the 0/1 label or the target). A constant is learned
+    from the history before the window; a last value or a season earlier may come from inside the window (a row's
+    label matures before a later row's), never from the row itself or after it (`retrain.baselines`).
+
+    Args:
+        matured: Rows with `event_at`, `key` and the target column (matured labels only).
+    """
+    target = config.target.column
+    if matured.empty or not forecasters:
+        return {forecaster.name: None for forecaster in forecasters}
+    rows = entity_rows(matured, config)
+    entity = [column for column in rows.columns if column != config.source.timestamp]
+    known = pd.concat([history, rows.assign(**{target: matured[target].to_numpy()})], ignore_index=True)
+    y_true = matured[target].to_numpy(dtype="float64")
+    scores: dict[str, float | None] = {}
+    for forecaster in forecasters:
+        predictions = forecast_all(
+            [forecaster], known, rows, timestamp=config.source.timestamp, target=target, entity=entity,
+            known_until=window.start if forecaster.is_constant else None,
+        )[forecaster.name]
+        scores[forecaster.name] = float(METRIC_FUNCTIONS[config.metric](y_true, predictions))
+    return scores
+
+
+def best_naive(naive: Mapping[str, float | None], lower_is_better: bool) -> float | None:
+    """The best naive forecaster's value (the bar the champion is held to), None when none was measured."""
+    values = [value for value in naive.values() if value is not None and np.isfinite(value)]
+    if not values:
+        return None
+    return min(values) if lower_is_better else max(values)
 
 
 def metric_rows(
@@ -366,8 +457,37 @@ def read_current(
     return CurrentWindow(window, rows, source, int(rows[config.target.column].notna().sum()))
 
 
+def holdout_reference(evidence: pd.DataFrame, config: ModelConfig) -> pd.DataFrame | None:
+    """The champion's holdout rows with its out-of-sample predictions as monitoring's reference, or None when the
+    run's evidence lacks a feature column (a run logged before it kept them)."""
+    if not {*config.features.all, "label", "prediction"} <= set(evidence.columns):
+        return None
+    frame = evidence[list(dict.fromkeys([config.source.timestamp, *config.features.all]))].copy()
+    frame[config.target.column] = evidence["label"].to_numpy(dtype="float64")
+    frame[PREDICTION] = evidence["prediction"].to_numpy(dtype="float64")
+    return frame
+
+
+def read_holdout_evidence(champion: Champion) -> pd.DataFrame | None:
+    """The champion's training run's holdout evidence (`holdout_predictions.parquet`), None when absent."""
+    import mlflow
+
+    from tasks.tracking import PREDICTIONS_FILE
+
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path=PREDICTIONS_FILE)
+    except Exception:  # noqa: BLE001 - an older run without it: the training snapshot is the fallback
+        return None
+    return pd.read_parquet(path)
+
+
 def read_reference(warehouse: Warehouse, config: ModelConfig, champion: Champion) -> pd.DataFrame:
-    """A seeded sample of the champion's training snapshot, scored by the champion (prediction drift needs it)."""
+    """A seeded sample of the champion's holdout rows with its out-of-sample predictions (see the module's
+    docstring); for a champion whose run kept no features, its training snapshot scored by the champion."""
+    evidence = read_holdout_evidence(champion)
+    reference = None if evidence is None else holdout_reference(evidence, config)
+    if reference is not None and not reference.empty:
+        return sample_rows(reference, config.monitoring.sample_rows).reset_index(drop=True)
     columns = list(dict.fromkeys([config.source.timestamp, *config.features.all, config.target.column]))
     frame = read_window(warehouse, config.source.clean, config.source.timestamp, champion.window.start,
                         champion.window.end, columns=columns, tie_breakers=config.source.key)
@@ -397,6 +517,7 @@ def write_reports(
     drift = read_drift(snapshot.dict(), config.features.all)
 
     metrics = window_metrics(current.rows, config)
+    naive = score_naive_live(get_warehouse(), config, champion, current, as_of)
     numbers: dict[str, float] = {}
     written = [paths["drift"], paths["performance"]]
     evidently_page = None
@@ -416,11 +537,31 @@ def write_reports(
     quarantined = quarantined_share(read_batches(get_warehouse(), config.source.table), current.window)
     record_monitoring_run(
         settings.evidently_workspace_dir, label, config.metric,
-        {LIVE: metrics.get(config.metric), DRIFT_SHARE: drift.drift_share, ROWS_SCORED: float(len(current.rows)),
-         QUARANTINED_SHARE: quarantined},
+        {LIVE: metrics.get(config.metric), NAIVE: best_naive(naive, config.lower_is_better),
+         DRIFT_SHARE: drift.drift_share, ROWS_SCORED: float(len(current.rows)), QUARANTINED_SHARE: quarantined},
         versions=[str(version) for version in daily["version"].unique()], snapshots=[snapshot],
     )
-    return ReportResult(drift, metrics, daily, tuple(written), numbers)
+    return ReportResult(drift, metrics, daily, tuple(written), numbers, naive)
+
+
+def score_naive_live(
+    warehouse: Warehouse, config: ModelConfig, champion: Champion, current: CurrentWindow, as_of: datetime
+) -> dict[str, float | None]:
+    """The naive forecasters on the current window's matured rows, from the clean table's labelled rows (and the
+    window's own matured labels) up to `as_of`."""
+    matured = current.rows.dropna(subset=[config.target.column])
+    entity = entity_columns(config.source.key, config.source.timestamp, config.gates.baseline_group)
+    lookback = naive_lookback(config, configured_forecasters(config, pd.Series(pd.to_datetime(
+        [champion.window.start, champion.window.end]))))
+    start, end = current.window.start - lookback, min(as_of, current.window.end)
+    columns = list(dict.fromkeys([config.source.timestamp, *entity, config.target.column]))
+    history = read_window(warehouse, config.source.clean, config.source.timestamp, start, end, columns=columns,
+                          tie_breakers=config.source.key)
+    if not history.empty:
+        history[config.target.column] = make_target(history, config.target).to_numpy()
+    forecasters = monitoring_forecasters(config, champion, history[config.source.timestamp] if not history.empty
+                                         else pd.Series(pd.to_datetime(matured["event_at"])))
+    return live_naive_scores(matured, history, config, forecasters, current.window)
 
 
 def quarantined_share(batches: pd.DataFrame, window: Window) -> float | None:
@@ -488,8 +629,9 @@ def store_metrics(config: ModelConfig, champion: Champion, current: CurrentWindo
     warehouse = get_warehouse()
     table = create_declared_table(warehouse, monitoring_metric_table(warehouse.schema))
     evidently = {f"evidently_{name}": value for name, value in result.evidently_numbers.items()}
-    rows = metric_rows(config, champion.version, current.window, result.drift, {**result.metrics, **evidently},
-                       now(), _flow_run_id())
+    naive = {naive_metric_name(name): value for name, value in result.naive.items()}
+    rows = metric_rows(config, champion.version, current.window, result.drift,
+                       {**result.metrics, **evidently, **naive}, now(), _flow_run_id())
     return append_rows(warehouse, table, rows)
 
 
@@ -513,11 +655,18 @@ def gather_signals(config: ModelConfig, champion: Champion | None, current: Curr
     previous = read_monitoring_metric(warehouse, config.name, config.metric, champion.version,
                                       current.window.end, config.monitoring.consecutive_windows)
     live = (*(value for _, value in previous), result.metrics.get(config.metric))
+    earlier_naive = {name: dict(read_monitoring_metric(warehouse, config.name, naive_metric_name(name),
+                                                       champion.version, current.window.end,
+                                                       config.monitoring.consecutive_windows))
+                     for name in result.naive}
+    naive = (*({name: values.get(end) for name, values in earlier_naive.items()} for end, _ in previous),
+             dict(result.naive))
     times = pd.to_datetime(current.rows.loc[current.rows[config.target.column].notna(), "event_at"])
     data_end = times.max().to_pydatetime() if len(times) else None
     return Signals(
         as_of=as_of, data_end=data_end, drift_share=result.drift.drift_share,
         drifted_columns=result.drift.drifted_columns, live_metrics=live, holdout_metric=champion.holdout_metric,
+        naive_metrics=naive,
         new_labelled_rows=new_rows, last_training_at=champion.window.end, last_request_at=last_request,
         fired=fired, manual=manual,
     )
@@ -567,6 +716,7 @@ def publish_report(config: ModelConfig, outcome: MonitoringOutcome, result: Repo
                                       keys.FLOW_RUN_ID: str(_flow_run_id())})
         run_id = run.info.run_id
         numbers = {k: v for k, v in outcome.metrics.items() if v is not None}
+        numbers |= {f"naive_{name}": v for name, v in result.naive.items() if v is not None}  # live_naive_<name>
         numbers["drift_share"] = result.drift.drift_share
         numbers = {name: value for name, value in numbers.items() if np.isfinite(value)}
         for name, value in numbers.items():
@@ -636,5 +786,6 @@ def assemble_outcome(
         drifted_columns=() if result is None else result.drift.drifted_columns,
         metrics={} if result is None else result.metrics, decision=decision,
         reports=() if result is None else result.paths, mlflow_run_id=mlflow_run_id,
+        naive_metrics={} if result is None else dict(result.naive),
     )
 

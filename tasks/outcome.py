@@ -80,6 +80,10 @@ def trained_outcome(
         baseline_metric=fitted.metrics.baseline,
         metrics=dict(fitted.metrics.all),
         baseline=dict(fitted.metrics.baseline_all),
+        baselines=dict(fitted.metrics.baselines),
+        baseline_name=fitted.metrics.baseline_name,
+        # what refit_released_model registers for a model that passed: the refit unless training.refit is off
+        released_fit=None if not decision.passed else "refit" if config.training.refit else "gated",
         p_value=decision.p_value,
         study=tuning.study_name,
         trials=tuning.counts(),
@@ -134,7 +138,7 @@ def find_earlier_training(data: PreparedData, config: ModelConfig) -> TrainingOu
 @task(name="score-champion", cache_policy=NO_CACHE)
 def score_current_champion(data: PreparedData, config: ModelConfig) -> ChampionScore | None:
     find_experiment(get_settings(), config.name)  # points MLflow at our store
-    score = score_champion(MlflowClient(), config.name, data.split.holdout)
+    score = score_champion(MlflowClient(), config.name, data.split.holdout, config.source.timestamp)
     log = get_run_logger()
     if score is None:
         log.info("no champion for '%s' yet", config.name)

@@ -512,6 +512,7 @@ def register_trained_model(
     actor = "flow:train-model"
     metrics = {f"holdout_{name}": value for name, value in fitted.metrics.all.items()}
     metrics |= {f"baseline_{name}": value for name, value in fitted.metrics.baseline_all.items()}
+    metrics |= {f"baseline_{name}": value for name, value in fitted.metrics.baselines.items()}  # each naive forecaster
     if decision.champion_value is not None:
         metrics[f"champion_holdout_{config.metric}"] = decision.champion_value
     if decision.p_value is not None:
@@ -541,8 +542,8 @@ def register_trained_model(
         config.name,
         version,
         description=f"Trained as of {shown(data.window.as_of)} on {config.source.clean} {data.window} "
-        f"({data.rows:,} rows): holdout {config.metric} {fitted.metrics.value:.4f}, naive baseline "
-        f"{fitted.metrics.baseline:.4f}. Gates: {decision.reason}",
+        f"({data.rows:,} rows): holdout {config.metric} {fitted.metrics.value:.4f}, best naive "
+        f"forecaster ({fitted.metrics.baseline_name}) {fitted.metrics.baseline:.4f}. Gates: {decision.reason}",
     )
     transition = plan_register(config.name, read_aliases(client, config.name), version)
     apply_transition(client, warehouse, transition, record, announce)

@@ -56,7 +56,7 @@ from retrain.warehouse import open_warehouse, read_window
 from tasks.comparison import Decision
 from tasks.features import PreparedData, make_target
 from tasks.runs import instant_label
-from tasks.training import LIGHTGBM_METRIC, FittedModel, feature_importance
+from tasks.training import LIGHTGBM_METRIC, FittedModel, ReleasedModel, feature_importance, gated_as_released
 from tasks.tuning import TuningResult
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ INFRA_CHECK_ROWS = 5_000  # rows the infra gate predicts: enough to prove the ra
 MODEL_NAME = "model"
 PREDICTIONS_FILE = "holdout_predictions.parquet"
 RUNNING_DECISION = "running"
+RELEASED_FIT = "released_fit"  # param: "refit" (registered model refitted on the whole window) or "gated"
+RELEASED_FIT_TAG = "retrain.released_fit"
 
 
 class WarehouseDatasetSource(DatasetSource):
@@ -178,32 +180,39 @@ def input_column(name: str, kind: str) -> ColSpec:
 
 def model_signature(data: PreparedData) -> ModelSignature:
     """Raw feature columns in, one number per row out (a probability for a binary task)."""
-    inputs = Schema([input_column(name, data.input_types[name]) for name in data.encoding.features])
+    inputs = Schema([input_column(name, data.input_types[name]) for name in data.encoding.inputs])
     return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double")]))
 
 
-def model_metadata(config: ModelConfig, data: PreparedData) -> dict[str, Any]:
+def model_metadata(config: ModelConfig, data: PreparedData, released: ReleasedModel | None = None) -> dict[str, Any]:
     """What a person or a server reads about a model's inputs (the vocabulary lives in the model's artifacts)."""
     return {
         keys.METADATA_KEY: {
             "model": config.name,
-            "features": {name: data.input_types[name] for name in data.encoding.features},
+            "features": {name: data.input_types[name] for name in data.encoding.inputs},
             "categorical": list(data.encoding.categorical),
+            "calendar": list(data.encoding.calendar),
             "task": str(config.target.task),
             "target": config.target.model_dump(mode="json"),
             "metric": config.metric,
             "window": to_jsonable(data.window),
             "fingerprint": data.fingerprint,
+            # "refit": fitted on the whole window after the gates passed; "gated": the model the gates scored
+            "fit": "refit" if released is not None and released.refit else "gated",
         }
     }
 
 
 def holdout_predictions_frame(config: ModelConfig, data: PreparedData, fitted: FittedModel) -> pd.DataFrame:
-    """The holdout rows' time, key, label and prediction: the evidence behind the metrics and the gates."""
-    identity = list(dict.fromkeys([config.source.timestamp, *config.source.key]))
+    """The holdout rows' time, key, inputs, label, the gated model's (out-of-sample) prediction and each naive
+    forecaster's (`naive_<name>`): the evidence behind the metrics and the gates, and monitoring's reference."""
+    # the inputs too: monitoring's reference is these rows with these (out-of-sample) predictions
+    identity = list(dict.fromkeys([config.source.timestamp, *config.source.key, *data.encoding.inputs]))
     frame = data.split.holdout[identity].copy()
     frame["label"] = make_target(data.split.holdout, config.target).to_numpy()
     frame["prediction"] = fitted.holdout_predictions
+    for name, values in fitted.naive_predictions.items():
+        frame[f"naive_{name}"] = values
     return frame
 
 
@@ -371,7 +380,7 @@ def fail_runs_of_flow_run(settings: Settings, model: str, flow_run_id: str, mess
     return failed
 
 
-def log_packaged_model(run: TrackingRun, config: ModelConfig, data: PreparedData, fitted: FittedModel) -> str:
+def log_packaged_model(run: TrackingRun, config: ModelConfig, data: PreparedData, released: ReleasedModel) -> str:
     """Log the raw-row pyfunc into the run: the native booster, the encoding, the code that joins them.
 
     Returns:
@@ -380,8 +389,8 @@ def log_packaged_model(run: TrackingRun, config: ModelConfig, data: PreparedData
     with tempfile.TemporaryDirectory(prefix="retrain-model-") as folder:
         booster_path = Path(folder) / "booster.txt"
         encoding_path = Path(folder) / "encoding.json"
-        fitted.booster.save_model(str(booster_path))
-        encoding_path.write_text(data.encoding.to_json(), encoding="utf-8")
+        released.booster.save_model(str(booster_path))
+        encoding_path.write_text(released.encoding.to_json(), encoding="utf-8")
         info = Model.log(
             artifact_path=None,  # deprecated in favour of name=, but still a required positional argument
             name=MODEL_NAME,
@@ -390,17 +399,27 @@ def log_packaged_model(run: TrackingRun, config: ModelConfig, data: PreparedData
             python_model=retrain.model_package.__file__,
             artifacts={BOOSTER_ARTIFACT: str(booster_path), ENCODING_ARTIFACT: str(encoding_path)},
             signature=model_signature(data),
-            input_example=data.split.holdout[list(data.encoding.features)].head(INPUT_EXAMPLE_ROWS),
-            metadata=model_metadata(config, data),
+            input_example=data.split.holdout[list(released.encoding.inputs)].head(INPUT_EXAMPLE_ROWS),
+            metadata=model_metadata(config, data, released),
             # Stated, not inferred: inference starts a subprocess that re-imports the model (3 s a run) to
             # find what we already know.
             pip_requirements=[
                 f"lightgbm=={lgb.__version__}",
                 f"pandas=={pd.__version__}",
                 f"numpy=={np.__version__}",
+                *holiday_requirements(released),
             ],
         )
     return info.model_uri
+
+
+def holiday_requirements(released: ReleasedModel) -> list[str]:
+    """`holidays==<version>` when the model marks public holidays (the package imports it then), else nothing."""
+    if not released.encoding.holidays:
+        return []
+    from importlib.metadata import version
+
+    return [f"holidays=={version('holidays')}"]
 
 
 def check_model_loads(model_uri: str, rows: pd.DataFrame, expected: np.ndarray) -> str | None:
@@ -543,11 +562,19 @@ def log_training_results(
     tuning: TuningResult,
     fitted: FittedModel,
     decision: Decision,
+    released: ReleasedModel | None = None,
 ) -> LoggedRun:
-    """Params, metrics and artifacts of the training; the packaged model only when the gates passed."""
+    """Params, metrics and artifacts of the training; the packaged model only when the gates passed.
+
+    The holdout metrics are the gated model's; `released` (the refit on the whole window, or the gated model) is
+    what is logged as the model, and the run says which (param `released_fit`, tag `retrain.released_fit`).
+    """
     client = MlflowClient()
     timestamp = int(now().timestamp() * 1000)
-    params = {**dict(tuning.best_params), "num_boost_round": fitted.rounds, keys.STUDY: tuning.study_name}
+    released = released or gated_as_released(data, fitted)
+    params = {**dict(tuning.best_params), "num_boost_round": fitted.rounds, keys.STUDY: tuning.study_name,
+              RELEASED_FIT: "refit" if released.refit else "gated", "released_rounds": released.rounds,
+              "released_rows": released.rows}
     metrics = {
         **fitted.metrics.as_mlflow(),
         f"validation_{LIGHTGBM_METRIC[config.metric]}": tuning.best_value,
@@ -564,7 +591,7 @@ def log_training_results(
         run.run_id,
         metrics=[Metric(key, float(value), timestamp, 0) for key, value in metrics.items()],
         params=[Param(key, str(value)) for key, value in params.items()],
-        tags=[RunTag(keys.STUDY, tuning.study_name)],
+        tags=[RunTag(keys.STUDY, tuning.study_name), RunTag(RELEASED_FIT_TAG, "refit" if released.refit else "gated")],
     )
     importance = feature_importance(fitted.booster)
     client.log_dict(run.run_id, importance, "feature_importance.json")
@@ -574,21 +601,26 @@ def log_training_results(
         path = Path(folder) / PREDICTIONS_FILE
         holdout_predictions_frame(config, data, fitted).to_parquet(path, index=False)
         client.log_artifact(run.run_id, str(path))
-    model_uri = log_packaged_model(run, config, data, fitted) if decision.passed else None
+    model_uri = log_packaged_model(run, config, data, released) if decision.passed else None
     get_run_logger().info("MLflow run %s logged%s", run.run_id, f" with model {model_uri}" if model_uri else
                           " without a model (rejected models are not kept)")
     return LoggedRun(run_id=run.run_id, model_uri=model_uri)
 
 
 @task(name="check-model-loads", cache_policy=NO_CACHE)
-def verify_logged_model(logged: LoggedRun, data: PreparedData, fitted: FittedModel, decision: Decision) -> Decision:
-    """The infra gate on a model that passed the others: it loads and predicts raw holdout rows exactly."""
+def verify_logged_model(
+    logged: LoggedRun, data: PreparedData, fitted: FittedModel, decision: Decision,
+    released: ReleasedModel | None = None,
+) -> Decision:
+    """The infra gate on a model that passed the others: the logged model (the refit when there is one) loads
+    and predicts raw holdout rows exactly as the booster that was fitted."""
     if not decision.passed or logged.model_uri is None:
         return decision
+    released = released or gated_as_released(data, fitted)
     # Rows spread over the whole holdout, so every part of its time range is in the check.
     positions = np.unique(np.linspace(0, len(data.split.holdout) - 1, INFRA_CHECK_ROWS).astype(int))
-    rows = data.split.holdout.iloc[positions][list(data.encoding.features)]
-    problem = check_model_loads(logged.model_uri, rows, fitted.holdout_predictions[positions])
+    rows = data.split.holdout.iloc[positions][list(released.encoding.inputs)]
+    problem = check_model_loads(logged.model_uri, rows, released.holdout_predictions[positions])
     if problem is None:
         get_run_logger().info("the logged model predicts %d raw holdout rows exactly as trained", len(rows))
         return decision

@@ -1,4 +1,9 @@
-"""Fitting LightGBM and scoring it: the metrics every run reports, against a naive baseline."""
+"""Fitting LightGBM and scoring it: the metrics every run reports, against the naive forecasters, and the refit.
+
+The naive forecasters (`retrain.baselines`) are scored on the identical holdout rows, by the no-leak rule: only
+values known before the holdout cut-off, which is what the model was fitted on. The best of them is the bar of
+the baseline gate.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +19,16 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from sklearn import metrics as sk
 
+from retrain.baselines import (
+    NaiveForecaster,
+    default_forecasters,
+    entity_columns,
+    forecast_all,
+    parse_forecaster,
+)
 from retrain.config import LOWER_IS_BETTER, METRICS_BY_TASK, ModelConfig, TaskType
-from retrain.model_package import encode_rows
-from tasks.features import PreparedData, make_target
+from retrain.model_package import Encoding, encode_rows
+from tasks.features import PreparedData, make_target, model_encoding
 
 # Our metric names → LightGBM's names for the same quantity on the validation set (tuning, pruning).
 LIGHTGBM_METRIC: dict[str, str] = {
@@ -32,10 +44,11 @@ PROBABILITY_CLIP = 1e-15
 
 @dataclass(frozen=True)
 class Metrics:
-    """A model's holdout scores and the naive baseline's, for the configured metric and every other one.
+    """A model's holdout scores and the naive forecasters', for the configured metric and every other one.
 
-    The baseline of each metric is the constant that metric rewards (median for MAE, mean for RMSE and
-    R², base rate for a binary task): the score of a model that ignores the features.
+    `baselines` holds each naive forecaster's score in the configured metric, by name (`median`, `last-value`,
+    `seasonal-7d`); `baseline` is the best of them, `baseline_name` which one, and `baseline_all` that one's
+    score in every metric: the bar the model must clear.
     """
 
     name: str
@@ -43,12 +56,20 @@ class Metrics:
     baseline: float
     all: Mapping[str, float] = field(default_factory=dict)
     baseline_all: Mapping[str, float] = field(default_factory=dict)
+    baselines: Mapping[str, float] = field(default_factory=dict)
+    baseline_name: str | None = None
 
     def as_mlflow(self, prefix: str = "holdout") -> dict[str, float]:
         values = {f"{prefix}_{name}": value for name, value in self.all.items()}
         values.update({f"baseline_{name}": value for name, value in self.baseline_all.items()})
         values[f"baseline_{self.name}"] = self.baseline
+        # one metric per naive forecaster, in the configured metric: baseline_median, baseline_seasonal_7d
+        values.update({f"baseline_{_metric_key(name)}": value for name, value in self.baselines.items()})
         return values
+
+
+def _metric_key(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
 
 
 def _rmse(y: np.ndarray, p: np.ndarray) -> float:
@@ -100,6 +121,53 @@ def baseline_predictions(y_train: np.ndarray, rows: int, task: TaskType, metric:
     else:
         constant = float(np.median(y_train)) if metric == "mae" else float(y_train.mean())
     return np.full(rows, constant)
+
+
+def configured_forecasters(config: ModelConfig, times: pd.Series) -> list[NaiveForecaster]:
+    """The naive forecasters of `gates.baselines`, or the defaults for the metric and the window's cadence."""
+    if config.gates.baselines is not None:
+        return [parse_forecaster(spec) for spec in config.gates.baselines]
+    return default_forecasters(config.metric, config.target.task is TaskType.BINARY, times)
+
+
+@dataclass(frozen=True)
+class NaiveScores:
+    """Every naive forecaster's holdout predictions and scores, and which one is the bar."""
+
+    predictions: Mapping[str, np.ndarray]
+    scores: Mapping[str, Mapping[str, float]]  # forecaster → metric → value
+    best: str
+
+
+def score_naive_forecasters(
+    history: pd.DataFrame, holdout: pd.DataFrame, config: ModelConfig, forecasters: list[NaiveForecaster]
+) -> NaiveScores:
+    """Score each naive forecaster on the holdout rows from the history before the holdout's first instant.
+
+    The label of the history is `make_target`'s (for a binary task the 0/1 label, so the constant is the base
+    rate and last-value is the last label).
+    """
+    timestamp = config.source.timestamp
+    labelled = history[[c for c in dict.fromkeys([timestamp, *_entity(config)]) if c in history.columns]].copy()
+    labelled["__label"] = make_target(history, config.target).to_numpy()
+    cut = pd.Timestamp(holdout[timestamp].min()) if len(holdout) else None
+    predictions = forecast_all(
+        forecasters, labelled, holdout, timestamp=timestamp, target="__label", entity=_entity(config),
+        known_until=None if cut is None else cut.to_pydatetime(),
+    )
+    y_true = make_target(holdout, config.target).to_numpy()
+    scores = {name: score_predictions(y_true, values, config.target.task) for name, values in predictions.items()}
+    direction = 1.0 if LOWER_IS_BETTER[config.metric] else -1.0
+    best = min(scores, key=lambda name: direction * _finite(scores[name][config.metric], direction))
+    return NaiveScores(predictions=predictions, scores=scores, best=best)
+
+
+def _finite(value: float, direction: float) -> float:
+    return value if math.isfinite(value) else direction * math.inf
+
+
+def _entity(config: ModelConfig) -> list[str]:
+    return entity_columns(config.source.key, config.source.timestamp, config.gates.baseline_group)
 
 
 def base_params(config: ModelConfig) -> dict[str, Any]:
@@ -163,6 +231,7 @@ class FittedModel:
     metrics: Metrics
     holdout_target: np.ndarray
     holdout_predictions: np.ndarray
+    naive_predictions: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 def fit_and_score(data: PreparedData, config: ModelConfig, params: Mapping[str, Any], rounds: int) -> FittedModel:
@@ -180,20 +249,73 @@ def fit_and_score(data: PreparedData, config: ModelConfig, params: Mapping[str, 
     holdout_target = make_target(data.split.holdout, config.target).to_numpy()
     predictions = np.asarray(booster.predict(encode_rows(data.split.holdout, data.encoding)), dtype="float64")
     scores = score_predictions(holdout_target, predictions, config.target.task)
-    baselines = baseline_scores(fit_target.to_numpy(), holdout_target, config.target.task)
+    forecasters = configured_forecasters(
+        config, pd.concat([fit_rows[config.source.timestamp], data.split.holdout[config.source.timestamp]])
+    )
+    naive = score_naive_forecasters(fit_rows, data.split.holdout, config, forecasters)
     return FittedModel(
         booster=booster,
         rounds=rounds,
         metrics=Metrics(
             name=config.metric,
             value=scores[config.metric],
-            baseline=baselines[config.metric],
+            baseline=naive.scores[naive.best][config.metric],
             all=scores,
-            baseline_all=baselines,
+            baseline_all=dict(naive.scores[naive.best]),
+            baselines={name: values[config.metric] for name, values in naive.scores.items()},
+            baseline_name=naive.best,
         ),
         holdout_target=holdout_target,
         holdout_predictions=predictions,
+        naive_predictions=naive.predictions,
     )
+
+
+@dataclass(frozen=True)
+class ReleasedModel:
+    """The booster that is logged and registered, with its encoding and its predictions on the holdout rows.
+
+    `refit` tells whether it is the gated model refitted on the whole window (the holdout's metrics remain the
+    gated model's: the refit has seen the holdout) or the gated model itself.
+    """
+
+    booster: lgb.Booster
+    encoding: Encoding
+    rounds: int
+    rows: int
+    refit: bool
+    holdout_predictions: np.ndarray
+
+
+def refit_rounds(rounds: int, rows_all: int, rows_train: int) -> int:
+    """Boosting rounds for a fit on more rows: the tuned rounds (found by early stopping on `rows_train` rows)
+    scaled by `rows_all / rows_train`, as each round's step covers a share of the rows' error."""
+    if rows_train <= 0:
+        return max(rounds, 1)
+    return max(1, int(round(rounds * rows_all / rows_train)))
+
+
+def refit_on_window(data: PreparedData, config: ModelConfig, params: Mapping[str, Any], rounds: int) -> ReleasedModel:
+    """The gated model's recipe fitted on every labelled row of the window: train, validation and holdout.
+
+    The newest rows reach the released model (on a trending target, leaving the holdout out cost about 28% MAE);
+    the encoding is learned from the whole window, so a category first seen in the holdout is known too.
+    """
+    rows = pd.concat([data.split.train, data.split.validation, data.split.holdout], ignore_index=True)
+    encoding = model_encoding(rows, config)
+    scaled = refit_rounds(rounds, len(rows), len(data.split.train))
+    booster = fit_booster(encode_rows(rows, encoding), make_target(rows, config.target), params, scaled,
+                          list(encoding.categorical))
+    predictions = np.asarray(booster.predict(encode_rows(data.split.holdout, encoding)), dtype="float64")
+    return ReleasedModel(booster=booster, encoding=encoding, rounds=scaled, rows=len(rows), refit=True,
+                         holdout_predictions=predictions)
+
+
+def gated_as_released(data: PreparedData, fitted: FittedModel) -> ReleasedModel:
+    """The gated model released as it is (`training.refit: false`, or a rejected model that is not released)."""
+    rows = len(data.split.train) + len(data.split.validation)
+    return ReleasedModel(booster=fitted.booster, encoding=data.encoding, rounds=fitted.rounds, rows=rows,
+                         refit=False, holdout_predictions=fitted.holdout_predictions)
 
 
 # --- Prefect tasks -------------------------------------------------------------------------------
@@ -203,10 +325,26 @@ def fit_and_score(data: PreparedData, config: ModelConfig, params: Mapping[str, 
 def fit_final_model(data: PreparedData, config: ModelConfig, params: Mapping[str, Any], rounds: int) -> FittedModel:
     fitted = fit_and_score(data, config, params, rounds)
     get_run_logger().info(
-        "final model: %d rounds, holdout %s %.4f (baseline %.4f)",
+        "final model: %d rounds, holdout %s %.4f; naive forecasters %s (best %s)",
         rounds,
         config.metric,
         fitted.metrics.value,
-        fitted.metrics.baseline,
+        ", ".join(f"{name} {value:.4f}" for name, value in fitted.metrics.baselines.items()),
+        fitted.metrics.baseline_name,
     )
     return fitted
+
+
+@task(name="refit-released-model", cache_policy=NO_CACHE)
+def refit_released_model(
+    data: PreparedData, config: ModelConfig, params: Mapping[str, Any], fitted: FittedModel, passed: bool
+) -> ReleasedModel:
+    """After the gates passed, refit on the whole window (`training.refit`); otherwise the gated model as it is."""
+    if not passed or not config.training.refit:
+        return gated_as_released(data, fitted)
+    released = refit_on_window(data, config, params, fitted.rounds)
+    get_run_logger().info(
+        "refitted on the whole window: %d rows, %d rounds (the gated model: %d rows, %d rounds)",
+        released.rows, released.rounds, len(data.split.train) + len(data.split.validation), fitted.rounds,
+    )
+    return released

@@ -97,3 +97,14 @@ def test_the_kernel_is_what_the_prediction_server_needs_and_no_more() -> None:
     reached = set().union(*(imported(path) for path in serving))
     assert any(name.startswith("retrain.warehouse") for name in reached)
     assert not any(name.split(".")[0] in {"tasks", "flows", "prefect", "optuna", "pandera"} for name in reached)
+
+
+MAX_LINES = 900
+
+
+def test_no_module_outgrows_a_room() -> None:
+    """A module past 900 lines holds more than one idea: split it by what it owns (as tasks/late_rows.py left
+    tasks/ingest.py) before it becomes the next tasks/warehouse.py."""
+    big = {str(path.relative_to(REPO)): lines for path in modules()
+           if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert not big, f"modules over {MAX_LINES} lines: {big}"

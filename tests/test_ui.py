@@ -102,9 +102,10 @@ def test_make_ui_shows_the_model_in_each_ui(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGINT)
         try:
-            process.wait(60)
+            process.wait(120)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()
     assert process.returncode == 0
     time.sleep(1)
     with pytest.raises(httpx.HTTPError):  # Ctrl-C stopped all three

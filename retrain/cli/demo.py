@@ -42,7 +42,8 @@ def demo_config(fast: bool) -> dict[str, Any]:
     raw["tuning"] = {**raw.get("tuning", {}), "trials": 2 if fast else 6, "timeout_seconds": 120,
                      "max_rounds": 200 if fast else 300}
     raw["monitoring"] = {**raw.get("monitoring", {}), "window": "7d", "min_new_rows": 1500,
-                         "retrain_every": "3d" if fast else "6d", "cooldown": "1d", "max_age": "14d"}
+                         "retrain_every": "3d" if fast else "6d", "cooldown": "1d", "max_age": "14d",
+                         "sample_rows": 5000}  # a week of flights is ~18k rows: drift on a sample, reports in seconds
     raw["release"] = {**raw.get("release", {}), "canary": {"share": 0.2, "min_predictions": 150},
                       "rollback": {"bake": "3d", "min_predictions": 300}}
     return raw
@@ -87,9 +88,14 @@ def demo(
     with stdout_to_stderr():
         check_stores_first("warehouse", "mlflow", "optuna", "prefect")
         with prefect_api():
+            from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
             from flows.demo import listen, replay_months
 
-            with _progress(console, days) as progress:
+            # No heartbeats: each flow run pays ~1 s joining its heartbeat thread (STACK.md), and the replay runs a
+            # hundred flows in this one process. They tell a server that a run's process died; if the demo is
+            # killed its `replay-months` run stays Running in the demo's own Prefect home, which nothing else uses.
+            with _progress(console, days) as progress, temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                 stop = listen(progress)
                 try:
                     outcome = replay_months(config_path=str(config_path), start=START, days=days,
@@ -112,14 +118,14 @@ def render_demo(result: dict[str, Any]) -> str:
 
     table = Table(title=f"the replay, {result['start'][:10]} to {result['end'][:10]} (Retrain clock)")
     for column in ("month", "rows in", "quarantined", "refused", "retrains", "rejected", "promoted", "rolled back",
-                   "champion", "served", "labelled", "MAE", "naive MAE"):
+                   "champion", "served", "labelled", "MAE", "naive MAE", "naive"):
         table.add_column(column, justify="right")
     for month in result["months"]:
         table.add_row(month["month"], f"{month['rows_in']:,}", f"{month['quarantined']:,}",
                       str(month["refused_batches"]), str(month["retrains"]), str(month["rejections"]),
                       str(month["promotions"]), str(month["rollbacks"]), month["champion"] or "-",
                       f"{month['served']:,}", f"{month['labelled']:,}", _number(month["mae"]),
-                      _number(month["naive_mae"]))
+                      _number(month["naive_mae"]), month.get("naive") or "-")
     buffer = StringIO()
     console = Console(file=buffer, width=160)
     console.print(table)

@@ -18,6 +18,7 @@ from monitoring.triggers import (
     TriggerPolicy,
     decide_retrain,
     degraded_windows,
+    windows_losing_to_naive,
 )
 
 AS_OF = datetime(2013, 6, 1)
@@ -127,3 +128,32 @@ def test_no_champion_yet_with_rows_asks_for_a_first_training() -> None:
     decision = decide_retrain(signals(last_training_at=None, new_labelled_rows=5000, live_metrics=(),
                                       holdout_metric=None), POLICY)
     assert decision.retrain and "no training yet" in decision.reason
+
+
+def test_a_champion_losing_to_a_naive_forecaster_for_k_windows_is_a_performance_signal() -> None:
+    """Within its holdout's error (no degradation), but the same day last week does better on the same rows."""
+    naive = ({"median": 30.0, "seasonal-7d": 15.0}, {"median": 31.0, "seasonal-7d": 16.0})
+    decision = decide_retrain(signals(live_metrics=(20.0, 21.0), naive_metrics=naive), POLICY)
+    assert decision.action == PERFORMANCE_DEGRADED and decision.events == (EVENT_DEGRADED,)
+    assert [s.name for s in decision.fired] == ["performance"]
+    assert "loses to the naive forecaster seasonal-7d (16 on the same matured rows) for 2 consecutive windows" \
+        in decision.reason
+    with_rows = decide_retrain(signals(live_metrics=(20.0, 21.0), naive_metrics=naive, new_labelled_rows=3000),
+                               POLICY)
+    assert with_rows.retrain and "seasonal-7d" in with_rows.reason
+
+
+@pytest.mark.parametrize(
+    ("live", "naive"),
+    [((20.0, 21.0), ({"seasonal-7d": 25.0}, {"seasonal-7d": 16.0})),  # lost only the newest window
+     ((20.0, 21.0), ({}, {"seasonal-7d": 16.0})),  # the older window has no naive number
+     ((20.0, 21.0), ({"seasonal-7d": 20.0}, {"seasonal-7d": 21.0}))],  # a tie is no loss
+)
+def test_losing_to_a_naive_forecaster_needs_k_windows_in_a_row(live: tuple, naive: tuple) -> None:
+    assert decide_retrain(signals(live_metrics=live, naive_metrics=naive), POLICY).action == MONITORED
+
+
+def test_windows_losing_to_naive_follows_the_metric_direction() -> None:
+    assert windows_losing_to_naive([0.6, 0.6], [{"last-value": 0.7}, {"last-value": 0.65}], lower_is_better=False) \
+        == (2, "last-value", 0.65)
+    assert windows_losing_to_naive([0.8], [{"last-value": 0.7}], lower_is_better=False) == (0, None, None)

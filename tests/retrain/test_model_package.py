@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retrain.model_package import Encoding, build_encoding, category_labels, encode_rows
+from retrain.model_package import Encoding, build_encoding, category_labels, encode_columns, encode_rows
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.model
@@ -68,3 +69,54 @@ def test_the_model_package_imports_no_training_stack() -> None:
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True,
                             timeout=120)
     assert result.stdout.strip() == "[]"
+
+
+CALENDAR_ROWS = pd.DataFrame({
+    "day": pd.to_datetime(["2024-07-04 13:00", "2024-07-06 00:30", "2024-12-25 23:59", None]),
+    "distance": [1.0, 2.0, 3.0, 4.0],
+})
+
+
+def test_calendar_features_come_from_the_timestamp_inside_the_package() -> None:
+    calendar = ["hour", "dayofweek", "dayofmonth", "month", "dayofyear", "is_weekend", "holiday"]
+    encoding = build_encoding(CALENDAR_ROWS, numeric=["distance"], categorical=[], timestamp="day",
+                              calendar=calendar, holidays="US")
+    assert encoding.inputs == ("distance", "day")
+    assert encoding.features == ("distance", *(f"day_{name}" for name in calendar))
+    encoded = encode_rows(CALENDAR_ROWS, encoding)
+    assert encoded.iloc[0, 1:].tolist() == [13, 3, 4, 7, 186, 0, 1]  # Thursday 4 July 2024, Independence Day
+    assert encoded.iloc[1, 1:].tolist() == [0, 5, 6, 7, 188, 1, 0]  # a Saturday
+    assert encoded.iloc[2, 1:].tolist() == [23, 2, 25, 12, 360, 0, 1]  # Christmas
+    assert encoded.iloc[3, 1:].isna().all()  # a missing timestamp is missing, not day 0
+    assert Encoding.from_json(encoding.to_json()) == encoding
+
+
+def test_a_timestamp_reads_the_same_as_a_datetime_iso_text_or_epoch_milliseconds() -> None:
+    encoding = build_encoding(CALENDAR_ROWS, numeric=["distance"], categorical=[], timestamp="day",
+                              calendar=["hour", "dayofweek", "holiday"], holidays="US")
+    from_frame = encode_columns({"distance": [1.0], "day": CALENDAR_ROWS["day"].iloc[:1]}, encoding, 1)
+    iso = encode_columns({"distance": [1.0], "day": ["2024-07-04T13:00:00"]}, encoding, 1)
+    offset = encode_columns({"distance": [1.0], "day": ["2024-07-04T15:00:00+02:00"]}, encoding, 1)
+    epoch = encode_columns({"distance": [1.0], "day": [int(pd.Timestamp("2024-07-04 13:00").value // 10**6)]},
+                           encoding, 1)
+    np.testing.assert_array_equal(from_frame, iso)
+    np.testing.assert_array_equal(from_frame, offset)
+    np.testing.assert_array_equal(from_frame, epoch)
+    unknown = encode_columns({"distance": [1.0], "day": ["__unknown__"]}, encoding, 1)
+    assert np.isnan(unknown[0, 1:]).all()
+
+
+def test_calendar_features_are_refused_when_they_cannot_be_built() -> None:
+    with pytest.raises(ValueError, match="unknown calendar feature"):
+        build_encoding(CALENDAR_ROWS, numeric=["distance"], categorical=[], timestamp="day", calendar=["week"])
+    with pytest.raises(ValueError, match="timestamp"):
+        build_encoding(CALENDAR_ROWS, numeric=["distance"], categorical=[], calendar=["hour"])
+    taken = CALENDAR_ROWS.assign(day_hour=1.0)
+    with pytest.raises(ValueError, match="day_hour"):
+        build_encoding(taken, numeric=["day_hour"], categorical=[], timestamp="day", calendar=["hour"])
+
+
+def test_an_encoding_without_calendar_keeps_its_old_json() -> None:
+    encoding = build_encoding(TRAIN, numeric=["distance"], categorical=["carrier"])
+    assert set(json.loads(encoding.to_json())) == {"numeric", "categorical", "vocabulary"}
+    assert encoding.inputs == encoding.features

@@ -67,19 +67,22 @@ class Registry:
         return json.loads(frame.to_json(orient="records"))
 
 
-def register_version(config: ModelConfig, frame: pd.DataFrame, rounds: int) -> str:
-    """Fit a small booster on `frame` and register it as the next version of the model; returns the version."""
-    encoding = build_encoding(frame, config.features.numeric, config.features.categorical)
+def register_version(config: ModelConfig, frame: pd.DataFrame, rounds: int, calendar: tuple[str, ...] = ()) -> str:
+    """Fit a small booster on `frame` and register it as the next version of the model; returns the version.
+
+    With `calendar`, the model derives those calendar features (US holidays) from the timestamp column."""
+    encoding = build_encoding(frame, config.features.numeric, config.features.categorical,
+                              timestamp=config.source.timestamp, calendar=calendar, holidays="US")
     train = lgb.Dataset(encode_rows(frame, encoding), frame[config.target.column], params={"verbosity": -1})
     booster = lgb.train({"objective": "regression", "verbosity": -1, "num_threads": 1, "seed": 1}, train,
                         num_boost_round=rounds)
     contract = read_contract(config.contract_path)
-    kinds = {name: contract.columns[name].type.value for name in encoding.features}
+    kinds = {name: contract.columns[name].type.value for name in encoding.inputs}
     types = {"float": "double", "string": "string"}
     from mlflow.types.schema import AnyType
 
     signature = ModelSignature(
-        inputs=Schema([ColSpec(types.get(kinds[name], AnyType()), name, required=True) for name in encoding.features]),
+        inputs=Schema([ColSpec(types.get(kinds[name], AnyType()), name, required=True) for name in encoding.inputs]),
         outputs=Schema([ColSpec("double")]),
     )
     with tempfile.TemporaryDirectory() as folder, mlflow.start_run():
@@ -91,10 +94,10 @@ def register_version(config: ModelConfig, frame: pd.DataFrame, rounds: int) -> s
             python_model=retrain.model_package.__file__,
             artifacts={BOOSTER_ARTIFACT: str(booster_path), ENCODING_ARTIFACT: str(encoding_path)},
             signature=signature,
-            input_example=frame[list(encoding.features)].head(5),
+            input_example=frame[list(encoding.inputs)].head(5),
             metadata={"retrain": {"model": config.name, "features": kinds}},
             registered_model_name=config.name,
-            pip_requirements=["lightgbm", "pandas", "numpy"],
+            pip_requirements=["lightgbm", "pandas", "numpy", *(["holidays"] if calendar else [])],
         )
     return str(info.registered_model_version)
 

@@ -34,3 +34,31 @@ def test_served_predictions_equal_the_pyfunc_on_unusual_values(registry: Registr
     assert model.predict(records).tolist() == expected(records)
     for record in records:
         assert model.predict([record]).tolist() == expected([record])
+
+
+def test_calendar_features_served_directly_equal_the_pyfunc(registry: Registry) -> None:
+    """A model with calendar features takes the timestamp as an input: the server's direct path (JSON records,
+    the timestamp as epoch milliseconds or ISO text) gives exactly the pyfunc's predictions on the table's rows."""
+    from serving.models import direct_predictor
+    from tests.serving.conftest import register_version
+
+    calendar = ("hour", "dayofweek", "dayofmonth", "month", "dayofyear", "is_weekend", "holiday")
+    version = register_version(registry.config, registry.rows, 20, calendar=calendar)
+    model = load_version(MODEL, version)
+    assert "time_hour" in model.features and model.kinds["time_hour"] == "datetime"
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}")
+    own = pyfunc.unwrap_python_model()
+    assert own.encoding.calendar == calendar and direct_predictor(own) is not None
+    table_rows = registry.rows[list(model.features)].iloc[:300]  # Jan 1 (New Year's Day) to Jan 2 2013
+    expected = np.asarray(pyfunc.predict(table_rows), dtype="float64")
+    records = json_records(table_rows)  # as a client sends them: the timestamp in epoch milliseconds
+    assert np.array_equal(model.predict(records), expected)
+    as_text = [{**record, "time_hour": pd.Timestamp(record["time_hour"], unit="ms").isoformat()} for record in records]
+    assert np.array_equal(model.predict(as_text), expected)
+    assert own.booster.feature_name()[-len(calendar):] == [f"time_hour_{name}" for name in calendar]
+
+
+def json_records(frame: pd.DataFrame) -> list[dict[str, object]]:
+    import json
+
+    return json.loads(frame.to_json(orient="records"))

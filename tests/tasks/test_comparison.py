@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from retrain.outcomes import Verdict
 from tasks.comparison import (
+    ChampionScore,
     champion_unscorable,
     check_baseline,
     compare_with_champion,
     paired_bootstrap_p_value,
+    rows_to_compare,
+    unseen_rows,
 )
 
 pytestmark = pytest.mark.model
@@ -113,3 +117,15 @@ def test_a_first_model_worse_than_the_median_never_becomes_champion() -> None:
     decision = decide(worse, None, threshold=40.0, baseline=median, baseline_margin=0.0)
     assert decision.value > median and decision.verdict is Verdict.REJECTED and decision.gate == "baseline"
     assert decision.baseline_value == median and decision.threshold == 40.0
+
+
+def test_the_champion_is_compared_on_the_rows_after_its_window_when_there_are_enough() -> None:
+    times = pd.Series(pd.date_range("2013-03-01", periods=10, freq="D"))
+    unseen = unseen_rows(times, "2013-03-05T00:00:00")
+    assert unseen.tolist() == [False] * 4 + [True] * 6 and unseen_rows(times, None) is None
+    score = ChampionScore(version="1", predictions=np.zeros(10), unseen=unseen)
+    mask, reason = rows_to_compare(score, 10, min_rows=5)
+    assert mask.tolist() == unseen.tolist() and "6 holdout rows after the champion's training window" in reason
+    every, why = rows_to_compare(score, 10, min_rows=7)  # too few new rows: all of them, said so
+    assert every.all() and "only 6 are new to it" in why
+    assert rows_to_compare(ChampionScore(version="1", predictions=np.zeros(10)), 10, 5)[0].all()

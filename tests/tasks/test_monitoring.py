@@ -11,6 +11,7 @@ import pytest
 
 from monitoring.metrics import ColumnDrift, DriftSummary
 from monitoring.triggers import RETRAIN_REQUESTED, Signal, TriggerDecision
+from retrain.baselines import parse_forecaster
 from retrain.clock import Window
 from retrain.config import ModelConfig, TaskType, load_model_config
 from retrain.warehouse import LedgerEntry, prediction_key
@@ -19,10 +20,14 @@ from tasks.monitoring import (
     MonitoringOutcome,
     batch_prediction_rows,
     batch_request_ids,
+    best_naive,
     current_window,
     daily_metric,
     decision_entry,
+    entity_rows,
+    holdout_reference,
     ledger_history,
+    live_naive_scores,
     metric_rows,
     trigger_policy,
     window_metrics,
@@ -127,3 +132,46 @@ def test_a_decision_becomes_one_ledger_row_with_its_signals(config: ModelConfig)
     assert entry.metrics == {"mae": 21.0, "drift_share": 0.25}
     assert entry.details["fired"] == [signal.key] and entry.details["signals"][0]["name"] == "fresh-labels"
     assert entry.details["window"] == {"start": "2013-02-22T00:00:00", "end": "2013-03-01T00:00:00"}
+
+
+def daily_config() -> ModelConfig:
+    return ModelConfig.model_validate({
+        "name": "sales", "source": {"table": "sales", "timestamp": "day", "key": ["day", "store"]},
+        "target": {"column": "units"}, "features": {"numeric": ["x"]}, "metric": "mae",
+        "training_window": {"lookback": "60d"}, "gates": {"baselines": ["median", "last-value", "seasonal 7d"]},
+    })
+
+
+def test_naive_forecasters_score_the_same_matured_rows_from_labels_known_before_each_row() -> None:
+    """Two stores with a weekly pattern: the same day last week is exact, the last value and the median are not."""
+    config = daily_config()
+    days = pd.date_range("2024-01-01", periods=28, freq="D")
+    pattern = np.tile([10.0, 10, 10, 10, 10, 30, 30], 4)
+    history = pd.concat([pd.DataFrame({"day": days, "store": store, "units": pattern * scale})
+                         for store, scale in (("a", 1), ("b", 2))], ignore_index=True)
+    window = Window(datetime(2024, 1, 22), datetime(2024, 1, 29))
+    inside = history[history["day"] >= window.start].reset_index(drop=True)
+    matured = pd.DataFrame({
+        "event_at": inside["day"], "units": inside["units"],
+        "key": [prediction_key([day, store]) for day, store in zip(inside["day"], inside["store"], strict=True)],
+    })
+    before = history[history["day"] < window.start]
+    scores = live_naive_scores(matured, before, config, [parse_forecaster(s) for s in config.gates.baselines], window)
+    assert scores["seasonal-7d"] == 0.0
+    assert scores["median"] > scores["last-value"] > 0
+    assert best_naive(scores, lower_is_better=True) == 0.0 and best_naive({}, True) is None
+
+
+def test_entity_columns_come_from_the_predictions_key() -> None:
+    config = daily_config()
+    rows = pd.DataFrame({"event_at": [datetime(2024, 1, 2)], "key": [prediction_key([datetime(2024, 1, 2), 7])]})
+    frame = entity_rows(rows, config)
+    assert frame.columns.tolist() == ["day", "store"] and frame["store"].tolist() == [7]
+
+
+def test_the_reference_is_the_holdout_with_its_out_of_sample_predictions(config: ModelConfig) -> None:
+    evidence = rows(config).assign(label=[1.0, 2.0, 3.0], prediction=[1.5, 2.5, 3.5])
+    reference = holdout_reference(evidence, config)
+    assert reference is not None and reference["prediction"].tolist() == [1.5, 2.5, 3.5]
+    assert reference[config.target.column].tolist() == [1.0, 2.0, 3.0]
+    assert holdout_reference(evidence.drop(columns=["temp"]), config) is None  # an older run: the fallback

@@ -5,11 +5,21 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from retrain.config import TaskType, load_model_config
+from retrain.config import ModelConfig, TaskType, load_model_config
 from tasks.features import prepare_data
-from tasks.training import baseline_predictions, baseline_scores, fit_and_score, is_improvement, score_predictions
+from tasks.training import (
+    baseline_predictions,
+    baseline_scores,
+    fit_and_score,
+    gated_as_released,
+    is_improvement,
+    refit_on_window,
+    refit_rounds,
+    score_predictions,
+)
 from tests.conftest import EXAMPLE_CONFIG, window_around
 
 pytestmark = pytest.mark.model
@@ -71,3 +81,62 @@ def test_final_fit_beats_the_baseline_on_real_flights(flights_small) -> None:
     assert set(fitted.metrics.as_mlflow()) >= {"holdout_mae", "baseline_mae", "baseline_rmse", "baseline_r2"}
     assert len(fitted.holdout_predictions) == len(data.split.holdout)
     assert fitted.booster.feature_name() == config.features.all
+
+
+def test_refit_rounds_scale_with_the_rows() -> None:
+    assert refit_rounds(100, rows_all=1000, rows_train=700) == 143
+    assert refit_rounds(1, rows_all=10, rows_train=9) == 1
+    assert refit_rounds(50, rows_all=100, rows_train=0) == 50
+
+
+def tiny_daily(days: int = 120) -> pd.DataFrame:
+    """A trending daily series with a weekly pattern and one feature: what a refit must follow."""
+    rng = np.random.default_rng(3)
+    index = pd.date_range("2024-01-01", periods=days, freq="D")
+    noise = rng.normal(0, 0.5, days)
+    return pd.DataFrame({"day": index, "x": rng.normal(size=days),
+                         "units": np.arange(days) * 0.2 + (index.dayofweek >= 5) * 3 + noise})
+
+
+def tiny_config(**overrides: object) -> ModelConfig:
+    raw = {"name": "tiny", "source": {"table": "sales", "timestamp": "day", "key": ["day"]},
+           "target": {"column": "units"}, "features": {"numeric": ["x"], "calendar": ["dayofweek", "dayofyear"]},
+           "metric": "mae", "training_window": {"lookback": "400d"},
+           "split": {"validation_fraction": 0.15, "holdout_fraction": 0.15, "min_rows": 10}, **overrides}
+    return ModelConfig.model_validate(raw)
+
+
+TINY_PARAMS = {"objective": "l1", "learning_rate": 0.2, "num_leaves": 7, "min_data_in_leaf": 3, "verbosity": -1,
+               "seed": 1, "deterministic": True, "force_col_wise": True, "num_threads": 1}
+
+
+def test_the_refit_sees_every_row_and_the_gated_model_never_the_holdout() -> None:
+    frame = tiny_daily()
+    config = tiny_config()
+    data = prepare_data(frame, config, where="sales", window=window_around(frame, "day"))
+    fitted = fit_and_score(data, config, TINY_PARAMS, rounds=40)
+    refit = refit_on_window(data, config, TINY_PARAMS, fitted.rounds)
+    assert refit.refit and refit.rows == len(frame)
+    assert refit.rounds == refit_rounds(40, len(frame), len(data.split.train)) > fitted.rounds
+    assert refit.booster.feature_name() == ["x", "day_dayofweek", "day_dayofyear"]
+    holdout_error = np.abs(refit.holdout_predictions - fitted.holdout_target).mean()
+    assert holdout_error < fitted.metrics.value  # the refit has learned the newest rows
+    # The gated model's holdout predictions do not change when the holdout's labels do: it never saw them.
+    shifted = frame.copy()
+    shifted.loc[shifted["day"] >= data.split.holdout["day"].min(), "units"] += 100
+    again = fit_and_score(prepare_data(shifted, config, where="sales", window=window_around(shifted, "day")),
+                          config, TINY_PARAMS, rounds=40)
+    np.testing.assert_array_equal(again.holdout_predictions, fitted.holdout_predictions)
+    unchanged = gated_as_released(data, fitted)
+    assert not unchanged.refit and unchanged.booster is fitted.booster
+
+
+def test_seasonal_naive_is_the_bar_on_a_weekly_series() -> None:
+    frame = tiny_daily()
+    config = tiny_config(gates={"baselines": ["median", "last-value", "seasonal 7d"]})
+    data = prepare_data(frame, config, where="sales", window=window_around(frame, "day"))
+    fitted = fit_and_score(data, config, TINY_PARAMS, rounds=40)
+    assert set(fitted.metrics.baselines) == {"median", "last-value", "seasonal-7d"}
+    assert fitted.metrics.baseline_name == "seasonal-7d"  # it knows the weekend; the median and last value do not
+    assert fitted.metrics.baseline == min(fitted.metrics.baselines.values())
+    assert fitted.metrics.as_mlflow()["baseline_seasonal_7d"] == fitted.metrics.baseline
