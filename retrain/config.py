@@ -15,7 +15,6 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
-from retrain.baselines import parse_forecaster
 from retrain.clock import Window, format_duration, parse_duration, parse_instant
 from retrain.errors import ConfigError
 
@@ -224,6 +223,8 @@ class GatesConfig(_Frozen):
     def _forecasters(cls, value: Any) -> list[str] | None:
         if value is None:
             return None
+        from retrain.baselines import parse_forecaster  # here: it loads pandas, which `retrain --help` never needs
+
         if isinstance(value, str | dict):
             value = [value]
         specs = [parse_forecaster(item).spec for item in value]
