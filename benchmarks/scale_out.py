@@ -114,7 +114,8 @@ def tuning_part(trials: int) -> None:
         mean = float(durations.mean())
         if (workers, threads) == (1, 1):
             per_trial = mean
-        print(f"workers={workers} (LightGBM threads per trial {max(threads // workers, 1)}): wall {wall:6.1f} s, best validation MAE {result.best_value:.4f}, "
+        print(f"workers={workers} (LightGBM threads per trial {max(threads // workers, 1)}): wall {wall:6.1f} s, "
+              f"best validation MAE {result.best_value:.4f}, "
               f"{result.in_study} finished ({result.complete} complete, {result.pruned} pruned), "
               f"mean trial {mean:.2f} s")
     assert per_trial is not None
