@@ -273,7 +273,7 @@ def format_duration(duration: timedelta) -> str:
 def shift_back(moment: datetime, duration: timedelta) -> datetime:
     """`moment - duration`, counting calendar months for a `CalendarDuration` (31 March - 1mo = 28 February)."""
     if isinstance(duration, CalendarDuration):
-        import pandas as pd  # here, as in `parse_timestamps`: the CLI's --help loads this module
+        import pandas as pd  # here, not at import: commands that need no pandas do not load it
 
         return (pd.Timestamp(moment) - pd.DateOffset(months=duration.months)).to_pydatetime()
     return moment - duration
@@ -282,7 +282,7 @@ def shift_back(moment: datetime, duration: timedelta) -> datetime:
 def shift_forward(moment: datetime, duration: timedelta) -> datetime:
     """`moment + duration`, counting calendar months for a `CalendarDuration`."""
     if isinstance(duration, CalendarDuration):
-        import pandas as pd  # here, as in `parse_timestamps`: the CLI's --help loads this module
+        import pandas as pd  # here, not at import: commands that need no pandas do not load it
 
         return (pd.Timestamp(moment) + pd.DateOffset(months=duration.months)).to_pydatetime()
     return moment + duration

@@ -221,6 +221,8 @@ class GatesConfig(_Frozen):
     @field_validator("baselines", mode="before")
     @classmethod
     def _forecasters(cls, value: Any) -> list[str] | None:
+        from retrain.baselines import parse_forecaster  # pandas and numpy: not for `retrain --help`
+
         if value is None:
             return None
         from retrain.baselines import parse_forecaster  # here: it loads pandas, which `retrain --help` never needs
