@@ -225,8 +225,6 @@ class GatesConfig(_Frozen):
 
         if value is None:
             return None
-        from retrain.baselines import parse_forecaster  # here: it loads pandas, which `retrain --help` never needs
-
         if isinstance(value, str | dict):
             value = [value]
         specs = [parse_forecaster(item).spec for item in value]
