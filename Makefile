@@ -41,9 +41,10 @@ stack: $(STAMP)
 	$(BIN)/python -m deployments.stack
 
 benchmarks: $(STAMP)
+	$(BIN)/python benchmarks/commands.py
 	$(BIN)/python benchmarks/train_overhead.py
 	$(BIN)/python benchmarks/validate_throughput.py
-	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/serving.py --inline-variants
 	$(BIN)/python benchmarks/monitoring.py
 
 clean:

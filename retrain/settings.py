@@ -90,6 +90,10 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="How often the server looks for moved aliases (and a changed share)."
     )
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Largest request body the server reads.")
+    serve_inline_records: int = Field(
+        default=64, ge=0, description="Requests of up to this many records are predicted on the server's event "
+        "loop, larger ones in its thread pool (benchmarks/serving.py measures both sides).",
+    )
     log_batch_rows: int = Field(default=500, ge=1, description="Predictions written to the log per insert.")
     journal_folder: Path | None = Field(
         default=None,

@@ -63,10 +63,12 @@ logger = logging.getLogger(__name__)
 _FEATURES_JSON = json.JSONEncoder(separators=(",", ":"), default=str)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-# Where inference runs. A small request is answered on the event loop: it costs well under a millisecond, less than
-# the hop to a worker thread and back. A larger one goes to the thread pool, so it never holds up the requests behind
-# it (a /health check, a one-record prediction); LightGBM releases the GIL while it predicts, so the loop keeps
-# answering. `benchmarks/serving.py` measures both sides of this line.
+# Where inference runs (setting `serve_inline_records`, default 64). A small request is answered on the event loop:
+# checked column by column and predicted on one thread, 1 to 64 records cost a fraction of a millisecond, less than
+# the hop to a worker thread and back (a thread-pool round trip measured ~0.1-0.2 ms here, about what 10 records
+# cost inline). A larger one goes to the thread pool, so it never holds up the requests behind it (a /health
+# check, a one-record prediction); LightGBM releases the GIL while it predicts, so the loop keeps answering.
+# `benchmarks/serving.py --inline-variants` measures all-inline and all-in-the-pool beside the default, in one run.
 INLINE_RECORDS = 64
 
 
@@ -529,8 +531,9 @@ def add_error_handlers(app: FastAPI, server: Server) -> None:
 async def predict_off_the_loop_when_large(
     server: Server, records: Sequence[Any], ids: Sequence[str | None], endpoint: str
 ) -> list[dict[str, Any]]:
-    """`server.predict`, inline for a small request and in the thread pool for a large one (`INLINE_RECORDS`)."""
-    if len(records) <= INLINE_RECORDS:
+    """`server.predict`, inline for a small request and in the thread pool for a large one (setting
+    `serve_inline_records`, default `INLINE_RECORDS`)."""
+    if len(records) <= server.settings.serve_inline_records:
         return server.predict(records, ids, endpoint)
     return await run_in_threadpool(server.predict, records, ids, endpoint)
 
