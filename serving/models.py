@@ -124,6 +124,8 @@ def direct_predictor(python_model: Any) -> RecordsPredictor | None:
     booster = getattr(python_model, "booster", None)
     if encoding is None or booster is None or not hasattr(encoding, "vocabulary"):
         return None
+    if getattr(encoding, "residual", None) is not None:  # adds a looked-up naive value: the model's own predict
+        return None
     features = tuple(getattr(encoding, "inputs", encoding.features))  # raw columns: calendar features need the time
 
     def predict(records: Sequence[Mapping[str, Any]]) -> np.ndarray:
