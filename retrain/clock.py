@@ -198,21 +198,58 @@ def parse_instant(value: datetime | date | str) -> datetime:
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(d|h|m|days?|hours?|minutes?)\s*$", re.IGNORECASE)
+_CALENDAR = re.compile(r"^\s*(\d+)\s*(mo|months?|y|years?)\s*$", re.IGNORECASE)
 _UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60}
+MEAN_MONTH = timedelta(days=365.2425 / 12)  # a Gregorian month on average: how long a calendar month "is" elsewhere
+
+
+class CalendarDuration(timedelta):
+    """Whole calendar months (`1mo`, `3mo`, `1y` = 12 months): a window in months covers whole months.
+
+    `30d` before 1 April starts on 2 March and drops 1 March; `1mo` before 1 April starts on 1 March. As a
+    `timedelta` (comparisons such as "the model is older than retrain_every", sums, sorting) it is the mean
+    Gregorian month times `months`; where a window starts, `shift_back` counts calendar months instead.
+    """
+
+    months: int
+
+    def __new__(cls, months: int) -> CalendarDuration:
+        if months <= 0:
+            raise ValueError(f"a calendar duration must be at least one month, got {months}")
+        duration = super().__new__(cls, seconds=round((MEAN_MONTH * months).total_seconds()))
+        duration.months = months
+        return duration
+
+    def __reduce__(self) -> tuple[type[CalendarDuration], tuple[int]]:  # pickling (Prefect parameters, caches)
+        return (CalendarDuration, (self.months,))
+
+    def __repr__(self) -> str:
+        return f"CalendarDuration(months={self.months})"
+
+    def __str__(self) -> str:
+        return format_duration(self)
 
 
 def parse_duration(value: str | timedelta) -> timedelta:
-    """A positive duration from `60d`, `36h`, `90m` (or `60 days`, `36 hours`); timedeltas pass through.
+    """A positive duration from `60d`, `36h`, `90m` (or `60 days`, `36 hours`), or calendar months and years
+    from `1mo`, `3 months`, `1y` (a `CalendarDuration`); timedeltas pass through.
 
     Raises:
-        ValueError: not a number followed by d, h or m, or not positive.
+        ValueError: not a number followed by d, h, m, mo or y, or not positive.
     """
     if isinstance(value, timedelta):
         duration = value
     else:
+        calendar = _CALENDAR.match(str(value))
+        if calendar is not None:
+            count = int(calendar.group(1))
+            if count <= 0:
+                raise ValueError(f"duration '{value}' must be positive")
+            return CalendarDuration(count * (12 if calendar.group(2)[0].lower() == "y" else 1))
         match = _DURATION.match(str(value))
         if match is None:
-            raise ValueError(f"'{value}' is not a duration: write a number and a unit, e.g. 60d, 36h or 90m")
+            raise ValueError(f"'{value}' is not a duration: write a number and a unit, e.g. 60d, 36h, 90m, or 1mo "
+                             "and 1y for calendar months and years")
         duration = timedelta(seconds=float(match.group(1)) * _UNIT_SECONDS[match.group(2)[0].lower()])
     if duration <= timedelta(0):
         raise ValueError(f"duration '{value}' must be positive")
@@ -220,13 +257,31 @@ def parse_duration(value: str | timedelta) -> timedelta:
 
 
 def format_duration(duration: timedelta) -> str:
-    """The shortest exact form `parse_duration` reads back: `60d`, `36h`, `90m`, or seconds as minutes."""
+    """The shortest exact form `parse_duration` reads back: `60d`, `36h`, `90m`, `1mo`, `1y`, or seconds as
+    minutes."""
+    if isinstance(duration, CalendarDuration):
+        years, months = divmod(duration.months, 12)
+        return f"{years}y" if not months else f"{duration.months}mo"
     seconds = duration.total_seconds()
     for unit in ("d", "h", "m"):
         count = seconds / _UNIT_SECONDS[unit]
         if count == int(count):
             return f"{int(count)}{unit}"
     return f"{seconds / 60:g}m"
+
+
+def shift_back(moment: datetime, duration: timedelta) -> datetime:
+    """`moment - duration`, counting calendar months for a `CalendarDuration` (31 March - 1mo = 28 February)."""
+    if isinstance(duration, CalendarDuration):
+        return (pd.Timestamp(moment) - pd.DateOffset(months=duration.months)).to_pydatetime()
+    return moment - duration
+
+
+def shift_forward(moment: datetime, duration: timedelta) -> datetime:
+    """`moment + duration`, counting calendar months for a `CalendarDuration`."""
+    if isinstance(duration, CalendarDuration):
+        return (pd.Timestamp(moment) + pd.DateOffset(months=duration.months)).to_pydatetime()
+    return moment + duration
 
 
 @dataclass(frozen=True)
@@ -242,8 +297,9 @@ class Window:
 
     @classmethod
     def ending_at(cls, end: datetime, lookback: timedelta) -> Window:
-        """The `lookback` before `end`: the training window of a model as of `end`."""
-        return cls(start=end - lookback, end=end)
+        """The `lookback` before `end`: the training window of a model as of `end` (whole calendar months for a
+        lookback in months)."""
+        return cls(start=shift_back(end, lookback), end=end)
 
     def __str__(self) -> str:
         return f"[{shown(self.start)}, {shown(self.end)})"

@@ -90,6 +90,12 @@ class ColumnRule(_Frozen):
     growing: bool = Field(
         default=False, description="Numbers that grow with time (an ID, a counter): no max, new rows lie beyond it."
     )
+    hard: bool = Field(
+        default=True,
+        description="min/max quarantine a row outside them (true), or only count it and let it through (false: a "
+        "soft range, reported by ingest and seen by drift). `contract infer` writes feature ranges soft, since a "
+        "record day is real data; the target's stay hard.",
+    )
     offsets: TimestampOffsets | None = Field(
         default=None, description="Datetime columns: convert values with a UTC offset to UTC (default) or refuse them."
     )
@@ -173,6 +179,7 @@ def contract_to_yaml(contract: Contract) -> str:
         compact = {
             k: v for k, v in rule.items()
             if v is not None and not (k in ("decimal_comma", "growing") and v is False)
+            and not (k == "hard" and (v is True or (rule["min"] is None and rule["max"] is None)))
         }
         flow = yaml.safe_dump(compact, default_flow_style=True, sort_keys=False, allow_unicode=True, width=10_000)
         line = f"  {yaml.safe_dump(name, default_style=None).splitlines()[0]}: {flow.strip()}"
@@ -180,6 +187,8 @@ def contract_to_yaml(contract: Contract) -> str:
             line += "  # key: no range, new rows bring new keys"
         elif rule["growing"]:
             line += "  # grows with time: no max, new rows lie beyond any seen"
+        elif "hard" in compact:
+            line += "  # soft range: a value outside is counted and kept (hard: true quarantines it)"
         lines.append(line)
     lines.append(yaml.safe_dump({"batch": batch}, sort_keys=False).rstrip("\n"))
     return "\n".join(lines) + "\n"

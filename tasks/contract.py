@@ -7,8 +7,14 @@ span) on each side, so next month's ordinary values are not quarantined for bein
 what one sample happened to hold. A column that never went below zero keeps zero as its floor
 (durations, distances and counts do not turn negative because a margin says so); a constant column
 is widened by 1% of its value, at least 1; integer bounds are rounded outwards. Calendar and clock fields
-(month 1-12, minute 0-59) are exactly what a human should then tighten by hand. Whole-number floats
-(pandas stores an integer column with NULLs as float) are inferred as integer.
+(an integer column named month, day, hour, minute, ... whose values lie in that field's domain) are capped at
+the domain (`CALENDAR_DOMAINS`: month 1-12, not the 0-15 a margin gave). Whole-number floats (pandas stores an
+integer column with NULLs as float) are inferred as integer.
+
+Soft and hard ranges: an inferred range on a feature is soft (`hard: false`): a value outside it is counted and
+reported by ingest (and seen by drift), not quarantined, since a record rainfall day is real data the model should
+see; the target's range stays hard (a delay of a million minutes is a broken row), and a person marks any rule hard
+by hand.
 
 Two kinds of column get no range, because new rows lie beyond any range seen: key columns (a `ride_id`
 that reached 21,723 today is 25,000 next month; a string key whose values are all distinct gets no allowed
@@ -44,6 +50,12 @@ MIN_MAX_LENGTH = 16
 ROW_BAND_HEADROOM = 2  # a batch may hold this many times the rows the contract was inferred from
 GROWING_MIN_DISTINCT = 50  # fewer distinct values (a year, a month number) are a range, not a growing series
 GROWING_MIN_CORRELATION = 0.95  # Spearman rank correlation with the timestamp
+# Integer calendar and clock fields, by column name: their inferred range is capped at the field's domain.
+CALENDAR_DOMAINS: dict[str, tuple[int, int]] = {
+    "month": (1, 12), "day": (1, 31), "dayofmonth": (1, 31), "hour": (0, 23), "minute": (0, 59),
+    "second": (0, 59), "dayofweek": (0, 6), "weekday": (0, 6), "quarter": (1, 4), "week": (1, 53),
+    "weekofyear": (1, 53), "dayofyear": (1, 366),
+}
 
 def infer_contract(frame: pd.DataFrame, config: ModelConfig) -> Contract:
     """A first contract that the given rows satisfy, with ranges widened so ordinary new rows do too.
@@ -64,7 +76,8 @@ def infer_contract(frame: pd.DataFrame, config: ModelConfig) -> Contract:
     times = parse_timestamps(frame[config.source.timestamp]).values
     columns = {
         str(name): infer_column_rule(
-            frame[name], force_datetime=name == config.source.timestamp, key=name in config.source.key, times=times
+            frame[name], force_datetime=name == config.source.timestamp, key=name in config.source.key, times=times,
+            name=str(name), soft=name != config.target.column,
         )
         for name in frame.columns
     }
@@ -78,7 +91,8 @@ def infer_contract(frame: pd.DataFrame, config: ModelConfig) -> Contract:
 
 
 def infer_column_rule(
-    values: pd.Series, force_datetime: bool = False, key: bool = False, times: pd.Series | None = None
+    values: pd.Series, force_datetime: bool = False, key: bool = False, times: pd.Series | None = None,
+    name: str | None = None, soft: bool = False,
 ) -> ColumnRule:
     """The rule for one column: its type from the values, nulls allowed if any were seen, bounds widened.
 
@@ -87,6 +101,8 @@ def infer_column_rule(
         force_datetime: The column is the timestamp, whatever its values look like.
         key: The column is part of the key: no range and no allowed set, since new rows bring new keys.
         times: The rows' timestamps (parsed), to recognise numbers that grow with time; None: no such check.
+        name: The column's name, to recognise calendar fields (`CALENDAR_DOMAINS`).
+        soft: Write a numeric range as soft (`hard: false`): counted, not quarantined (features, not the target).
     """
     nullable = bool(values.isna().any())
     present = values.dropna()
@@ -100,10 +116,11 @@ def infer_column_rule(
             present = numbers
         else:
             return _string_rule(present.astype(str), nullable, key)
-    return _number_rule(present, nullable, key, times)
+    return _number_rule(present, nullable, key, times, name, soft)
 
 
-def _number_rule(present: pd.Series, nullable: bool, key: bool, times: pd.Series | None) -> ColumnRule:
+def _number_rule(present: pd.Series, nullable: bool, key: bool, times: pd.Series | None, name: str | None = None,
+                 soft: bool = False) -> ColumnRule:
     if not len(present):
         return ColumnRule(type=ColumnType.FLOAT, nullable=True)
     integral = bool((present % 1 == 0).all())
@@ -113,7 +130,10 @@ def _number_rule(present: pd.Series, nullable: bool, key: bool, times: pd.Series
     if times is not None and grows_with_time(present, times):
         return ColumnRule(type=column_type, nullable=nullable, growing=True)
     low, high = widen_range(float(present.min()), float(present.max()), integral)
-    return ColumnRule(type=column_type, nullable=nullable, min=low, max=high)
+    domain = CALENDAR_DOMAINS.get((name or "").lower())
+    if integral and domain is not None and domain[0] <= present.min() and present.max() <= domain[1]:
+        low, high = max(low, domain[0]), min(high, domain[1])
+    return ColumnRule(type=column_type, nullable=nullable, min=low, max=high, hard=not soft)
 
 
 def grows_with_time(numbers: pd.Series, times: pd.Series) -> bool:

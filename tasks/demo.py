@@ -135,6 +135,7 @@ class MonthSummary:
     labelled: int
     mae: float | None
     naive_mae: float | None
+    naive: str | None = None  # which naive forecaster: the best of the model's (`gates.baselines`) on the replay
 
 
 def month_key(moment: datetime) -> str:
@@ -151,7 +152,7 @@ def summarise_months(
         batches: The batch ledger of the source (`as_of` places a batch in a month).
         ledger: The model's release ledger (its `at` is the Retrain clock).
         served: Served predictions with `event_at`/`predicted_at`, `version`, `prediction`, `actual`.
-        naive: The naive forecaster's prediction for each row of `served` (same index).
+        naive: The naive forecaster's prediction for each row of `served` (same index), named after it.
     """
     months = sorted({month_key(start + offset * DAY) for offset in range((end - start).days)})
     time_column = "event_at" if "event_at" in served else "predicted_at"
@@ -182,6 +183,7 @@ def summarise_months(
             labelled=len(matured),
             mae=_mae(matured["actual"], matured["prediction"]) if len(matured) else None,
             naive_mae=_mae(matured["actual"], naive.loc[matured.index]) if len(matured) else None,
+            naive=str(naive.name) if naive.name is not None else None,
         ))
     return summary
 
@@ -350,16 +352,36 @@ def summarise_replay(config: ModelConfig, start: datetime, end: datetime) -> tup
 
 
 def naive_predictions(warehouse: Any, config: ModelConfig, served: pd.DataFrame) -> pd.Series:
-    """The naive forecaster a person would use for each served row: the median delay of the 60 days before the
-    replay (what the champion's training window held)."""
+    """The best of the model's naive forecasters (`gates.baselines`, or the defaults for its cadence) on the served
+    rows, by the rules monitoring uses (`tasks.monitoring.live_naive_scores`): a constant learned before the replay,
+    a last value or a season earlier from the labelled rows before each row, never the row itself. Named after it.
+    """
+    from retrain.baselines import entity_columns, forecast_all
+    from tasks.monitoring import entity_rows, naive_lookback
+    from tasks.training import configured_forecasters
+
     if served.empty:
         return pd.Series(dtype="float64")
-    time_column = "event_at" if "event_at" in served else "predicted_at"
-    first = pd.to_datetime(served[time_column]).min().to_pydatetime()
-    history = read_window(warehouse, config.source.clean, config.source.timestamp, first - 60 * DAY, first,
-                          columns=[config.source.timestamp, config.target.column])
-    median = float(history[config.target.column].median()) if len(history) else 0.0
-    return pd.Series(median, index=served.index)
+    timestamp, target = config.source.timestamp, config.target.column
+    times = pd.to_datetime(served["event_at"])
+    first, last = times.min().to_pydatetime(), times.max().to_pydatetime()
+    forecasters = configured_forecasters(config, times)
+    entity = entity_columns(config.source.key, timestamp, config.gates.baseline_group)
+    history = read_window(warehouse, config.source.clean, timestamp, first - naive_lookback(config, forecasters),
+                          last + DAY, columns=list(dict.fromkeys([timestamp, target, *entity])))
+    rows = entity_rows(served, config)
+    matured = served["actual"].notna().to_numpy()
+    best: pd.Series | None = None
+    for forecaster in forecasters:
+        predicted = forecast_all([forecaster], history, rows, timestamp=timestamp, target=target,
+                                 entity=[column for column in rows.columns if column != timestamp],
+                                 known_until=first if forecaster.is_constant else None)[forecaster.name]
+        candidate = pd.Series(predicted, index=served.index, name=forecaster.name)
+        error = _mae(served["actual"][matured], candidate[matured]) if matured.any() else None
+        if best is None or (error is not None and error < best.attrs["mae"]):
+            best = candidate
+            best.attrs["mae"] = error if error is not None else math.inf
+    return best if best is not None else pd.Series(dtype="float64")
 
 
 def as_date(moment: datetime) -> date:

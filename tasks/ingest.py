@@ -54,6 +54,7 @@ from tasks.validation import (
 )
 
 ARTIFACT_SAMPLE_ROWS = 50
+KEPT_PREFIX = "kept:"  # a reasons key of rows that were counted and kept (a soft range), not quarantined
 
 @dataclass(frozen=True)
 class BatchPlan:
@@ -153,6 +154,7 @@ class BatchOutcome:
     late_batch: str | None = None  # the batch that took the late rows, when the contract says `late_rows: ingest`
     repeats: str | None = None  # the earlier refused batch of the same rows: this one stored nothing
     kind: str | None = None  # "late" for a batch of late rows
+    out_of_range: dict[str, int] = field(default_factory=dict)  # rows outside a soft range, by column: kept, counted
 
 
 class BatchRefused(DataContractError):
@@ -336,6 +338,7 @@ def outcome_of(
         quarantined=result.quarantined_count,
         status=result.status,
         reasons=dict(result.reasons),
+        out_of_range=dict(result.out_of_range),
         unknown_columns=result.unknown_columns,
         range_start=plan.range_start,
         range_end=rows.range_end,
@@ -420,7 +423,9 @@ def batch_record(outcome: BatchOutcome, plan: BatchPlan, finished_at: datetime) 
         "rows_quarantined": outcome.quarantined,
         "rows_waiting": outcome.waiting,
         "status": outcome.status,
-        "reasons": json.dumps(outcome.reasons),
+        # rows kept outside a soft range ride in the reasons column as `kept:out_of_range:<column>`
+        "reasons": json.dumps({**outcome.reasons,
+                               **{f"{KEPT_PREFIX}out_of_range:{name}": n for name, n in outcome.out_of_range.items()}}),
         "unknown_columns": json.dumps(list(outcome.unknown_columns)),
         "rule": violation.rule if violation else None,
         "violation": json.dumps(
@@ -436,6 +441,12 @@ def batch_record(outcome: BatchOutcome, plan: BatchPlan, finished_at: datetime) 
         "rows_late": outcome.late,
         "kind": outcome.kind,
     }
+
+
+def kept_out_of_range(reasons: dict[str, int]) -> dict[str, int]:
+    """The soft-range counts a batch record keeps among its reasons (`kept:out_of_range:<column>`), by column."""
+    prefix = f"{KEPT_PREFIX}out_of_range:"
+    return {key.removeprefix(prefix): count for key, count in reasons.items() if key.startswith(prefix)}
 
 
 def outcome_from_record(record: dict[str, Any]) -> BatchOutcome:
@@ -454,7 +465,8 @@ def outcome_from_record(record: dict[str, Any]) -> BatchOutcome:
         coerced=int(record["rows_coerced"]),
         quarantined=int(record["rows_quarantined"]),
         status=record["status"],
-        reasons=json.loads(record["reasons"]),
+        reasons={k: v for k, v in json.loads(record["reasons"]).items() if not k.startswith(KEPT_PREFIX)},
+        out_of_range=kept_out_of_range(json.loads(record["reasons"])),
         unknown_columns=tuple(json.loads(record["unknown_columns"])),
         range_start=record["range_start"],
         range_end=record["range_end"],

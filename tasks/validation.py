@@ -100,6 +100,7 @@ class ValidationResult:
     source: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
     already_clean: np.ndarray = field(default_factory=lambda: np.array([], dtype="int64"), repr=False)
     copies: np.ndarray = field(default_factory=lambda: np.array([], dtype="int64"), repr=False)
+    out_of_range: dict[str, int] = field(default_factory=dict)  # rows outside a soft range, by column: kept
 
     @property
     def status(self) -> str:
@@ -282,7 +283,7 @@ def compile_schema(
     for name, rule in rules.items():
         checks: list[pa.Check] = []
         reasons: list[str] = []
-        if rule.min is not None or rule.max is not None:
+        if (rule.min is not None or rule.max is not None) and rule.hard:
             if rule.min is not None and rule.max is not None:
                 checks.append(pa.Check.in_range(rule.min, rule.max))
             elif rule.min is not None:
@@ -419,7 +420,27 @@ def _validate(
     skipped = copies | already_clean
     if skipped.any():  # equal to a row that is clean already: not this batch's to judge again
         pairs = pairs[~skipped[pairs["row"].to_numpy()]]
-    return _split(source, typed, pairs, coerced, missing, unknown, timestamp, already_clean, copies)
+    result = _split(source, typed, pairs, coerced, missing, unknown, timestamp, already_clean, copies)
+    soft = soft_out_of_range(typed, present, skipped)
+    return replace(result, out_of_range=soft) if soft else result
+
+
+def soft_out_of_range(typed: pd.DataFrame, rules: dict[str, ColumnRule], skipped: np.ndarray) -> dict[str, int]:
+    """Rows outside a soft range (`hard: false`), by column: counted and reported, not quarantined."""
+    counts: dict[str, int] = {}
+    for name, rule in rules.items():
+        if rule.hard or (rule.min is None and rule.max is None) or name not in typed.columns:
+            continue
+        values = pd.to_numeric(typed[name], errors="coerce").to_numpy(dtype="float64")
+        outside = np.zeros(len(values), dtype=bool)
+        if rule.min is not None:
+            outside |= values < rule.min
+        if rule.max is not None:
+            outside |= values > rule.max
+        count = int((outside & ~skipped).sum())
+        if count:
+            counts[name] = count
+    return counts
 
 
 def _has_key(typed: pd.DataFrame, key: Sequence[str]) -> bool:

@@ -118,14 +118,14 @@ def render_demo(result: dict[str, Any]) -> str:
 
     table = Table(title=f"the replay, {result['start'][:10]} to {result['end'][:10]} (Retrain clock)")
     for column in ("month", "rows in", "quarantined", "refused", "retrains", "rejected", "promoted", "rolled back",
-                   "champion", "served", "labelled", "MAE", "naive MAE"):
+                   "champion", "served", "labelled", "MAE", "naive MAE", "naive"):
         table.add_column(column, justify="right")
     for month in result["months"]:
         table.add_row(month["month"], f"{month['rows_in']:,}", f"{month['quarantined']:,}",
                       str(month["refused_batches"]), str(month["retrains"]), str(month["rejections"]),
                       str(month["promotions"]), str(month["rollbacks"]), month["champion"] or "-",
                       f"{month['served']:,}", f"{month['labelled']:,}", _number(month["mae"]),
-                      _number(month["naive_mae"]))
+                      _number(month["naive_mae"]), month.get("naive") or "-")
     buffer = StringIO()
     console = Console(file=buffer, width=160)
     console.print(table)

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from retrain.clock import (
+    CalendarDuration,
     Window,
     format_duration,
     frozen_clock,
@@ -34,7 +35,46 @@ def test_durations_read_days_hours_minutes(text: str, expected: timedelta) -> No
     assert parse_duration(format_duration(expected)) == expected
 
 
-@pytest.mark.parametrize("text", ["60", "d", "-3d", "0h", "3 weeks", "60dd"])
+@pytest.mark.parametrize(
+    ("text", "months", "shown"),
+    [("1mo", 1, "1mo"), ("3 months", 3, "3mo"), ("12mo", 12, "1y"), ("1y", 12, "1y"), ("2 years", 24, "2y")],
+)
+def test_durations_read_calendar_months_and_years(text: str, months: int, shown: str) -> None:
+    duration = parse_duration(text)
+    assert isinstance(duration, CalendarDuration) and duration.months == months
+    assert format_duration(duration) == shown and parse_duration(shown).months == months
+    assert timedelta(days=28 * months) < duration < timedelta(days=31 * months + 1)  # compares as a timedelta
+
+
+@pytest.mark.parametrize(
+    ("end", "start"),
+    [
+        (datetime(2013, 4, 1), datetime(2013, 3, 1)),  # 31-day March: 30d would start on 2 March
+        (datetime(2013, 3, 1), datetime(2013, 2, 1)),  # 28-day February
+        (datetime(2013, 3, 31, 6), datetime(2013, 2, 28, 6)),  # no 31 February: the month's last day
+        (datetime(2012, 3, 1), datetime(2012, 2, 1)),
+    ],
+)
+def test_a_window_in_months_covers_whole_calendar_months(end: datetime, start: datetime) -> None:
+    assert Window.ending_at(end, parse_duration("1mo")).start == start
+    assert Window.ending_at(datetime(2013, 4, 1), parse_duration("30d")).start == datetime(2013, 3, 2)
+    assert Window.ending_at(datetime(2014, 1, 1), parse_duration("1y")).start == datetime(2013, 1, 1)
+
+
+def test_a_calendar_duration_survives_a_config_round_trip() -> None:
+    import pickle
+
+    from retrain.config import MonitoringConfig, WindowConfig
+
+    monitoring = MonitoringConfig(window="1mo", retrain_every="1y")
+    dumped = monitoring.model_dump(mode="json")
+    assert (dumped["window"], dumped["retrain_every"]) == ("1mo", "1y")
+    assert MonitoringConfig.model_validate(dumped).window.months == 1  # type: ignore[attr-defined]
+    assert pickle.loads(pickle.dumps(monitoring)).retrain_every.months == 12  # type: ignore[attr-defined]
+    assert str(WindowConfig(lookback="3mo")) == "the 3mo before as_of"
+
+
+@pytest.mark.parametrize("text", ["60", "d", "-3d", "0h", "3 weeks", "60dd", "0mo", "1.5mo"])
 def test_bad_durations_are_named(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)

@@ -214,3 +214,37 @@ def test_keys_and_growing_columns_get_no_range_and_the_file_says_why() -> None:
 def test_grows_with_time(numbers: np.ndarray, grows: bool) -> None:
     times = pd.Series(pd.date_range("2024-01-01", periods=100, freq="h"))
     assert grows_with_time(pd.Series(numbers), times) is grows
+
+
+def test_inferred_feature_ranges_are_soft_the_target_hard_and_calendar_fields_capped(
+    flights_small: pd.DataFrame, january_contract: Contract
+) -> None:
+    columns = january_contract.columns
+    assert columns["precip"].hard is False and columns["temp"].hard is False  # features: counted, not quarantined
+    assert columns["arr_delay"].hard is True  # the target keeps a hard rule
+    # month/hour/minute are calendar fields: capped at their domain, not widened to 0..15
+    frame = flights_small.assign(month=np.tile([1, 12], len(flights_small) // 2 + 1)[: len(flights_small)])
+    contract = infer_contract(frame, load_model_config(EXAMPLE_CONFIG))
+    assert (contract.columns["month"].min, contract.columns["month"].max) == (1, 12)
+    assert contract.columns["minute"].min >= 0 and contract.columns["minute"].max <= 59
+    assert contract.columns["hour"].min >= 0 and contract.columns["hour"].max <= 23
+    assert "hard: false" in contract_to_yaml(contract) and "soft range" in contract_to_yaml(contract)
+    assert contract_from_yaml(contract_to_yaml(contract)).columns["precip"].hard is False
+
+
+def test_a_soft_range_counts_a_record_value_and_keeps_the_row(january_contract: Contract) -> None:
+    rows = pd.DataFrame({name: [None] for name in january_contract.columns})
+    frame = pd.concat([rows] * 3, ignore_index=True)
+    frame["time_hour"] = ["2013-02-01T05:00:00", "2013-02-01T06:00:00", "2013-02-01T07:00:00"]
+    frame["carrier"], frame["flight"], frame["origin"] = "UA", [1, 2, 3], "EWR"
+    frame["arr_delay"] = [5.0, 5.0, 1e7]  # the last breaks the target's hard range
+    frame["precip"] = [0.0, 50.0, 0.0]  # a record rainfall: outside the soft range, kept
+    relaxed = january_contract.model_copy(update={"columns": {
+        name: rule.model_copy(update={"nullable": True}) if name not in ("time_hour", "carrier", "flight", "origin")
+        else rule for name, rule in january_contract.columns.items()}})
+    result = validate_batch(frame, relaxed, None)
+    assert result.clean_count == 2 and result.out_of_range == {"precip": 1}
+    assert result.reasons == {"out_of_range:arr_delay": 1}
+    precip = relaxed.columns["precip"].model_copy(update={"hard": True})
+    hard = relaxed.model_copy(update={"columns": {**relaxed.columns, "precip": precip}})
+    assert validate_batch(frame, hard, None).reasons == {"out_of_range:arr_delay": 1, "out_of_range:precip": 1}

@@ -3,7 +3,9 @@ table read back from a ledger, batches and served predictions."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -88,3 +90,28 @@ def test_the_month_table_counts_what_the_stores_hold() -> None:
     assert (april.promotions, april.rollbacks, april.champion, april.labelled, april.mae) == (1, 1, "1", 0, None)
     story = story_counts(months, ledger)
     assert story["retrain_requests"] == 1 and story["rollbacks"] == 1 and story["served_predictions"] == 2
+
+
+def test_the_naive_column_is_the_best_of_the_models_forecasters_on_the_served_rows(
+    retrain_home: Path, tmp_path: Path
+) -> None:
+    """Every flight repeats its delay a week later: the seasonal forecaster (same flight, a week earlier) is exact
+    and wins over the median, and it reads only labelled rows of earlier weeks."""
+    from retrain.config import load_model_config
+    from retrain.warehouse import get_warehouse, write_frame
+    from tasks.demo import naive_predictions
+    from tests.conftest import write_model_config
+
+    config = load_model_config(write_model_config(tmp_path, gates={"baselines": ["median", "seasonal 7d"]}))
+    days = [START + timedelta(days=day, hours=9) for day in range(21)]
+    clean = pd.DataFrame({"time_hour": [moment for moment in days for _ in range(2)],
+                          "carrier": ["UA", "AA"] * 21, "flight": [1, 2] * 21, "origin": ["EWR"] * 42,
+                          "arr_delay": [float(day.weekday() * 10 + flight) for day in days for flight in (1, 2)]})
+    write_frame(get_warehouse(), clean, config.source.clean, if_exists="replace")
+    served = clean[clean["time_hour"] >= START + timedelta(days=14)].reset_index(drop=True)
+    served = pd.DataFrame({"event_at": served["time_hour"], "actual": served["arr_delay"],
+                           "key": [json.dumps([str(t), c, f, o]) for t, c, f, o in
+                                   served[["time_hour", "carrier", "flight", "origin"]].itertuples(index=False)]})
+    naive = naive_predictions(get_warehouse(), config, served)
+    assert naive.name == "seasonal-7d"
+    assert naive.tolist() == served["actual"].tolist()
