@@ -4,12 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-all lint demo ui benchmarks clean
+.PHONY: install test test-all lint demo ui benchmarks clean stack
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,postgres]'
+	$(BIN)/pip install --quiet -e '.[test,postgres,dask]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -33,6 +33,12 @@ demo: $(STAMP)
 # Prefect, MLflow and Evidently UIs on the stores under .retrain/ (the demo's), on loopback; Ctrl-C stops all three.
 ui: $(STAMP)
 	$(BIN)/retrain ui
+
+# The team setup on one machine, on loopback: MLflow server (--serve-artifacts) and Prefect server on PostgreSQL
+# (the machine's, or RETRAIN_STACK_DATABASE_URL), a process work pool with two workers; prints the URLs and the
+# environment to export; Ctrl-C stops all. compose.yaml has the same services for Docker.
+stack: $(STAMP)
+	$(BIN)/python -m deployments.stack
 
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/train_overhead.py

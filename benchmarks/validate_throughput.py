@@ -12,11 +12,14 @@ measures in one run:
 and prints the ratio bare/ingest (target >= 0.8, i.e. validation and bookkeeping under a quarter of the
 write). The clean table has its unique key index, as in production. Reading the source table (and choosing
 the batch's rows on their parsed timestamps) is the same for any ingest and is reported apart.
-Run: .venv/bin/python benchmarks/validate_throughput.py
+Run: .venv/bin/python benchmarks/validate_throughput.py [--validation-only] [--before /path/to/older/checkout]
+`--before` first measures step 1 with another checkout's code (same data, same interpreter, a fresh process),
+so a before/after of the validation comes from one run.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -29,7 +32,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# `--code DIR` (used by --before) validates with another checkout's modules; by default this checkout's.
+CODE = Path(sys.argv[sys.argv.index("--code") + 1]) if "--code" in sys.argv else Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(CODE))
 
 from retrain.contract import Contract, read_contract  # noqa: E402
 from retrain.warehouse import (  # noqa: E402
@@ -112,6 +117,19 @@ def timed(action: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def main() -> None:
+    import argparse
+    import subprocess
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--validation-only", action="store_true", help="Step 1 only (no writes).")
+    parser.add_argument("--before", type=Path, default=None, help="Measure step 1 with another checkout first.")
+    parser.add_argument("--code", type=Path, default=None, help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.before is not None:
+        print(f"before ({options.before}):", flush=True)
+        subprocess.run([sys.executable, __file__, "--validation-only", "--code", str(options.before.resolve())],
+                       check=True)
+        print(f"after ({CODE}):", flush=True)
     example = read_contract(CONTRACT)
     # The example's row band is sized for the 327k-row table; a 1M-row batch is legitimate here.
     contract = example.model_copy(update={"batch": example.batch.model_copy(update={"max_rows": 2 * ROWS})})
@@ -134,6 +152,10 @@ def main() -> None:
         f"status {result.status}"
     )
     print("  reasons: " + ", ".join(f"{reason} {count:,}" for reason, count in result.reasons.items()))
+    load = os.getloadavg()
+    print(f"  {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; target >= 600,000 rows/s")
+    if options.validation_only:
+        return
 
     with tempfile.TemporaryDirectory(prefix="retrain-validate-bench-") as temporary:
         measure_writes(contract, typed, raw, Path(temporary))

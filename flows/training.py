@@ -18,9 +18,10 @@ from pydantic import Field
 
 from flows.ingest import ingest_when_new_rows
 from flows.release import release_challenger
-from retrain.config import load_model_config
+from retrain.config import TrainingEngine, load_model_config
 from retrain.outcomes import SKIPPED, TrainingOutcome
 from tasks.comparison import decide_release
+from tasks.dask_training import fit_final_model_on_dask, prepare_partitioned_snapshot, release_gated_model
 from tasks.failures import record_failed_run
 from tasks.features import (
     check_training_snapshot,
@@ -69,6 +70,7 @@ def train_model(
     trials: Annotated[int, Field(ge=0)] = 0,
     timeout_seconds: Annotated[float, Field(ge=0)] = 0.0,
     threshold: float | None = None,
+    workers: Annotated[int, Field(ge=0, le=256)] = 0,
 ) -> TrainingOutcome:
     """Tune, fit, gate and register one model on the training window as of `as_of`.
 
@@ -79,10 +81,12 @@ def train_model(
         trials: Finished Optuna trials the snapshot's study must hold (0: the config's `tuning.trials`).
         timeout_seconds: Tuning budget in seconds (0: the config's `tuning.timeout_seconds`).
         threshold: Absolute gate on the holdout metric (empty: the config's).
+        workers: Parallel tuning workers on the study (0: the config's `tuning.workers`; more than 1 needs
+            PostgreSQL as the Optuna storage).
     """
     verify_stores()  # warehouse, MLflow and Optuna answer, or the run fails here in seconds naming which
     config = load_model_config(config_path).with_overrides(
-        trials=trials or None, timeout_seconds=timeout_seconds or None, threshold=threshold
+        trials=trials or None, timeout_seconds=timeout_seconds or None, threshold=threshold, workers=workers or None
     )
     check_source_config(config)  # every configured column exists with a usable type, before any work
 
@@ -103,9 +107,15 @@ def train_model(
 
         # Data: the window of clean rows, checked against the contract, fingerprinted, split in time.
         contract = read_model_contract(config)
-        snapshot = load_training_snapshot(config=config, window=window)
-        check_training_snapshot(snapshot=snapshot, contract=contract, config=config)
-        data = prepare_training_data(snapshot=snapshot, config=config, window=window, contract=contract)
+        partitioned = None
+        if config.training.engine is TrainingEngine.DASK:  # partitions stay on the Dask workers, checked there
+            partitioned = prepare_partitioned_snapshot(config=config, window=window, contract=contract)
+            data = partitioned.data
+            snapshot = data.split.validation  # what the MLflow dataset input describes: in-process rows only
+        else:
+            snapshot = load_training_snapshot(config=config, window=window)
+            check_training_snapshot(snapshot=snapshot, contract=contract, config=config)
+            data = prepare_training_data(snapshot=snapshot, config=config, window=window, contract=contract)
 
         # Nothing new: the champion or challenger was trained on this snapshot with these settings.
         skipped = find_earlier_training(data=data, config=config)
@@ -117,7 +127,11 @@ def train_model(
         # Model: one MLflow run spans the Optuna search and the final fit scored on the holdout.
         run = start_training_run(config=config, snapshot=snapshot, data=data)
         tuning = tune_hyperparameters(data=data, config=config)
-        fitted = fit_final_model(data=data, config=config, params=tuning.best_params, rounds=tuning.best_rounds)
+        if partitioned is not None:
+            fitted = fit_final_model_on_dask(snapshot=partitioned, config=config, params=tuning.best_params,
+                                             rounds=tuning.best_rounds, contract=contract)
+        else:
+            fitted = fit_final_model(data=data, config=config, params=tuning.best_params, rounds=tuning.best_rounds)
 
         # Gates: absolute threshold, naive baseline, champion on the identical raw holdout rows, then the
         # logged model must load and predict those rows exactly.
@@ -125,8 +139,11 @@ def train_model(
         decision = decide_release(fitted=fitted, champion=champion, config=config)
         # Refit: a model that passed is refitted on the whole window (training.refit), the newest rows included;
         # the run keeps the gated model's holdout metrics, and the infra check runs on what is registered.
-        released = refit_released_model(data=data, config=config, params=tuning.best_params, fitted=fitted,
-                                        passed=decision.passed)
+        if partitioned is not None:
+            released = release_gated_model(snapshot=partitioned, fitted=fitted)
+        else:
+            released = refit_released_model(data=data, config=config, params=tuning.best_params, fitted=fitted,
+                                            passed=decision.passed)
         logged = log_training_results(
             run=run, config=config, data=data, tuning=tuning, fitted=fitted, decision=decision, released=released
         )

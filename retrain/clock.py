@@ -35,13 +35,13 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-
-import numpy as np
-import pandas as pd
-import pyarrow as arrow
-import pyarrow.compute as arrow_compute
+from typing import TYPE_CHECKING
 
 from retrain.errors import DataError
+
+if TYPE_CHECKING:  # pandas, numpy and pyarrow load inside `parse_timestamps`: `retrain --help` needs none of them
+    import numpy as np
+    import pandas as pd
 
 Clock = Callable[[], datetime]
 
@@ -334,6 +334,11 @@ def parse_timestamps(values: pd.Series) -> ParsedTimestamps:
     Args:
         values: The column as read: text, datetimes (aware or naive) or a mix, with nulls.
     """
+    import numpy as np
+    import pandas as pd
+    import pyarrow as arrow
+    import pyarrow.compute as arrow_compute
+
     size = len(values)
     nothing = np.zeros(size, dtype=bool)
     if pd.api.types.is_datetime64_any_dtype(values):
@@ -374,6 +379,6 @@ def parse_timestamps(values: pd.Series) -> ParsedTimestamps:
 
 def _as_text(value: object) -> str:
     """A cell as ISO text: aware datetimes converted to UTC first (they carry their offset otherwise)."""
-    if isinstance(value, datetime | pd.Timestamp):
+    if isinstance(value, datetime):  # a pandas Timestamp is a datetime
         return as_naive_utc(value).isoformat()
     return str(value)

@@ -203,6 +203,13 @@ class TuningConfig(_Frozen):
         description="Report to the pruner every N rounds: each report is a round trip to the study's database.",
     )
     threads: int = Field(default=2, ge=1)
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="Trial workers (processes) on the snapshot's one study; more than 1 needs a shared RDB storage "
+        "(PostgreSQL), and each worker's LightGBM gets threads // workers threads (at least 1).",
+    )
 
 
 class GatesConfig(_Frozen):
@@ -243,17 +250,6 @@ class GatesConfig(_Frozen):
         if not specs:
             raise ValueError("gates.baselines lists no forecaster: leave it out for the defaults, or name some")
         return list(dict.fromkeys(specs))
-
-
-class TrainingConfig(_Frozen):
-    """How the released model is fitted once its gates passed."""
-
-    refit: bool = Field(
-        default=True,
-        description="Refit the model that passed the gates on the whole window (train + validation + holdout) with "
-        "the tuned parameters and rounds scaled to the rows, and release that: the newest rows reach the model. "
-        "false releases the gated model itself (fitted without the holdout).",
-    )
 
 
 class MonitoringConfig(_Frozen):
@@ -426,6 +422,74 @@ class ReleaseConfig(_Frozen):
         return format_duration(value)
 
 
+class TrainingEngine(StrEnum):
+    MEMORY = "memory"  # the snapshot in the flow's process, LightGBM in memory
+    DASK = "dask"  # partitions read by Dask workers, the final fit by lightgbm.dask (tasks/dask_training.py)
+
+
+class DaskConfig(_Frozen):
+    """Where and how the Dask engine runs (`training.engine: dask`)."""
+
+    scheduler: str | None = Field(
+        default=None, description="Dask scheduler address (tcp://host:8786); none: a LocalCluster on this machine."
+    )
+    workers: int = Field(default=2, ge=1, description="LocalCluster: worker processes.")
+    threads_per_worker: int = Field(default=1, ge=1, description="LocalCluster and LightGBM: threads per worker.")
+    memory_limit: str = Field(default="2GB", description="LocalCluster: memory limit per worker (Dask's notation).")
+    partition: timedelta = Field(
+        default=timedelta(days=7), description="Time range of one partition of the snapshot (7d, 36h)."
+    )
+    tuning_rows: int = Field(
+        default=200_000, ge=1, description="The Optuna search runs in the flow's process on the newest this many "
+        "training rows (with the whole validation part); the final fit runs on Dask over all of them."
+    )
+
+    @field_validator("partition", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> timedelta:
+        return parse_duration(value)
+
+    @field_serializer("partition")
+    def _duration_text(self, value: timedelta) -> str:
+        return format_duration(value)
+
+
+class TrainingConfig(_Frozen):
+    """How the model is fitted: where (`engine`), and on what once its gates passed (`refit`)."""
+
+    refit: bool = Field(
+        default=True,
+        description="Refit the model that passed the gates on the whole window (train + validation + holdout) with "
+        "the tuned parameters and rounds scaled to the rows, and release that: the newest rows reach the model. "
+        "false releases the gated model itself (fitted without the holdout).",
+    )
+    engine: TrainingEngine = Field(default=TrainingEngine.MEMORY, description="memory or dask.")
+    dask: DaskConfig = DaskConfig()
+
+
+class ScheduleConfig(_Frozen):
+    """Cron schedules of a model's deployments (`retrain deploy`); null leaves that deployment unscheduled."""
+
+    train: str | None = Field(default="0 4 * * 1", description="Training: weekly, Monday 04:00.")
+    ingest: str | None = Field(default="15 * * * *", description="Ingest: hourly.")
+    monitor: str | None = Field(default="30 5 * * *", description="Monitoring: daily, after the hourly ingest.")
+    canary_check: str | None = Field(default="30 * * * *", description="Canary check: hourly.")
+    timezone: str = "UTC"
+
+
+class DeploymentConfig(_Frozen):
+    """How `retrain deploy` deploys the model: its work pool, schedules and event triggers."""
+
+    work_pool: str = Field(default="retrain", description="Prefect work pool the model's runs go to.")
+    schedules: ScheduleConfig = ScheduleConfig()
+    retrain_when_requested: bool = Field(
+        default=True, description="Training starts on the monitoring policy's `retrain.retrain.requested` event."
+    )
+    release_on_events: bool = Field(
+        default=True, description="Release starts on every registration, promotion, rejection and rollback."
+    )
+
+
 class ModelConfig(_Frozen):
     """Everything that defines one model; validated when loaded so a typo fails before any work."""
 
@@ -437,10 +501,11 @@ class ModelConfig(_Frozen):
     training_window: WindowConfig
     split: SplitConfig = SplitConfig()
     tuning: TuningConfig = TuningConfig()
-    gates: GatesConfig = GatesConfig()
     training: TrainingConfig = TrainingConfig()
+    gates: GatesConfig = GatesConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     release: ReleaseConfig = ReleaseConfig()
+    deployment: DeploymentConfig = DeploymentConfig()
     contract: str | None = Field(default=None, description="Data contract YAML, relative to this file.")
     config_path: Path | None = Field(default=None, exclude=True)
 
@@ -451,6 +516,9 @@ class ModelConfig(_Frozen):
             raise ValueError(f"metric '{self.metric}' does not fit task '{self.target.task}': use one of {allowed}")
         if not self.features.all:
             raise ValueError("features: name at least one numeric or categorical column")
+        if self.target.residual_of is not None and self.training.engine is TrainingEngine.DASK:
+            raise ValueError("target.residual_of is not supported with training.engine: dask (the Dask fit learns "
+                             "the level): use engine: memory, or drop residual_of")
         unknown = sorted(set(self.monitoring.key_features) - set(self.features.all))
         if unknown:
             raise ValueError(f"monitoring.key_features {unknown} are not features: use some of {self.features.all}")
@@ -482,10 +550,14 @@ class ModelConfig(_Frozen):
             "target": self.target.model_dump(mode="json"),
             "features": self.features.model_dump(mode="json"),
             "split": self.split.model_dump(mode="json"),
-            "tuning": self.tuning.model_dump(mode="json", exclude={"timeout_seconds"}),
+            "tuning": self.tuning.model_dump(mode="json", exclude={"timeout_seconds", "workers"}),
             "gates": self.gates.model_dump(mode="json"),
-            "training": self.training.model_dump(mode="json"),
+            # the in-memory engine keeps the digests it had before there was an engine to choose
+            "training": self.training.model_dump(mode="json", include={"refit"}),
         }
+        if self.training.engine is not TrainingEngine.MEMORY:
+            knobs["training"] = self.training.model_dump(mode="json", exclude={"dask": {"scheduler", "workers",
+                                                                                       "memory_limit"}})
         return hashlib.blake2b(json.dumps(knobs, sort_keys=True).encode(), digest_size=4).hexdigest()
 
     def with_overrides(
@@ -493,11 +565,11 @@ class ModelConfig(_Frozen):
         trials: int | None = None,
         timeout_seconds: float | None = None,
         threshold: float | None = None,
+        workers: int | None = None,
     ) -> ModelConfig:
         """A copy with the CLI's or a deployment's overrides applied; None keeps the file's value."""
-        tuning = self.tuning.model_copy(
-            update={k: v for k, v in {"trials": trials, "timeout_seconds": timeout_seconds}.items() if v is not None}
-        )
+        overrides = {"trials": trials, "timeout_seconds": timeout_seconds, "workers": workers}
+        tuning = self.tuning.model_copy(update={k: v for k, v in overrides.items() if v is not None})
         gates = self.gates if threshold is None else self.gates.model_copy(update={"threshold": threshold})
         return self.model_copy(update={"tuning": tuning, "gates": gates})
 

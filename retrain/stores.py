@@ -19,6 +19,7 @@ seconds, not after about 4 minutes of backoff.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Iterable, Iterator, MutableMapping
@@ -93,8 +94,32 @@ def connect_mlflow(settings: Settings) -> str:
             os.environ["MLFLOW_TRACKING_USERNAME"] = username
         if password is not None:
             os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+    elif uri.startswith("sqlite:///"):
+        write_ahead_log(uri.removeprefix("sqlite:///"))
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+@functools.cache
+def write_ahead_log(path: str) -> None:
+    """Put an SQLite MLflow store in WAL mode (once per file and process; the mode is kept in the file).
+
+    MLflow commits every param batch, tag, metric and alias on its own; in SQLite's default rollback-journal
+    mode each commit creates, syncs and deletes a journal file, in WAL mode it appends to one log, and readers
+    (the prediction server polling aliases, `retrain status`) no longer wait for a writer. The warehouse runs
+    in WAL mode already. A path that cannot be opened is left to MLflow, which reports it.
+    """
+    import sqlite3
+
+    if path in ("", ":memory:"):
+        return
+    with contextlib.suppress(sqlite3.Error, OSError):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(path, timeout=30)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+        finally:
+            connection.close()
 
 
 @contextlib.contextmanager

@@ -21,9 +21,9 @@ import contextlib
 import hmac
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +59,8 @@ from serving.routing import CANARY, CHAMPION, choose_arm
 from serving.scoring import CONTENT_TYPES, UnsupportedMediaType, keep_model_columns, scoring_records
 
 logger = logging.getLogger(__name__)
+# A record as the prediction log stores it (compact JSON, anything else as text): one encoder for every record.
+_FEATURES_JSON = json.JSONEncoder(separators=(",", ":"), default=str)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # Where inference runs. A small request is answered on the event loop: it costs well under a millisecond, less than
@@ -245,6 +247,10 @@ class Server:
     def predict(self, records: Sequence[Any], ids: Sequence[str | None], endpoint: str) -> list[dict[str, Any]]:
         """Route, check, predict and log `records`; returns one answer per record in order.
 
+        Column by column wherever it can be: the records are checked and encoded a column at a time
+        (`serving.records.check_records`, `LoadedModel.predict_checked`); what stays per record is what is
+        per record by nature: its request id, its arm (only with a canary), its answer and its journal line.
+
         Raises:
             NotReady: no champion is loaded.
             InvalidRecords: a record does not fit its model (indices are the request's).
@@ -253,16 +259,19 @@ class Server:
         served = self.served()  # read once: the whole request uses this set, whatever swaps meanwhile
         if not records:
             raise InvalidRecords([Problem(None, "records", "no records: send at least one")])
-        routing = [request_id or self._routing_key(record) for request_id, record in zip(ids, records, strict=True)]
-        request_ids = [request_id or uuid.uuid4().hex for request_id in ids]
-        arms = [choose_arm(routing_id or request_id, served.canary_share)
-                for routing_id, request_id in zip(routing, request_ids, strict=True)]
-        groups: dict[str, list[int]] = {}
-        for index, arm in enumerate(arms):
-            groups.setdefault(arm if served.canary is not None else CHAMPION, []).append(index)
+        request_ids = fill_request_ids(ids)
+        if served.canary is None:  # one arm: no routing ids to compute or hash
+            groups: dict[str, list[int]] = {CHAMPION: list(range(len(records)))}
+        else:
+            routing = [request_id or self._routing_key(record) for request_id, record in zip(ids, records,
+                                                                                              strict=True)]
+            groups = {}
+            for index, (routing_id, request_id) in enumerate(zip(routing, request_ids, strict=True)):
+                groups.setdefault(choose_arm(routing_id or request_id, served.canary_share), []).append(index)
         answers: list[dict[str, Any]] = [{} for _ in records]
         rows: list[dict[str, Any]] = []
         at = now()  # the request time; each row's event time is its record's timestamp when it carries one
+        at_text = at.isoformat()  # as the journal writes an instant: formatted once, not once per row
         for arm, indices in groups.items():
             model = served.model_for(arm)
             subset = records if len(indices) == len(records) else [records[i] for i in indices]
@@ -272,19 +281,24 @@ class Server:
             except InvalidRecords as error:
                 raise InvalidRecords([Problem(None if p.record is None else indices[p.record], p.field, p.problem)
                                       for p in error.problems]) from None
-            values = model.predict(checked.records).tolist()
+            values = model.predict_checked(checked.records, checked.columns).tolist()
             elapsed = time.perf_counter() - started
             self.metrics.latency.labels(arm, model.version).observe(elapsed)
             self.metrics.predictions.labels(arm, model.version).inc(len(indices))
+            latency_ms = elapsed * 1000
+            timestamp = spec.timestamp
             for position, index in enumerate(indices):
-                answers[index] = {"request_id": request_ids[index], "prediction": values[position],
-                                  "model": model.name, "version": model.version, "arm": arm}
-                rows.append({"request_id": request_ids[index], "model": model.name, "version": model.version,
-                             "arm": arm, "predicted_at": at, "event_at": event_time(subset[position], spec, at),
-                             "prediction": values[position],
-                             "features": json.dumps(records[index], separators=(",", ":"), default=str),
-                             "key": checked.keys[position], "latency_ms": elapsed * 1000})
-        self.log.submit(rows)
+                record = subset[position]
+                request_id = request_ids[index]
+                answers[index] = {"request_id": request_id, "prediction": values[position], "model": model.name,
+                                  "version": model.version, "arm": arm}
+                rows.append({"request_id": request_id, "model": model.name, "version": model.version,
+                             "arm": arm, "predicted_at": at_text,
+                             "event_at": at_text if timestamp is None or record.get(timestamp) is None else
+                             event_time(record, spec, at).isoformat(),
+                             "prediction": values[position], "features": _FEATURES_JSON.encode(record),
+                             "key": checked.keys[position], "latency_ms": latency_ms})
+        self.log.submit(rows)  # journaled before any answer leaves (serving.journal)
         return answers
 
     def fields(self) -> tuple[frozenset[str], dict[str, str]]:
@@ -308,6 +322,16 @@ class Server:
 
 class NotReady(RuntimeError):
     """No champion is loaded: 503, try again."""
+
+
+def fill_request_ids(ids: Sequence[str | None]) -> list[str]:
+    """The given ids, and a fresh random one (32 hex digits, like `uuid.uuid4().hex`) where none was given: the
+    random bytes of a whole request from one `os.urandom` call, not one per record."""
+    missing = sum(1 for request_id in ids if not request_id)
+    if not missing:
+        return list(ids)  # type: ignore[arg-type]
+    fresh = iter(bytes.hex(os.urandom(16 * missing), " ", 16).split())
+    return [request_id or next(fresh) for request_id in ids]
 
 
 def journal_name(model: str) -> str:

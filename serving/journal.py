@@ -110,7 +110,7 @@ class PredictionJournal:
         """
         if not rows:
             return 0
-        data = "".join(json.dumps(row, separators=(",", ":"), default=_json_default) + "\n" for row in rows).encode()
+        data = "".join(_LINE_JSON.encode(row) + "\n" for row in rows).encode()
         with self._lock:
             if self._write_fd < 0:
                 raise JournalUnavailable("the prediction journal is closed")
@@ -295,8 +295,13 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def _json_default(value: Any) -> Any:
+    """Instants as ISO text (what `PredictionLog` parses back), numpy scalars as numbers."""
     if isinstance(value, datetime | date):
         return value.isoformat()
     if hasattr(value, "item"):  # numpy scalars
         return value.item()
     raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+# One encoder for every line (json.dumps with options builds a new one per call): compact, instants as ISO text.
+_LINE_JSON = json.JSONEncoder(separators=(",", ":"), default=_json_default)

@@ -10,6 +10,14 @@ store forever, so it is marked FAIL first (one training of a model runs at a tim
 found at the start is never alive); and the sampler is seeded with the seed plus the number of trials
 already in the study, because a sampler restarted on its first seed proposes the first trials'
 parameters again.
+
+Parallel tuning (`tuning.workers` > 1): the missing trials run in that many worker processes (Prefect task
+runs, each driving one spawned process) against the one study in a shared RDB storage (PostgreSQL; SQLite is
+refused). The budget counts the study's finished trials across workers (`MaxTrialsCallback`), the TPE
+sampler of each worker has its own seed and lies about running trials (`constant_liar`) so no two workers
+evaluate the same parameters, and Optuna's heartbeat fails the running trial of a worker that died.
+Parallel trials are not reproducible trial by trial (which worker asks first is up to the machine); the
+single-worker path stays seeded and deterministic.
 """
 
 from __future__ import annotations
@@ -17,7 +25,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
+import warnings
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +41,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from retrain.config import ModelConfig, TaskType
-from retrain.errors import DataError
+from retrain.errors import ConfigError, DataError
 from retrain.model_package import encode_rows
 from retrain.settings import get_settings
 from tasks.features import PreparedData, learning_target
@@ -40,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 MAXIMIZED_LIGHTGBM_METRICS = {"auc"}
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+# Parallel workers: a running trial beats every HEARTBEAT_SECONDS; one silent for the grace period is failed.
+HEARTBEAT_SECONDS = 10
+HEARTBEAT_GRACE_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -122,15 +136,24 @@ def study_name_for(config: ModelConfig, fingerprint: str) -> str:
     return f"{config.name}-{fingerprint[:12]}-{knob_hash}"
 
 
-def study_storage(url: str | None) -> optuna.storages.BaseStorage | None:
+def study_storage(url: str | None, heartbeat: bool = False) -> optuna.storages.BaseStorage | None:
     """The study's RDB storage (None: in memory). A SQLite file is switched to WAL, once and for good:
     each pruning report is a commit, and WAL measured about 20% less time per report than SQLite's
     default rollback journal; it also lets a dashboard read while a study writes.
+
+    Args:
+        heartbeat: Beat a heartbeat per running trial (parallel workers): a trial whose worker died is
+            marked FAIL after the grace period by the next trial any worker starts.
     """
     if url is None:
         return None
     is_sqlite = url.startswith("sqlite")
-    storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 30}} if is_sqlite else {})
+    beats = {"heartbeat_interval": HEARTBEAT_SECONDS, "grace_period": HEARTBEAT_GRACE_SECONDS} if heartbeat else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat: experimental since 2.9
+        storage = optuna.storages.RDBStorage(
+            url, engine_kwargs={"connect_args": {"timeout": 30}} if is_sqlite else {}, **beats
+        )
     if is_sqlite:
         with storage.engine.connect() as connection:
             connection.exec_driver_sql("PRAGMA journal_mode=WAL")
@@ -156,36 +179,54 @@ def fail_abandoned_trials(study: optuna.Study, storage: optuna.storages.BaseStor
     return len(running)
 
 
-def tune(
-    config: ModelConfig,
-    train_features: pd.DataFrame,
-    train_target: pd.Series,
-    validation_features: pd.DataFrame,
-    validation_target: pd.Series,
-    storage: str | None,
-    study_name: str,
-    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial, int, int], None] | None = None,
-) -> TuningResult:
-    """Run the trials still missing from the budget, then report the best one.
+@dataclass(frozen=True)
+class TuningFrames:
+    """The encoded rows a trial fits and scores: what every worker of a study needs, and nothing else."""
+
+    train_features: pd.DataFrame
+    train_target: pd.Series
+    validation_features: pd.DataFrame
+    validation_target: pd.Series
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """One trial worker's share of a parallel study: a picklable description, so it runs in another process.
+
+    `budget` is the number of finished trials the study must hold; every worker stops once it does
+    (Optuna's `MaxTrialsCallback` counts the study's trials, not the worker's), so the budget holds across
+    workers however the trials fall between them.
+    """
+
+    config: ModelConfig
+    frames: TuningFrames
+    storage: str
+    study_name: str
+    budget: int
+    seed: int
+    threads: int
+    index: int
+
+
+def make_objective(
+    config: ModelConfig, frames: TuningFrames, threads: int | None = None
+) -> Callable[[optuna.Trial], float]:
+    """The trial function: fit LightGBM with the trial's parameters, prune on the validation curve.
 
     Args:
-        on_trial: Called after each trial run now with the study, the trial, its position among the
-            trials run now (from 1) and how many are planned now.
-
-    Raises:
-        DataError: no trial completed (all pruned or failed), so there is nothing to fit.
+        threads: LightGBM threads per fit (default: the config's); parallel workers share the machine's cores.
     """
     lightgbm_metric = LIGHTGBM_METRIC[config.metric]
-    categorical = [column for column in train_features.columns if column in set(config.features.categorical)]
-    train_set = make_dataset(train_features, train_target, categorical)
+    categorical = [column for column in frames.train_features.columns if column in set(config.features.categorical)]
+    train_set = make_dataset(frames.train_features, frames.train_target, categorical)
     validation_set = lgb.Dataset(
-        validation_features,
-        label=validation_target.to_numpy(),
+        frames.validation_features,
+        label=frames.validation_target.to_numpy(),
         reference=train_set,
         params={"verbosity": -1},
         free_raw_data=False,
     )
-    fixed = base_params(config)
+    fixed = base_params(config) | ({"num_threads": threads} if threads else {})
 
     def objective(trial: optuna.Trial) -> float:
         params = {**fixed, **suggest_params(trial, config)}
@@ -205,6 +246,114 @@ def tune(
         trial.set_user_attr("best_rounds", int(booster.best_iteration or booster.current_iteration()))
         return float(booster.best_score["validation"][lightgbm_metric])
 
+    return objective
+
+
+def make_pruner() -> optuna.pruners.BasePruner:
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=20)
+
+
+def check_workers_storage(workers: int, storage: str | None) -> None:
+    """Refuse parallel workers on a storage they cannot share.
+
+    Raises:
+        ConfigError: `tuning.workers` > 1 with SQLite or in memory: SQLite serialises every write of every
+            worker behind one file lock (and a file is not reachable from another machine), so the workers
+            would wait on each other instead of tuning.
+    """
+    if workers <= 1:
+        return
+    if storage is None or storage.startswith("sqlite"):
+        where = "in memory" if storage is None else "SQLite"
+        raise ConfigError(
+            f"tuning.workers is {workers} but the Optuna storage is {where}: parallel workers need a shared RDB "
+            "storage; set RETRAIN_OPTUNA_STORAGE to a PostgreSQL URL (postgresql+psycopg://...) or use "
+            "tuning.workers: 1"
+        )
+
+
+def worker_seed(seed: int, earlier: int, index: int) -> int:
+    """A distinct sampler seed per worker (and per resume): workers on one seed would propose the same
+    random start-up trials at the same moment."""
+    return seed + earlier + 7919 * index
+
+
+def run_trial_worker(job: WorkerJob) -> int:
+    """One worker: optimise the shared study until it holds `job.budget` finished trials; returns how many
+    trials this worker ran.
+
+    The sampler lies about running trials (`constant_liar`), so two workers never propose what another
+    is evaluating; the storage beats a heartbeat per running trial, so a trial whose worker died is failed
+    by whichever worker starts its next trial after the grace period.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = study_storage(job.storage, heartbeat=True)
+    study = optuna.load_study(
+        study_name=job.study_name,
+        storage=storage,
+        sampler=optuna.samplers.TPESampler(seed=job.seed, constant_liar=True),
+        pruner=make_pruner(),
+    )
+    if len(study.get_trials(deepcopy=False, states=FINISHED_STATES)) >= job.budget:
+        return 0
+    objective = make_objective(job.config, job.frames, threads=job.threads)
+    ran = 0
+
+    def count(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal ran
+        ran += 1
+        logger.info("worker %d: trial %d %s value=%s", job.index, trial.number, trial.state.name, trial.value)
+
+    study.optimize(
+        objective,
+        n_trials=job.budget,
+        timeout=job.config.tuning.timeout_seconds,
+        callbacks=[optuna.study.MaxTrialsCallback(job.budget, states=FINISHED_STATES), count],
+    )
+    return ran
+
+
+RunWorkers = Callable[[list[WorkerJob]], list[int]]
+
+
+def run_workers_in_processes(jobs: list[WorkerJob]) -> list[int]:
+    """Each job in its own process (the standard library's pool): the plain runner, without Prefect."""
+    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(run_trial_worker, jobs))
+
+
+def tune(
+    config: ModelConfig,
+    train_features: pd.DataFrame,
+    train_target: pd.Series,
+    validation_features: pd.DataFrame,
+    validation_target: pd.Series,
+    storage: str | None,
+    study_name: str,
+    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial, int, int], None] | None = None,
+    run_workers: RunWorkers = run_workers_in_processes,
+) -> TuningResult:
+    """Run the trials still missing from the budget, then report the best one.
+
+    With `tuning.workers` > 1 the missing trials run in that many worker processes against the one study
+    in the RDB storage (`run_workers` starts them: Prefect task runs, each driving a process); with one
+    worker they run here, seeded, so a re-run proposes the same trials.
+
+    Args:
+        on_trial: Called after each trial run now with the study, the trial, its position among the
+            trials run now (from 1) and how many are planned now (in this process: one worker only).
+        run_workers: Runs the worker jobs in parallel and returns how many trials each ran.
+
+    Raises:
+        ConfigError: several workers on a storage they cannot share (SQLite, in memory).
+        DataError: no trial completed (all pruned or failed), so there is nothing to fit.
+    """
+    workers = config.tuning.workers
+    check_workers_storage(workers, storage)
+    frames = TuningFrames(train_features, train_target, validation_features, validation_target)
+    lightgbm_metric = LIGHTGBM_METRIC[config.metric]
+    fixed = base_params(config)
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rdb = study_storage(storage)
     study = optuna.create_study(
@@ -213,7 +362,7 @@ def tune(
         load_if_exists=True,
         direction="maximize" if lightgbm_metric in MAXIMIZED_LIGHTGBM_METRICS else "minimize",
         sampler=optuna.samplers.TPESampler(seed=config.tuning.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=20),
+        pruner=make_pruner(),
     )
     abandoned = fail_abandoned_trials(study, rdb) if rdb is not None else 0
     earlier = len(study.trials)
@@ -222,7 +371,17 @@ def tune(
         study.sampler = optuna.samplers.TPESampler(seed=config.tuning.seed + earlier)
     finished = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
     remaining = max(config.tuning.trials - finished, 0)
-    if remaining:
+    if remaining and workers > 1:
+        assert storage is not None  # check_workers_storage refused the rest
+        threads = max(config.tuning.threads // workers, 1)
+        jobs = [
+            WorkerJob(config, frames, storage, study_name, config.tuning.trials,
+                      worker_seed(config.tuning.seed, earlier, index), threads, index)
+            for index in range(min(workers, remaining))
+        ]
+        run_workers(jobs)
+    elif remaining:
+        objective = make_objective(config, frames)
         position = iter(range(1, remaining + 1))
 
         def report(current: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -277,6 +436,33 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 # --- Prefect tasks -------------------------------------------------------------------------------
 
 
+@task(name="tuning-worker", cache_policy=NO_CACHE)
+def tuning_worker(job: WorkerJob, pool: Executor) -> int:
+    """One trial worker as a Prefect task run (its own state and log line in the UI); its trials run in a
+    process of `pool`, so workers use every core instead of sharing one interpreter's lock."""
+    ran = pool.submit(run_trial_worker, job).result()
+    get_run_logger().info("worker %d ran %d trial(s) on study %s", job.index, ran, job.study_name)
+    return ran
+
+
+def run_workers_as_prefect_tasks(jobs: list[WorkerJob]) -> list[int]:
+    """The workers as Prefect task runs on a thread pool, each driving one process that runs its trials.
+
+    Not Prefect's `ProcessPoolTaskRunner`: measured under the CLI's temporary server (Prefect 3.9.1), its
+    parent-side thread that forwards the processes' logs and events does not see the run's settings, so it
+    started a second Prefect server of its own and the pool took 14 s to stop. Here the processes need no
+    Prefect at all (Optuna and LightGBM only), and they are spawned, not forked from a process with threads.
+    """
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(jobs), mp_context=spawn) as pool, ThreadPoolTaskRunner(
+        max_workers=len(jobs)
+    ) as runner:
+        futures = [runner.submit(tuning_worker, parameters={"job": job, "pool": pool}) for job in jobs]
+        return [future.result() for future in futures]
+
+
 @task(name="tune-hyperparameters", cache_policy=NO_CACHE)
 def tune_hyperparameters(data: PreparedData, config: ModelConfig) -> TuningResult:
     """Tune against the persistent study; logs each trial so a long search shows its progress."""
@@ -299,6 +485,7 @@ def tune_hyperparameters(data: PreparedData, config: ModelConfig) -> TuningResul
         storage=settings.resolved_optuna_storage(),
         study_name=study_name,
         on_trial=report,
+        run_workers=run_workers_as_prefect_tasks,
     )
     log.info(
         "study %s: %d trial(s) run now; it holds %d finished (%d complete, %d pruned) for a budget of %d%s; "

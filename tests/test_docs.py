@@ -19,12 +19,15 @@ from pydantic import BaseModel
 from retrain.clock import format_duration
 from retrain.config import (
     CanaryConfig,
+    DaskConfig,
+    DeploymentConfig,
     FeaturesConfig,
     GatesConfig,
     ModelConfig,
     MonitoringConfig,
     ReleaseConfig,
     RollbackConfig,
+    ScheduleConfig,
     SourceConfig,
     SplitConfig,
     TargetConfig,
@@ -48,8 +51,10 @@ MODEL_SECTIONS: dict[str, type[BaseModel]] = {
     "training": TrainingConfig,
     "monitoring": MonitoringConfig,
     "release": ReleaseConfig,
+    "deployment": DeploymentConfig,
 }
-NESTED_SECTIONS: dict[str, type[BaseModel]] = {"release.canary": CanaryConfig, "release.rollback": RollbackConfig}
+NESTED_SECTIONS: dict[str, type[BaseModel]] = {"release.canary": CanaryConfig, "release.rollback": RollbackConfig,
+                                               "training.dask": DaskConfig, "deployment.schedules": ScheduleConfig}
 
 
 def documented_rows(part: str) -> dict[str, list[str]]:

@@ -21,6 +21,7 @@ from retrain.cli.app import (
 from retrain.config import load_model_config
 from retrain.errors import ExitCode
 from retrain.jsonable import to_jsonable
+from retrain.settings import get_settings
 
 
 @app.command()
@@ -40,6 +41,11 @@ def train(
                      min=1, max=1_000_000),
     ] = None,
     timeout: Annotated[float | None, typer.Option(help="Tuning budget in seconds.", min=1, max=30 * 86_400)] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Parallel tuning workers on the study (overrides tuning.workers; more than 1 needs "
+                     "RETRAIN_OPTUNA_STORAGE on PostgreSQL).", min=1, max=256),
+    ] = None,
     max_metric: Annotated[
         float | None, typer.Option(help="Absolute gate for a lower-is-better metric (e.g. MAE).")
     ] = None,
@@ -51,11 +57,14 @@ def train(
     """Ingest, tune, train, gate and register a model: champion or challenger (exit 0), skipped because
     nothing is new (exit 0), or rejected by a gate (exit 1, with the reason)."""
     prepare_environment()
-    model = load_model_config(config)
+    model = load_model_config(config).with_overrides(workers=workers)
     threshold = _threshold_override(model.lower_is_better, model.metric, max_metric, min_metric)
     instant = parse_instant_option(as_of, "--as-of")
     with stdout_to_stderr():
         check_stores_first("warehouse")
+        from tasks.tuning import check_workers_storage
+
+        check_workers_storage(model.tuning.workers, get_settings().resolved_optuna_storage())
         from retrain.contract import check_model_source
         from retrain.warehouse import get_warehouse
 
@@ -66,7 +75,7 @@ def train(
 
             outcome = train_model(
                 config_path=str(config), as_of=instant, trials=trials or 0, timeout_seconds=timeout or 0.0,
-                threshold=threshold
+                threshold=threshold, workers=workers or 0
             )
     code = ExitCode.REFUSED if outcome.rejected else ExitCode.OK
     if code and not as_json:

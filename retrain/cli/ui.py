@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 
 from retrain.cli.app import JsonOption, app, prepare_environment
@@ -132,6 +131,8 @@ def wait_until_up(service: UiService, process: subprocess.Popen[bytes], log: Pat
     Raises:
         typer.Exit: the server ended, or did not answer within `READY_TIMEOUT_SECONDS` (its log says why).
     """
+    import httpx  # here, not at import: every other command would pay for it
+
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     with httpx.Client(timeout=2.0) as client:
         while time.monotonic() < deadline:

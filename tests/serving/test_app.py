@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from retrain import mlflow_keys as keys
+from retrain.contract import read_contract
 from retrain.warehouse import (
     PREDICTION_TABLE,
     Warehouse,
@@ -109,6 +110,38 @@ def test_predictions_equal_the_models_own_output_on_raw_rows(registry: Registry)
     for response in invocations:
         assert response.status_code == 200 and response.headers["x-model-version"] == "1"
         assert response.json() == {"predictions": expected.tolist()}
+
+
+@pytest.mark.parametrize("count", [1, 100, 1000])
+def test_the_columnar_path_answers_exactly_what_the_pyfunc_answers(registry: Registry, count: int) -> None:
+    """Issue 19: whole requests checked and encoded column by column give the pyfunc's own predictions, bit for
+    bit, with nulls and categories the model never saw, in every body form and on /predict (with its key)."""
+    numeric, categorical = registry.config.features.numeric, registry.config.features.categorical
+    nullable = {name for name, rule in read_contract(registry.config.contract_path).columns.items() if rule.nullable}
+    frame = registry.rows[list(dict.fromkeys([*registry.config.features.all, *registry.config.source.key]))]
+    frame = frame.iloc[:count].reset_index(drop=True).astype(object)
+    for step, column in enumerate(sorted(nullable & {*numeric, *categorical})):  # nulls where the contract allows
+        frame.loc[step % count :: 7 + step, column] = None
+    for step, column in enumerate(categorical):  # categories the model never saw
+        frame.loc[(step + 1) % count :: 5 + step, column] = f"never-seen-{step}"
+    assert count == 1 or frame[list(nullable & set(numeric))].isna().any().all()
+    features = frame[registry.config.features.all]
+    expected = pyfunc_predictions("1", features.astype({name: "float64" for name in numeric})).tolist()
+    records = json.loads(frame.to_json(orient="records"))
+    feature_records = json.loads(features.to_json(orient="records"))
+    split = {"columns": registry.config.features.all, "data": features.where(features.notna(), None).to_numpy()
+             .tolist()}
+    with http_client(create_app(registry.config, registry.settings())) as client:
+        answer = client.post("/predict", json={"records": records})
+        invocations = [client.post("/invocations", json=body) for body in (
+            {"dataframe_records": feature_records}, {"dataframe_split": split}, {"inputs": feature_records})]
+        assert client.get("/ready").status_code == 200
+
+    assert answer.status_code == 200, answer.text
+    assert [p["prediction"] for p in answer.json()["predictions"]] == expected
+    for response in invocations:
+        assert response.status_code == 200, response.text
+        assert response.json() == {"predictions": expected}
 
 
 def test_arms_follow_a_stable_hash_with_the_share_asked_for() -> None:

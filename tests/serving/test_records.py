@@ -18,6 +18,7 @@ from serving.records import (
     as_instant,
     build_input_spec,
     check_records,
+    clean_columns,
     event_time,
     kind_of_signature_type,
     record_key,
@@ -160,3 +161,46 @@ def test_a_record_is_logged_at_its_own_timestamp_else_at_the_request_time() -> N
     assert event_time({"temp": 1.0, "time_hour": "2013-01-01T05:00:00"}, keyed, request) == datetime(2013, 1, 1, 5)
     problems = record_problems(0, {"temp": 1.0, "day": "soon"}, spec)
     assert [(problem.field, problem.problem.startswith("expected")) for problem in problems] == [("day", True)]
+
+
+def test_clean_records_are_checked_column_by_column() -> None:
+    without_key = {name: value for name, value in GOOD.items() if name not in SPEC.key}
+    records = [GOOD, {**GOOD, "temp": None, "carrier": None, "distance": 12.0}, without_key,
+               {**GOOD, "time_hour": 1357016400000, "temp": 3}]
+    columns = clean_columns(records, SPEC)
+
+    assert columns == {name: [record[name] for record in records] for name in SPEC.features}
+    assert check_records(records, SPEC).columns == columns
+    assert check_records(records, SPEC).keys[0] == check_records(records, SPEC).keys[3]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"carrier": 1},  # a number in a text column
+        {"carrier": "U\x00A"},  # NUL
+        {"carrier": "\ud800"},  # a lone surrogate
+        {"temp": float("nan")},  # not finite
+        {"temp": 10**400},  # beyond a float
+        {"distance": None},  # null where the contract forbids it
+        {"distance": 12.5},  # not whole
+        {"distance": 2**63},  # beyond int64
+        {"distance": True},  # a boolean is no number
+        {"flight": None},  # an optional key column sent as null: still refused
+        {"time_hour": "soon"},  # not an instant
+        {"extra": 1},  # an unknown field
+    ],
+)
+def test_anything_the_columns_cannot_clear_is_checked_record_by_record(change: dict[str, Any]) -> None:
+    records = [GOOD, {**GOOD, **change}]
+
+    assert clean_columns(records, SPEC) is None
+    problems = [problem for index, record in enumerate(records) for problem in record_problems(index, record, SPEC)]
+    with pytest.raises(InvalidRecords) as raised:
+        check_records(records, SPEC)
+    assert raised.value.problems == problems and problems and problems[0].record == 1
+
+
+def test_a_missing_feature_or_a_record_that_is_no_object_is_left_to_the_record_check() -> None:
+    assert clean_columns([GOOD, {"temp": 1.0, "carrier": "UA"}], SPEC) is None
+    assert clean_columns([GOOD, [1, 2]], SPEC) is None

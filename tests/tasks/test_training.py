@@ -168,3 +168,8 @@ def test_a_residual_over_last_week_follows_a_trend_the_level_model_cannot() -> N
 def test_residual_of_must_follow_the_series() -> None:
     with pytest.raises(ValueError, match="constant"):
         tiny_config(target={"column": "units", "residual_of": "median"})
+
+
+def test_residual_of_is_refused_on_the_dask_engine() -> None:
+    with pytest.raises(ValueError, match="dask"):
+        tiny_config(target={"column": "units", "residual_of": "seasonal 7d"}, training={"engine": "dask"})

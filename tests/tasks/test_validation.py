@@ -264,6 +264,13 @@ def test_a_few_bad_rows_leave_the_rest_passing(batch: pd.DataFrame, contract: Co
         (ColumnRule(type=ColumnType.FLOAT, decimal_comma=True), ["1,5", " -2,25 "], [1.5, -2.25], 2, 0),
         (ColumnRule(type=ColumnType.INTEGER, decimal_comma=True), ["12,0", "12,5"], [12, None], 1, 1),
         (ColumnRule(type=ColumnType.STRING), [" UA", "AA", 9, None], ["UA", "AA", "9", None], 2, 0),
+        # Mixed columns as SQLite returns them (numbers beside a fault's text): the numbers take numpy's fast
+        # conversion, a str subclass is still text, a bool or a Decimal still goes through to_numeric, and an
+        # integer too long for a float is still a failure.
+        (ColumnRule(type=ColumnType.INTEGER), [5.0, 6, np.str_(" 7 "), "x", None, float("nan")],
+         [5, 6, 7, None, None, None], 1, 1),
+        (ColumnRule(type=ColumnType.INTEGER), [5.0, 10**400, "8"], [5, None, 8], 1, 1),
+        (ColumnRule(type=ColumnType.FLOAT), [1.5, True, "2.5"], [1.5, 1.0, 2.5], 1, 0),
     ],
 )
 def test_coerce_column(
