@@ -4,7 +4,8 @@
 
 1. **Tuning**: one Optuna study on PostgreSQL (a database of its own, dropped after), the flights rows of the 60
    days before 2013-03-01 (train/validation split as the flow makes it), the same trial budget with 1 and with 2
-   worker processes (`tasks.tuning.tune`, the processes the flow's task runs drive). Prints wall time, best value,
+   worker processes (`tasks.tuning.tune`, the processes the flow's task runs drive), one worker both with 2 and
+   with 1 LightGBM thread (two workers get 1 thread each: `threads // workers`). Prints wall time, best value,
    finished trials, the mean time of one trial, and the projection to 8 workers from that per-trial cost:
    ceil(budget / 8) x per-trial time + the measured start-up of the worker processes (assumes 8 free cores).
 2. **Dask vs in memory**: the whole flights year (327k rows, the largest snapshot both fit here) written as the
@@ -80,7 +81,9 @@ def tuning_part(trials: int) -> None:
     from tasks.features import make_target, prepare_data, training_window
     from tasks.tuning import run_workers_in_processes, tune
 
-    config = load_model_config(REPO / "examples" / "flights.yaml").with_overrides(trials=trials)
+    example = load_model_config(REPO / "examples" / "flights.yaml").with_overrides(trials=trials)
+    # no time budget: both runs must reach the same number of finished trials
+    config = example.model_copy(update={"tuning": example.tuning.model_copy(update={"timeout_seconds": None})})
     window = training_window(config, datetime(2013, 3, 1), as_of_given=True)
     frame = read_flights_example()
     frame = frame[(frame["time_hour"] >= window.start) & (frame["time_hour"] < window.end)].reset_index(drop=True)
@@ -90,7 +93,9 @@ def tuning_part(trials: int) -> None:
     print(f"\n## Tuning: {len(frame):,} rows (train {len(data.split.train):,}), budget {trials} finished trials, "
           f"PostgreSQL study")
     per_trial = None
-    for workers in (1, 2):
+    # (workers, LightGBM threads per trial): one worker with the config's 2 threads, one with 1 thread (the same
+    # per-trial threads as each of 2 workers), two workers with 1 thread each (what tuning.workers: 2 gives).
+    for workers, threads in ((1, 2), (1, 1), (2, 2)):
         spawn: list[float] = []
 
         def timed_workers(jobs: list, spawn: list[float] = spawn) -> list[int]:
@@ -99,16 +104,18 @@ def tuning_part(trials: int) -> None:
             spawn.append(time.perf_counter() - started)
             return counts
 
-        workers_config = config.model_copy(update={"tuning": config.tuning.model_copy(update={"workers": workers})})
+        workers_config = config.model_copy(update={"tuning": config.tuning.model_copy(
+            update={"workers": workers, "threads": threads})})
         with Database("retrain_bench_optuna") as storage:
             started = time.perf_counter()
             result = tune(workers_config, *arrays, storage=storage, study_name="bench", run_workers=timed_workers)
             wall = time.perf_counter() - started
         durations = result.trials["duration"].dropna()
         mean = float(durations.mean())
-        if workers == 1:
+        if (workers, threads) == (1, 1):
             per_trial = mean
-        print(f"workers={workers}: wall {wall:6.1f} s, best validation MAE {result.best_value:.4f}, "
+        print(f"workers={workers} (LightGBM threads per trial {max(threads // workers, 1)}): wall {wall:6.1f} s, "
+              f"best validation MAE {result.best_value:.4f}, "
               f"{result.in_study} finished ({result.complete} complete, {result.pruned} pruned), "
               f"mean trial {mean:.2f} s")
     assert per_trial is not None
@@ -117,7 +124,7 @@ def tuning_part(trials: int) -> None:
           "+ worker start-up (~2-5 s measured per pool here)")
 
 
-def dask_part() -> None:
+def dask_part(memory_limit: str) -> None:
     from retrain.config import load_model_config
     from retrain.warehouse import get_warehouse, read_window, write_frame
     from tasks.dask_training import fit_on_dask, prepare_partitioned
@@ -127,7 +134,7 @@ def dask_part() -> None:
 
     raw = load_model_config(REPO / "examples" / "flights.yaml")
     config = raw.model_copy(update={"training": raw.training.model_copy(update={"dask": raw.training.dask.model_copy(
-        update={"workers": 2, "threads_per_worker": 1, "memory_limit": "1.5GB", "tuning_rows": 50_000})})})
+        update={"workers": 2, "threads_per_worker": 1, "memory_limit": memory_limit, "tuning_rows": 50_000})})})
     frame = read_flights_example()
     warehouse = get_warehouse()
     write_frame(warehouse, frame, config.source.clean, if_exists="replace")
@@ -148,7 +155,8 @@ def dask_part() -> None:
     partitioned = prepare_partitioned(config, window, None, warehouse)
     on_dask = fit_on_dask(partitioned, config, FIXED, ROUNDS)
     dask_seconds = time.perf_counter() - started
-    print(f"dask (LocalCluster 2x1 thread, {len(partitioned.fit_ranges)} partitions of 7d): {dask_seconds:6.1f} s "
+    print(f"dask (LocalCluster 2x1 thread, {memory_limit} each, {len(partitioned.fit_ranges)} partitions of 7d): "
+          f"{dask_seconds:6.1f} s "
           f"(cluster start included), holdout MAE {on_dask.metrics.value:.4f}")
 
 
@@ -200,13 +208,15 @@ def main() -> None:
     parser.add_argument("--part", default="tuning,dask,ingest")
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--ingest-rows", type=int, default=327_346)
+    # 1.5GB measured too little: each worker imports the training stack (~1 GiB unmanaged) and paused at 80%
+    parser.add_argument("--dask-memory", default="3GB", help="LocalCluster memory limit per worker.")
     arguments = parser.parse_args()
     print(f"before: {uptime()}")
     parts = arguments.part.split(",")
     if "tuning" in parts:
         tuning_part(arguments.trials)
     if "dask" in parts:
-        dask_part()
+        dask_part(arguments.dask_memory)
     if "ingest" in parts:
         ingest_part(arguments.ingest_rows)
     print(f"\nafter: {uptime()}")

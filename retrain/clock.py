@@ -273,6 +273,8 @@ def format_duration(duration: timedelta) -> str:
 def shift_back(moment: datetime, duration: timedelta) -> datetime:
     """`moment - duration`, counting calendar months for a `CalendarDuration` (31 March - 1mo = 28 February)."""
     if isinstance(duration, CalendarDuration):
+        import pandas as pd  # here, not at import: commands that need no pandas do not load it
+
         return (pd.Timestamp(moment) - pd.DateOffset(months=duration.months)).to_pydatetime()
     return moment - duration
 
@@ -280,6 +282,8 @@ def shift_back(moment: datetime, duration: timedelta) -> datetime:
 def shift_forward(moment: datetime, duration: timedelta) -> datetime:
     """`moment + duration`, counting calendar months for a `CalendarDuration`."""
     if isinstance(duration, CalendarDuration):
+        import pandas as pd  # here, not at import: commands that need no pandas do not load it
+
         return (pd.Timestamp(moment) + pd.DateOffset(months=duration.months)).to_pydatetime()
     return moment + duration
 

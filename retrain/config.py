@@ -15,7 +15,6 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
-from retrain.baselines import parse_forecaster
 from retrain.clock import Window, format_duration, parse_duration, parse_instant
 from retrain.errors import ConfigError
 
@@ -242,6 +241,8 @@ class GatesConfig(_Frozen):
     @field_validator("baselines", mode="before")
     @classmethod
     def _forecasters(cls, value: Any) -> list[str] | None:
+        from retrain.baselines import parse_forecaster  # pandas and numpy: not for `retrain --help`
+
         if value is None:
             return None
         if isinstance(value, str | dict):

@@ -138,3 +138,28 @@ def test_workers_run_as_prefect_task_runs(small_problem, optuna_database: str, p
     assert parallel_tuning() >= 4
     params = [tuple(sorted(t.params.items())) for t in finished(optuna_database, "prefect")]
     assert len(set(params)) == len(params)
+
+
+def test_a_dead_workers_running_trial_is_failed_by_the_heartbeat(
+    small_problem, optuna_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from tasks import tuning
+    from tasks.tuning import TuningFrames, WorkerJob, run_trial_worker, study_storage
+
+    monkeypatch.setattr(tuning, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(tuning, "HEARTBEAT_GRACE_SECONDS", 2)
+    config, arrays = small_problem
+    storage = study_storage(optuna_database, heartbeat=True)
+    study = optuna.create_study(study_name="dead", storage=storage)
+    dead = study.ask()  # a worker took this trial, beat once, and died
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(3)
+    job = WorkerJob(config, TuningFrames(*arrays), optuna_database, "dead", budget=2, seed=1, threads=1, index=0)
+    assert run_trial_worker(job) == 2
+    trials = optuna.load_study(study_name="dead", storage=optuna_database).trials
+    states = {trial.number: trial.state for trial in trials}
+    assert states[dead.number] == TrialState.FAIL
+    assert sorted(state.name for number, state in states.items() if number != dead.number) in (
+        ["COMPLETE", "COMPLETE"], ["COMPLETE", "PRUNED"], ["PRUNED", "PRUNED"])
