@@ -83,6 +83,8 @@ class TargetConfig(_Frozen):
     def _forecaster(cls, value: Any) -> str | None:
         if value is None:
             return None
+        from retrain.baselines import parse_forecaster  # pandas and numpy: not for `retrain --help`
+
         forecaster = parse_forecaster(value)
         if forecaster.is_constant:
             raise ValueError(f"residual_of needs a forecaster that follows the series (last-value, seasonal 7d), "
