@@ -197,8 +197,8 @@ def lookup_times(
         return times - period
     cut = pd.Timestamp(known_until)
     # smallest k >= 1 with t - k·period < cut  ⇔  k > (t - cut) / period
-    ahead = (times - cut) / period
-    steps = np.maximum(np.floor(ahead.to_numpy(dtype="float64")) + 1, 1)
+    ahead = (times - cut).to_numpy(dtype="timedelta64[ns]").astype("int64")  # integer ns: exact slots
+    steps = np.maximum(np.floor_divide(ahead, period.value) + 1, 1)
     return times - pd.to_timedelta(steps * period.value, unit="ns")
 
 
@@ -241,6 +241,7 @@ def naive_predictions(
                                    known_until).to_numpy(),
         "__position": np.arange(len(rows)),
     })
+    wanted = wanted[wanted[_TIME_COLUMN].notna()]  # a row without a time has no season: the fallback
     if series.empty or wanted.empty:
         return np.full(len(rows), fallback, dtype="float64")
     ordered = wanted.sort_values(_TIME_COLUMN, kind="stable")

@@ -71,10 +71,32 @@ class TargetConfig(_Frozen):
     positive_above: float | None = Field(
         default=None, description="Binary task: the label is `column > positive_above`."
     )
+    residual_of: str | None = Field(
+        default=None,
+        description="A naive forecaster (`last-value`, `seasonal 7d`) the model predicts the change from: it learns "
+        "target - naive and adds the naive value back, so a trend the trees cannot extrapolate is carried by the "
+        "naive value. The model carries its window's values per series (gates.baseline_group) to look it up.",
+    )
+
+    @field_validator("residual_of", mode="before")
+    @classmethod
+    def _forecaster(cls, value: Any) -> str | None:
+        if value is None:
+            return None
+        from retrain.baselines import parse_forecaster  # pandas and numpy: not for `retrain --help`
+
+        forecaster = parse_forecaster(value)
+        if forecaster.is_constant:
+            raise ValueError(f"residual_of needs a forecaster that follows the series (last-value, seasonal 7d), "
+                             f"not the constant '{forecaster.kind}'")
+        return forecaster.spec
+
     @model_validator(mode="after")
     def _binary_needs_cut(self) -> TargetConfig:
         if self.task is TaskType.BINARY and self.positive_above is None:
             raise ValueError("target.positive_above is required when target.task is 'binary'")
+        if self.task is TaskType.BINARY and self.residual_of is not None:
+            raise ValueError("target.residual_of applies to a regression target, not a binary one")
         return self
 
 
@@ -497,6 +519,9 @@ class ModelConfig(_Frozen):
             raise ValueError(f"metric '{self.metric}' does not fit task '{self.target.task}': use one of {allowed}")
         if not self.features.all:
             raise ValueError("features: name at least one numeric or categorical column")
+        if self.target.residual_of is not None and self.training.engine is TrainingEngine.DASK:
+            raise ValueError("target.residual_of is not supported with training.engine: dask (the Dask fit learns "
+                             "the level): use engine: memory, or drop residual_of")
         unknown = sorted(set(self.monitoring.key_features) - set(self.features.all))
         if unknown:
             raise ValueError(f"monitoring.key_features {unknown} are not features: use some of {self.features.all}")

@@ -36,6 +36,109 @@ CALENDAR_FEATURES = ("hour", "dayofweek", "dayofmonth", "month", "dayofyear", "i
 
 
 @dataclass(frozen=True)
+class Residual:
+    """The naive forecaster a residual model predicts the change from, with the values it reads.
+
+    The booster learns `target - naive` and the model adds the naive value back, so a trend the trees cannot
+    extrapolate is carried by the naive value. The model carries the labelled series of its training window
+    (per entity: times and values) and the cut after which it knows no value, and applies the one rule of
+    `retrain.baselines` (tested equal there): `last-value` is the entity's newest value before the row and before
+    the cut; `seasonal` the value at `t - k·period` for the smallest `k >= 1` landing before the cut (within one
+    period of that slot). A row with no usable value gets `fallback` (the median of the known values).
+    """
+
+    kind: str
+    period_seconds: float | None
+    cut: str
+    fallback: float
+    timestamp: str
+    entity: tuple[str, ...] = ()
+    entities: tuple[str, ...] = ()
+    times: tuple[int, ...] = ()  # nanoseconds since the epoch, naive UTC
+    values: tuple[float, ...] = ()
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return (self.timestamp, *self.entity)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "period_seconds": self.period_seconds, "cut": self.cut, "fallback": self.fallback,
+                "timestamp": self.timestamp, "entity": list(self.entity), "entities": list(self.entities),
+                "times": list(self.times), "values": list(self.values)}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Residual:
+        return cls(kind=raw["kind"], period_seconds=raw["period_seconds"], cut=raw["cut"], fallback=raw["fallback"],
+                   timestamp=raw["timestamp"], entity=tuple(raw["entity"]), entities=tuple(raw["entities"]),
+                   times=tuple(raw["times"]), values=tuple(raw["values"]))
+
+
+def entity_labels(columns: Sequence[Column]) -> np.ndarray:
+    """One text label per row naming its series: numbers canonical (7, 7.0 and "7" agree), missing as `<NA>`."""
+    def label(value: Any) -> str:
+        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+            return "<NA>"
+        if isinstance(value, float | np.floating) and float(value).is_integer():
+            return str(int(value))
+        if isinstance(value, np.integer):
+            return str(int(value))
+        return str(value)
+
+    parts = [[label(value) for value in column] for column in columns]
+    if not parts:
+        return np.array([], dtype=object)
+    return np.array(["\x1f".join(values) for values in zip(*parts, strict=True)], dtype=object)
+
+
+def build_residual(
+    history: pd.DataFrame, target: np.ndarray, timestamp: str, entity: Sequence[str], kind: str,
+    period_seconds: float | None, cut: pd.Timestamp,
+) -> Residual:
+    """The residual base learned from labelled `history` rows (`target` their labels) known before `cut`."""
+    times = instant_values(history[timestamp])
+    values = np.asarray(target, dtype="float64")
+    known = np.asarray((times < cut) & ~times.isna()) & np.isfinite(values)
+    labels = entity_labels([history[column] for column in entity]) if entity else np.full(len(history), "")
+    series = pd.DataFrame({"entity": labels[known], "time": times[known].asi8, "value": values[known]})
+    series = series.groupby(["entity", "time"], as_index=False)["value"].mean().sort_values("time", kind="stable")
+    fallback = float(np.median(values[known])) if known.any() else 0.0
+    return Residual(kind=kind, period_seconds=period_seconds, cut=cut.isoformat(), fallback=fallback,
+                    timestamp=timestamp, entity=tuple(entity), entities=tuple(series["entity"]),
+                    times=tuple(int(t) for t in series["time"]), values=tuple(float(v) for v in series["value"]))
+
+
+def residual_base(columns: Mapping[str, Column], residual: Residual, rows: int) -> np.ndarray:
+    """The naive value of every row by the residual's rule (see `Residual`), `fallback` where there is none."""
+    times = instant_values(columns[residual.timestamp])
+    labels = entity_labels([columns[column] for column in residual.entity]) if residual.entity else \
+        np.full(rows, "", dtype=object)
+    cut = pd.Timestamp(residual.cut)
+    stamps = times.asi8  # integer nanoseconds: a float would lose the 1 ns that keeps a row's own value out
+    if residual.kind == "last-value":
+        slots = np.minimum(stamps - 1, cut.value - 1)
+        tolerance = None
+    else:
+        period = int(round(float(residual.period_seconds) * 1e9))
+        steps = np.maximum(np.floor_divide(stamps - cut.value, period) + 1, 1)
+        slots = stamps - steps * period
+        tolerance = pd.Timedelta(period, unit="ns")
+    result = np.full(rows, residual.fallback, dtype="float64")
+    valid = ~np.asarray(times.isna())
+    if not residual.times or not valid.any():
+        return result
+    wanted = pd.DataFrame({"entity": labels[valid], "time": pd.to_datetime(slots[valid]),
+                           "position": np.flatnonzero(valid)}).sort_values("time", kind="stable")
+    series = pd.DataFrame({"entity": np.array(residual.entities, dtype=object),
+                           "time": pd.to_datetime(np.array(residual.times, dtype="int64")),
+                           "value": np.array(residual.values, dtype="float64")})
+    matched = pd.merge_asof(wanted, series, on="time", by="entity", direction="backward", tolerance=tolerance)
+    found = matched["value"].to_numpy(dtype="float64")
+    positions = matched["position"].to_numpy()
+    result[positions] = np.where(np.isnan(found), residual.fallback, found)
+    return result
+
+
+@dataclass(frozen=True)
 class Encoding:
     """How raw rows become model inputs: which columns, in which order, and each category's code.
 
@@ -55,6 +158,7 @@ class Encoding:
     timestamp: str | None = None
     calendar: tuple[str, ...] = ()
     holidays: str | None = None
+    residual: Residual | None = None
 
     @property
     def calendar_columns(self) -> tuple[str, ...]:
@@ -68,8 +172,11 @@ class Encoding:
 
     @property
     def inputs(self) -> tuple[str, ...]:
-        """The raw columns a row must carry: the features, and the timestamp when calendar features use it."""
-        return (*self.numeric, *self.categorical, *((self.timestamp,) if self.calendar else ()))
+        """The raw columns a row must carry: the features, the timestamp when calendar features use it, and the
+        timestamp and series columns a residual model looks its naive value up by."""
+        columns = (*self.numeric, *self.categorical, *((self.timestamp,) if self.calendar else ()),
+                   *(self.residual.inputs if self.residual is not None else ()))
+        return tuple(dict.fromkeys(columns))
 
     def to_json(self) -> str:
         raw: dict[str, Any] = {
@@ -79,6 +186,8 @@ class Encoding:
         }
         if self.calendar:
             raw |= {"timestamp": self.timestamp, "calendar": list(self.calendar), "holidays": self.holidays}
+        if self.residual is not None:
+            raw["residual"] = self.residual.to_dict()
         return json.dumps(raw, indent=1)
 
     @classmethod
@@ -91,6 +200,7 @@ class Encoding:
             timestamp=raw.get("timestamp"),
             calendar=tuple(raw.get("calendar", ())),
             holidays=raw.get("holidays"),
+            residual=Residual.from_dict(raw["residual"]) if raw.get("residual") else None,
         )
 
 
@@ -328,7 +438,17 @@ class RawRowModel(PythonModel):
         self.encoding = Encoding.from_json(Path(context.artifacts[ENCODING_ARTIFACT]).read_text(encoding="utf-8"))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> np.ndarray:
-        return np.asarray(self.booster.predict(encode_rows(model_input, self.encoding)), dtype="float64")
+        return predict_frame(self.booster, self.encoding, model_input)
+
+
+def predict_frame(booster: lgb.Booster, encoding: Encoding, frame: pd.DataFrame) -> np.ndarray:
+    """The model's predictions for raw rows: the booster's, plus the naive value for a residual model. Training
+    scores its holdout through here too, so the flow's numbers are the registered model's."""
+    predictions = np.asarray(booster.predict(encode_rows(frame, encoding)), dtype="float64")
+    residual = getattr(encoding, "residual", None)
+    if residual is not None:
+        predictions = predictions + residual_base({c: frame[c] for c in residual.inputs}, residual, len(frame))
+    return predictions
 
 
 # MLflow loads a model from code by running its copy of this file under a generated module name and

@@ -153,6 +153,8 @@ def direct_columns_predictor(python_model: Any) -> ColumnsPredictor | None:
     booster = getattr(python_model, "booster", None)
     if encoding is None or booster is None or not hasattr(encoding, "vocabulary"):
         return None
+    if getattr(encoding, "residual", None) is not None:  # adds a looked-up naive value: the model's own predict
+        return None
 
     def predict(columns: Mapping[str, Sequence[Any]], rows: int) -> np.ndarray:
         threads = {"num_threads": 1} if rows <= SINGLE_THREAD_ROWS else {}

@@ -44,7 +44,7 @@ from retrain.baselines import NaiveForecaster, entity_columns, naive_predictions
 from retrain.clock import CalendarDuration, shift_back
 from retrain.config import ModelConfig, TaskType
 from retrain.errors import ConfigError, DataError
-from retrain.model_package import encode_rows
+from retrain.model_package import predict_frame
 from tasks.comparison import compare_with_champion
 from tasks.features import make_target, prepare_data, training_window
 from tasks.release import (
@@ -188,7 +188,7 @@ class ModelFitter:
         def predict(frame: pd.DataFrame) -> np.ndarray:
             if frame.empty:
                 return np.empty(0, dtype="float64")
-            return np.asarray(released.booster.predict(encode_rows(frame, released.encoding)), dtype="float64")
+            return predict_frame(released.booster, released.encoding, frame)  # a residual model adds its base
 
         metrics = fitted.metrics
         return BacktestModel(as_of, window.start, predict, data.split.holdout, fitted.holdout_target,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import numpy as np
@@ -18,11 +18,12 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from retrain.baselines import entity_columns, parse_forecaster
 from retrain.clock import model_as_of
 from retrain.config import ModelConfig, TargetConfig, TaskType
 from retrain.contract import Contract
 from retrain.errors import ConfigError, DataError
-from retrain.model_package import Encoding, build_encoding
+from retrain.model_package import Encoding, build_encoding, build_residual, residual_base
 from retrain.outcomes import TrainingWindow
 from tasks.retries import retry_when_transient
 from tasks.validation import check_snapshot
@@ -209,14 +210,45 @@ def prepare_data(
         rows=len(frame),
         window=window,
         split=split,
-        encoding=model_encoding(split.train, config),
+        encoding=with_residual(model_encoding(split.train, config),
+                               pd.concat([split.train, split.validation], ignore_index=True), config,
+                               pd.Timestamp(split.holdout[config.source.timestamp].min()).to_pydatetime()),
         input_types=input_types(frame, [*config.features.all, *calendar_inputs(config)], contract),
     )
 
 
 def calendar_inputs(config: ModelConfig) -> list[str]:
-    """The timestamp, as a model input, when the model derives calendar features from it."""
-    return [config.source.timestamp] if config.features.calendar else []
+    """The timestamp (and the series columns of a residual model), as model inputs, when the model derives
+    calendar features from it or looks its naive value up by it."""
+    columns = [config.source.timestamp] if config.features.calendar or config.target.residual_of else []
+    return [*columns, *(residual_entity(config) if config.target.residual_of else [])]
+
+
+def residual_entity(config: ModelConfig) -> list[str]:
+    """The columns naming a series, for a residual model's naive value (as for the naive forecasters)."""
+    return entity_columns(config.source.key, config.source.timestamp, config.gates.baseline_group)
+
+
+def with_residual(encoding: Encoding, rows: pd.DataFrame, config: ModelConfig, cut: datetime) -> Encoding:
+    """The encoding with the residual base of `target.residual_of` learned from `rows` known before `cut`;
+    unchanged when the target is the level."""
+    if config.target.residual_of is None:
+        return encoding
+    forecaster = parse_forecaster(config.target.residual_of)
+    period = None if forecaster.period is None else forecaster.period.total_seconds()
+    residual = build_residual(rows, make_target(rows, config.target).to_numpy(), config.source.timestamp,
+                              residual_entity(config), forecaster.kind, period, pd.Timestamp(cut))
+    return replace(encoding, residual=residual)
+
+
+def learning_target(frame: pd.DataFrame, config: ModelConfig, encoding: Encoding) -> pd.Series:
+    """What the booster learns: the label, or for a residual model the label minus its naive value."""
+    target = make_target(frame, config.target)
+    if encoding.residual is None:
+        return target
+    base = residual_base({column: frame[column] for column in encoding.residual.inputs}, encoding.residual,
+                         len(frame))
+    return target - base
 
 
 def model_encoding(rows: pd.DataFrame, config: ModelConfig) -> Encoding:

@@ -27,8 +27,8 @@ from retrain.baselines import (
     parse_forecaster,
 )
 from retrain.config import LOWER_IS_BETTER, METRICS_BY_TASK, ModelConfig, TaskType
-from retrain.model_package import Encoding, encode_rows
-from tasks.features import PreparedData, make_target, model_encoding
+from retrain.model_package import Encoding, encode_rows, predict_frame
+from tasks.features import PreparedData, learning_target, make_target, model_encoding, with_residual
 
 # Our metric names → LightGBM's names for the same quantity on the validation set (tuning, pruning).
 LIGHTGBM_METRIC: dict[str, str] = {
@@ -242,12 +242,12 @@ def fit_and_score(data: PreparedData, config: ModelConfig, params: Mapping[str, 
     encoded by the model package, exactly as the registered model will encode them.
     """
     fit_rows = pd.concat([data.split.train, data.split.validation], ignore_index=True)
-    fit_target = make_target(fit_rows, config.target)
+    fit_target = learning_target(fit_rows, config, data.encoding)  # the label, or its change from the naive value
     booster = fit_booster(
         encode_rows(fit_rows, data.encoding), fit_target, params, rounds, list(data.encoding.categorical)
     )
     holdout_target = make_target(data.split.holdout, config.target).to_numpy()
-    predictions = np.asarray(booster.predict(encode_rows(data.split.holdout, data.encoding)), dtype="float64")
+    predictions = predict_frame(booster, data.encoding, data.split.holdout)
     scores = score_predictions(holdout_target, predictions, config.target.task)
     forecasters = configured_forecasters(
         config, pd.concat([fit_rows[config.source.timestamp], data.split.holdout[config.source.timestamp]])
@@ -302,11 +302,11 @@ def refit_on_window(data: PreparedData, config: ModelConfig, params: Mapping[str
     the encoding is learned from the whole window, so a category first seen in the holdout is known too.
     """
     rows = pd.concat([data.split.train, data.split.validation, data.split.holdout], ignore_index=True)
-    encoding = model_encoding(rows, config)
+    encoding = with_residual(model_encoding(rows, config), rows, config, data.window.end)
     scaled = refit_rounds(rounds, len(rows), len(data.split.train))
-    booster = fit_booster(encode_rows(rows, encoding), make_target(rows, config.target), params, scaled,
+    booster = fit_booster(encode_rows(rows, encoding), learning_target(rows, config, encoding), params, scaled,
                           list(encoding.categorical))
-    predictions = np.asarray(booster.predict(encode_rows(data.split.holdout, encoding)), dtype="float64")
+    predictions = predict_frame(booster, encoding, data.split.holdout)
     return ReleasedModel(booster=booster, encoding=encoding, rounds=scaled, rows=len(rows), refit=True,
                          holdout_predictions=predictions)
 

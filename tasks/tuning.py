@@ -44,7 +44,7 @@ from retrain.config import ModelConfig, TaskType
 from retrain.errors import ConfigError, DataError
 from retrain.model_package import encode_rows
 from retrain.settings import get_settings
-from tasks.features import PreparedData, make_target
+from tasks.features import PreparedData, learning_target
 from tasks.training import LIGHTGBM_METRIC, base_params, make_dataset
 
 logger = logging.getLogger(__name__)
@@ -479,9 +479,9 @@ def tune_hyperparameters(data: PreparedData, config: ModelConfig) -> TuningResul
     result = tune(
         config,
         encode_rows(data.split.train, data.encoding),
-        make_target(data.split.train, config.target),
+        learning_target(data.split.train, config, data.encoding),
         encode_rows(data.split.validation, data.encoding),
-        make_target(data.split.validation, config.target),
+        learning_target(data.split.validation, config, data.encoding),
         storage=settings.resolved_optuna_storage(),
         study_name=study_name,
         on_trial=report,

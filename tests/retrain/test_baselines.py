@@ -145,3 +145,25 @@ def test_an_entity_read_back_from_json_matches_the_tables_numbers() -> None:
     predictions = naive_predictions(NaiveForecaster("seasonal", timedelta(days=7)), history, rows, timestamp="day",
                                     target="units", entity=["store"], fallback=-1.0)
     assert predictions.tolist() == [70.0, 80.0]
+
+
+@pytest.mark.parametrize("spec", ["last-value", "seasonal 7d", "seasonal 1d"])
+def test_the_model_packages_residual_base_follows_the_same_rule(spec: str) -> None:
+    """A residual model looks its naive value up inside the package (which imports nothing of Retrain): its
+    rule must be this module's, row for row, before and after the cut."""
+    from retrain.model_package import build_residual, residual_base
+
+    rng = np.random.default_rng(5)
+    times = pd.date_range("2024-01-01", periods=24 * 40, freq="h")
+    frame = pd.DataFrame({"at": np.repeat(times, 2), "store": np.tile(["a", "b"], len(times)),
+                          "units": rng.normal(size=2 * len(times))}).sample(frac=0.8, random_state=1)
+    cut = pd.Timestamp("2024-01-30")
+    forecaster = parse_forecaster(spec)
+    period = None if forecaster.period is None else forecaster.period.total_seconds()
+    residual = build_residual(frame, frame["units"].to_numpy(), "at", ["store"], forecaster.kind, period, cut)
+    rows = pd.concat([frame, pd.DataFrame({"at": [pd.NaT], "store": ["c"], "units": [0.0]})], ignore_index=True)
+    expected = naive_predictions(forecaster, frame, rows, timestamp="at", target="units", entity=["store"],
+                                 known_until=cut.to_pydatetime(), fallback=residual.fallback)
+    expected[-1] = residual.fallback  # a row without a time: the fallback in both
+    np.testing.assert_array_equal(residual_base({"at": rows["at"], "store": rows["store"]}, residual, len(rows)),
+                                  expected)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from mlflow.types import ColSpec, Schema
 import retrain.model_package
 from retrain.config import ModelConfig, load_model_config
 from retrain.contract import read_contract
-from retrain.model_package import BOOSTER_ARTIFACT, ENCODING_ARTIFACT, build_encoding, encode_rows
+from retrain.model_package import BOOSTER_ARTIFACT, ENCODING_ARTIFACT, Residual, build_encoding, encode_rows
 from retrain.settings import Settings
 from tests.conftest import write_model_config
 
@@ -67,12 +67,15 @@ class Registry:
         return json.loads(frame.to_json(orient="records"))
 
 
-def register_version(config: ModelConfig, frame: pd.DataFrame, rounds: int, calendar: tuple[str, ...] = ()) -> str:
+def register_version(config: ModelConfig, frame: pd.DataFrame, rounds: int, calendar: tuple[str, ...] = (),
+                     residual: Residual | None = None) -> str:
     """Fit a small booster on `frame` and register it as the next version of the model; returns the version.
 
-    With `calendar`, the model derives those calendar features (US holidays) from the timestamp column."""
+    With `calendar`, the model derives those calendar features (US holidays) from the timestamp column; with
+    `residual`, it adds that naive value back to the booster's prediction."""
     encoding = build_encoding(frame, config.features.numeric, config.features.categorical,
                               timestamp=config.source.timestamp, calendar=calendar, holidays="US")
+    encoding = replace(encoding, residual=residual)
     train = lgb.Dataset(encode_rows(frame, encoding), frame[config.target.column], params={"verbosity": -1})
     booster = lgb.train({"objective": "regression", "verbosity": -1, "num_threads": 1, "seed": 1}, train,
                         num_boost_round=rounds)

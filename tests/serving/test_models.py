@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from retrain.model_package import encode_rows
 from serving.models import load_version
 from tests.serving.conftest import MODEL, Registry
 
@@ -62,3 +63,24 @@ def json_records(frame: pd.DataFrame) -> list[dict[str, object]]:
     import json
 
     return json.loads(frame.to_json(orient="records"))
+
+
+def test_a_residual_model_served_equals_its_pyfunc(registry: Registry) -> None:
+    """A residual model adds the naive value it looks up by the row's time and series (carrier, flight, origin):
+    the server takes the model's own predict for it, so served records give exactly the pyfunc's answer."""
+    from retrain.model_package import build_residual
+    from tests.serving.conftest import register_version
+
+    rows = registry.rows
+    cut = rows["time_hour"].iloc[3000]
+    residual = build_residual(rows, rows["arr_delay"].to_numpy(), "time_hour", ["carrier", "flight", "origin"],
+                              "seasonal", 86400.0, cut)
+    version = register_version(registry.config, rows, 20, residual=residual)
+    model = load_version(MODEL, version)
+    assert {"time_hour", "flight"} <= set(model.features)
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}")
+    later = rows[rows["time_hour"] >= cut][list(model.features)].head(200)
+    expected = np.asarray(pyfunc.predict(later), dtype="float64")
+    assert np.array_equal(model.predict(json_records(later)), expected)
+    bare = pyfunc.unwrap_python_model().booster.predict(encode_rows(later, pyfunc.unwrap_python_model().encoding))
+    assert not np.array_equal(bare, expected)  # the naive value is added

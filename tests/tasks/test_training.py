@@ -140,3 +140,36 @@ def test_seasonal_naive_is_the_bar_on_a_weekly_series() -> None:
     assert fitted.metrics.baseline_name == "seasonal-7d"  # it knows the weekend; the median and last value do not
     assert fitted.metrics.baseline == min(fitted.metrics.baselines.values())
     assert fitted.metrics.as_mlflow()["baseline_seasonal_7d"] == fitted.metrics.baseline
+
+
+def test_a_residual_over_last_week_follows_a_trend_the_level_model_cannot() -> None:
+    """Trees cannot extrapolate: on a rising series the level model predicts the training range, the residual
+    model adds last week's value back and follows the trend. The package looks that value up by itself."""
+    frame = tiny_daily(200)
+    level_config = tiny_config()
+    residual_config = tiny_config(target={"column": "units", "residual_of": "seasonal 7d"})
+    level = fit_and_score(prepare_data(frame, level_config, where="sales", window=window_around(frame, "day")),
+                          level_config, TINY_PARAMS, rounds=40)
+    data = prepare_data(frame, residual_config, where="sales", window=window_around(frame, "day"))
+    residual = fit_and_score(data, residual_config, TINY_PARAMS, rounds=40)
+    assert data.encoding.residual is not None and data.encoding.inputs == ("x", "day")
+    assert residual.metrics.value < 0.75 * level.metrics.value
+    # the package, read back from its JSON as a served model reads it, predicts what the flow scored
+    from retrain.model_package import Encoding, predict_frame
+
+    packaged = Encoding.from_json(data.encoding.to_json())
+    np.testing.assert_array_equal(predict_frame(residual.booster, packaged, data.split.holdout),
+                                  residual.holdout_predictions)
+    refit = refit_on_window(data, residual_config, TINY_PARAMS, 40)
+    assert refit.encoding.residual.cut == pd.Timestamp(data.window.end).isoformat()
+    assert len(refit.encoding.residual.values) == len(frame) > len(data.encoding.residual.values)
+
+
+def test_residual_of_must_follow_the_series() -> None:
+    with pytest.raises(ValueError, match="constant"):
+        tiny_config(target={"column": "units", "residual_of": "median"})
+
+
+def test_residual_of_is_refused_on_the_dask_engine() -> None:
+    with pytest.raises(ValueError, match="dask"):
+        tiny_config(target={"column": "units", "residual_of": "seasonal 7d"}, training={"engine": "dask"})
