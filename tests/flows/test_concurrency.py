@@ -75,6 +75,7 @@ def test_two_trainings_of_a_model_with_no_champion_make_one_champion(
     mlflow.set_tracking_uri(get_settings().resolved_tracking_uri())
     assert [str(v.version) for v in MlflowClient().search_model_versions("name='flights-delay'")] == ["1"]
     assert clean_rows_and_keys() == (len(small_source), len(small_source))
+@pytest.mark.slow  # a long scenario (the suite stays under 8 minutes): `make test-all`
 
 
 def test_an_ingest_and_a_training_started_together_both_succeed(
@@ -90,6 +91,7 @@ def test_an_ingest_and_a_training_started_together_both_succeed(
     assert ingested.get("status") == "passed" or ingested.get("read") == 0
     assert trained["decision"] == "champion" and trained["rows"] == len(small_source)
     assert clean_rows_and_keys() == (len(small_source), len(small_source))
+@pytest.mark.slow  # a long scenario (the suite stays under 8 minutes): `make test-all`
 
 
 def test_both_shipped_examples_train_on_one_warehouse(retrain_home: Path, small_source: pd.DataFrame) -> None:

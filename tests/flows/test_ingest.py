@@ -633,6 +633,7 @@ def test_a_poll_counts_new_rows_inside_the_lock_so_it_finds_nothing_after_anothe
 
     assert polled is None and outcomes[0].clean == len(source)
     assert len(clean_rows()) == len(source) and len(read_batches(get_warehouse(), SOURCE)) == 1
+@pytest.mark.slow  # a long scenario (the suite stays under 8 minutes): `make test-all`
 
 
 def test_two_ingests_of_one_source_started_together_land_one_copy(

@@ -74,6 +74,7 @@ def test_monitoring_scores_reports_decides_and_dedupes(retrain_home: Path, fligh
     manual = monitor_model(config_path=config, as_of=datetime(2013, 1, 24), manual_reason="checking the alarm")
     assert manual.decision.retrain and manual.decision.reason == "manual request: checking the alarm"
     assert read_ledger(warehouse, MODEL, limit=1)[0].actor.startswith("person:")
+@pytest.mark.slow  # a long scenario (the suite stays under 8 minutes): `make test-all`
 
 
 def test_a_failed_run_is_recorded_listed_and_rerun(retrain_home: Path, flights_small: pd.DataFrame) -> None:
@@ -143,6 +144,7 @@ def test_one_retrain_request_starts_exactly_one_training_and_drift_alone_none(re
         with get_client(sync_client=True) as prefect:
             prefect.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
             prefect.delete_deployment(deployment_id)
+@pytest.mark.slow  # a long scenario (the suite stays under 8 minutes): `make test-all`
 
 
 def test_cli_monitor_json_without_a_champion(retrain_home: Path, flights_small: pd.DataFrame) -> None:

@@ -273,6 +273,7 @@ def test_a_wrong_column_fails_once_without_retries(retrain_home: Path, flights_s
     # checked once, first: nothing was read, tuned or logged
     assert {run.name.rsplit("-", 1)[0]: run.run_count for run in attempts} == {
         "check-stores": 1, "check_source_config": 1}
+@pytest.mark.slow  # a long scenario (the suite stays under 8 minutes): `make test-all`
 
 
 def test_a_failed_training_ends_its_mlflow_run_failed_and_closes_a_dead_trainings_run(
@@ -417,6 +418,7 @@ def test_binary_classification_config_passes_the_same_flow(retrain_home: Path, f
     rows = flights_small.tail(50)[champion.metadata.get_input_schema().input_names()]
     probabilities = champion.predict(rows)
     assert len(probabilities) == 50 and ((probabilities >= 0) & (probabilities <= 1)).all()
+@pytest.mark.slow  # a long scenario (the suite stays under 8 minutes): `make test-all`
 
 
 def test_unscorable_champion_fails_closed(model_config: Path, retrain_home: Path) -> None:

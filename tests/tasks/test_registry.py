@@ -408,6 +408,7 @@ def test_a_second_release_command_waits_for_a_live_transition_instead_of_finishi
     interleave_two_release_commands(client, tmp_path, pause_at)
 
 
+@pytest.mark.slow  # a long scenario (the suite stays under 8 minutes): `make test-all`
 @pytest.mark.postgres
 def test_on_postgresql_too_a_live_transition_is_waited_for(
     client: MlflowClient, postgres_warehouse: str, tmp_path: Path
