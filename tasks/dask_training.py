@@ -43,11 +43,8 @@ from retrain.outcomes import TrainingWindow
 from tasks.features import PreparedData, Split, input_types, make_target, model_encoding, snapshot_columns
 from tasks.training import (
     FittedModel,
-    Metrics,
     ReleasedModel,
-    configured_forecasters,
-    score_naive_forecasters,
-    score_predictions,
+    scored_model,
 )
 
 logger = logging.getLogger(__name__)
@@ -286,29 +283,8 @@ def scored(booster: Any, rounds: int, data: PreparedData, config: ModelConfig) -
     """The booster scored on the holdout as `tasks.training.fit_and_score` scores it, the naive forecasters fed
     the rows this process holds before the holdout (the newest training rows and the validation part)."""
     known = pd.concat([data.split.train, data.split.validation], ignore_index=True)
-    holdout_target = make_target(data.split.holdout, config.target).to_numpy()
     predictions = np.asarray(booster.predict(encode_rows(data.split.holdout, data.encoding)), dtype="float64")
-    scores = score_predictions(holdout_target, predictions, config.target.task)
-    forecasters = configured_forecasters(
-        config, pd.concat([known[config.source.timestamp], data.split.holdout[config.source.timestamp]])
-    )
-    naive = score_naive_forecasters(known, data.split.holdout, config, forecasters)
-    return FittedModel(
-        booster=booster,
-        rounds=rounds,
-        metrics=Metrics(
-            name=config.metric,
-            value=scores[config.metric],
-            baseline=naive.scores[naive.best][config.metric],
-            all=scores,
-            baseline_all=dict(naive.scores[naive.best]),
-            baselines={name: values[config.metric] for name, values in naive.scores.items()},
-            baseline_name=naive.best,
-        ),
-        holdout_target=holdout_target,
-        holdout_predictions=predictions,
-        naive_predictions=naive.predictions,
-    )
+    return scored_model(booster, rounds, predictions, known, data, config)
 
 
 # --- Prefect tasks -------------------------------------------------------------------------------

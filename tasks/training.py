@@ -246,13 +246,21 @@ def fit_and_score(data: PreparedData, config: ModelConfig, params: Mapping[str, 
     booster = fit_booster(
         encode_rows(fit_rows, data.encoding), fit_target, params, rounds, list(data.encoding.categorical)
     )
-    holdout_target = make_target(data.split.holdout, config.target).to_numpy()
     predictions = predict_frame(booster, data.encoding, data.split.holdout)
+    return scored_model(booster, rounds, predictions, fit_rows, data, config)
+
+
+def scored_model(
+    booster: Any, rounds: int, predictions: np.ndarray, known: pd.DataFrame, data: PreparedData, config: ModelConfig
+) -> FittedModel:
+    """A booster's holdout predictions scored for every metric, next to the naive forecasters fed `known` (the
+    labelled rows before the holdout), whichever engine fitted it."""
+    holdout_target = make_target(data.split.holdout, config.target).to_numpy()
     scores = score_predictions(holdout_target, predictions, config.target.task)
     forecasters = configured_forecasters(
-        config, pd.concat([fit_rows[config.source.timestamp], data.split.holdout[config.source.timestamp]])
+        config, pd.concat([known[config.source.timestamp], data.split.holdout[config.source.timestamp]])
     )
-    naive = score_naive_forecasters(fit_rows, data.split.holdout, config, forecasters)
+    naive = score_naive_forecasters(known, data.split.holdout, config, forecasters)
     return FittedModel(
         booster=booster,
         rounds=rounds,
