@@ -1,4 +1,4 @@
-"""`retrain demo --fast` end to end, as `make demo` runs it but three weeks long: the story must come from real
+"""`retrain demo --fast` end to end, as `make demo` runs it but 25 days long: the story must come from real
 decisions on real flights, and the ledger must tell it in order on the replay clock only (never the wall clock)."""
 
 from __future__ import annotations
