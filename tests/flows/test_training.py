@@ -196,6 +196,7 @@ def test_champion_serves_raw_rows_then_same_data_skips_then_a_gate_rejects(
         reports = prefect.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(first.flow_run_id)])))
     assert any(a.key == f"{MODEL}-training" and "| **mae** |" in a.data for a in reports)
+@pytest.mark.slow  # a long scenario (the suite stays under 8 minutes): `make test-all`
 
 
 def test_the_window_follows_as_of_and_new_rows_are_trained_on(
@@ -399,6 +400,7 @@ def test_mlflow_models_serve_answers_raw_json_records(
         server.terminate()
         server.wait(timeout=30)
         log.close()
+@pytest.mark.slow  # a long scenario (the suite stays under 8 minutes): `make test-all`
 
 
 def test_binary_classification_config_passes_the_same_flow(retrain_home: Path, flights_small: pd.DataFrame) -> None:

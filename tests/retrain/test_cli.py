@@ -21,6 +21,7 @@ def run(*args: str) -> tuple[int, dict]:
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1, f"stdout must hold exactly one JSON line, got: {result.stdout!r}"
     return result.exit_code, json.loads(lines[0])
+@pytest.mark.slow  # a long scenario (the suite stays under 8 minutes): `make test-all`
 
 
 def test_train_as_of_then_nothing_new_is_skipped_then_a_gate_rejects(retrain_home: Path) -> None:
